@@ -1,0 +1,110 @@
+"""Training-step throughput (images/s) of a registered network on a device-resident batch.
+
+Measures fp32, bf16 autocast + channels_last, and optionally + torch.compile, each with spectral
+normalisation on and off, so the cost of SN can be read off directly.
+
+    python -m benchmarks.throughput --model wide_resnet -mod --batch-size 128 --compile          # on a GPU
+    python -m benchmarks.throughput --model wide_resnet -mod --depth 10 --widen-factor 2 \
+        --batch-size 32 --steps 5 --no-gpu                                                      # small, on CPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import torch
+import torch.nn.functional as F
+
+import net
+from utils.device import autocast_context, select_device
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="wide_resnet", choices=net.list_models())
+    parser.add_argument("-mod", "--mod", action="store_true", help="leaky ReLU + average-pool shortcuts")
+    parser.add_argument("--coeff", type=float, default=3.0)
+    parser.add_argument("--num-classes", type=int, default=10)
+    parser.add_argument("--mnist", action="store_true", help="1x28x28 inputs")
+    parser.add_argument("--depth", type=int, default=None, help="Wide-ResNet depth (default 28)")
+    parser.add_argument("--widen-factor", type=int, default=None, help="Wide-ResNet widen factor (default 10)")
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--steps", type=int, default=30, help="timed steps per configuration")
+    parser.add_argument("--warmup", type=int, default=5, help="untimed steps first (compilation happens here)")
+    parser.add_argument("--compile", action="store_true", help="also measure bf16 + channels_last + compile")
+    parser.add_argument("--no-gpu", action="store_true")
+    parser.add_argument("--json", default=None, help="also write the results to this JSON file")
+    return parser
+
+
+def measure(model, x, y, steps, warmup, precision, device) -> float:
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+    model.train()
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        with autocast_context(device, precision):
+            loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        optimizer.step()
+
+    for _ in range(warmup):
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return steps * x.shape[0] / (time.perf_counter() - start)
+
+
+def main(args: argparse.Namespace) -> list[dict]:
+    device = select_device(args.no_gpu)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    arch = {k: v for k, v in (("depth", args.depth), ("widen_factor", args.widen_factor)) if v is not None}
+    shape = (1, 28, 28) if args.mnist else (3, 32, 32)
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(args.batch_size, *shape, generator=generator).to(device)
+    y = torch.randint(0, args.num_classes, (args.batch_size,), generator=generator).to(device)
+    configs = [("fp32", False, False), ("bf16+channels_last", True, False)]
+    if args.compile:
+        configs.append(("bf16+channels_last+compile", True, True))
+    results = []
+    for sn in (True, False):
+        for label, fast, compiled in configs:
+            torch.manual_seed(0)
+            model = net.create_model(
+                args.model, num_classes=args.num_classes, spectral_normalization=sn, mod=args.mod,
+                coeff=args.coeff, mnist=args.mnist, **arch,
+            ).to(device)
+            inputs = x
+            if fast:
+                model = model.to(memory_format=torch.channels_last)
+                inputs = x.to(memory_format=torch.channels_last)
+            runner = torch.compile(model) if compiled else model
+            rate = measure(runner, inputs, y, args.steps, args.warmup, "bf16" if fast else "fp32", device)
+            row = dict(model=args.model, sn=sn, mod=args.mod, config=label, batch=args.batch_size,
+                       images_per_s=round(rate, 1), device=torch.cuda.get_device_name(device)
+                       if device.type == "cuda" else "cpu")
+            results.append(row)
+            print(f"{args.model:12s} sn={str(sn):5s} {label:28s} batch {args.batch_size:4d}: {rate:10.1f} images/s",
+                  flush=True)
+    by_key = {(r["sn"], r["config"]): r["images_per_s"] for r in results}
+    for label, _, _ in configs:
+        print(f"SN cost ({label}): {by_key[(False, label)] / by_key[(True, label)]:.2f}x slower with SN")
+    if args.json:
+        from utils.io import atomic_write_json
+
+        atomic_write_json(args.json, results)
+    return results
+
+
+if __name__ == "__main__":
+    main(get_args_parser().parse_args())

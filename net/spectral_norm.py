@@ -1,0 +1,242 @@
+"""Soft spectral normalisation, as used by DDU (Mukhoti et al. 2021, Sec. 4; after Behrmann et al. 2019 and
+Miyato et al. 2018).
+
+The weight used in the forward pass is `W / max(1, sigma / coeff)`: the Lipschitz constant of each layer is
+bounded by `coeff` without being forced to it. `sigma` is a power-iteration estimate of the largest singular
+value, refined by `n_power_iterations` steps on every training forward pass and never in eval mode. The
+singular-vector estimates persist as buffers, so they survive checkpoints and keep improving across steps.
+
+Two flavours, matching the original DDU code:
+
+* `SpectralNormConv2d` with a kernel larger than 1x1 estimates the norm of the convolution as a linear map
+  on the layer's actual input shape `(C, H, W)`: power iteration runs through `conv2d` and
+  `conv_transpose2d` on input-shaped vectors (Gouk et al. 2018). `weight_v` has C*H*W entries and
+  `weight_u` the size of the output. The original divides by `max(1, sigma/coeff) + 1e-5` here.
+* 1x1 convolutions (`SpectralNormConv2d` with `kernel_size=1`) and `SpectralNormLinear` use the norm of the
+  weight reshaped to a matrix `(out, in*k*k)`, which is tight for 1x1 kernels.
+
+Unlike the original forward-pre-hook implementation these are ordinary modules: nothing is stored on the
+module during forward except the in-place refresh of the persistent buffers, so they work with
+`copy.deepcopy`, `channels_last`, `torch.compile`, DistributedDataParallel and bf16 autocast (the estimate is
+always computed in float32). The state-dict keys are the original's (`weight_orig`, `weight_u`, `weight_v`,
+`weight_sigma`), so checkpoints of the original code load directly.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+# The original adds this to the divisor of input-shape (kernel > 1) convolutions "for stability".
+CONV_DIVISOR_EPS = 1e-5
+
+
+def _normalize(x: torch.Tensor, eps: float) -> torch.Tensor:
+    return F.normalize(x, dim=0, eps=eps)
+
+
+def _soft_scale(weight: torch.Tensor, sigma: torch.Tensor, coeff: float, divisor_eps: float) -> torch.Tensor:
+    """`W / (max(1, sigma / coeff) + divisor_eps)`: shrink only layers whose norm exceeds `coeff`."""
+    factor = torch.clamp(sigma / coeff, min=1.0)
+    return weight / (factor + divisor_eps)
+
+
+class SpectralNormConv2d(nn.Module):
+    """A 2-d convolution whose weight is softly spectrally normalised (see module docstring).
+
+    `input_size` is the spatial size (H = W) of this layer's input; it fixes the shape of the
+    power-iteration vectors for kernels larger than 1x1.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        stride: int = 1,
+        padding: int = 0,
+        bias: bool = False,
+        *,
+        input_size: int,
+        coeff: float = 3.0,
+        n_power_iterations: int = 1,
+        eps: float = 1e-12,
+    ):
+        super().__init__()
+        if n_power_iterations < 0:
+            raise ValueError(f"n_power_iterations must be >= 0, got {n_power_iterations}")
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
+        self.input_size = input_size
+        self.coeff, self.n_power_iterations, self.eps = float(coeff), n_power_iterations, eps
+        self.acts_on_input_shape = kernel_size > 1
+
+        self.weight_orig = nn.Parameter(torch.empty(out_channels, in_channels, kernel_size, kernel_size))
+        self.bias = nn.Parameter(torch.empty(out_channels)) if bias else None
+        self.reset_parameters()
+
+        output_size = (input_size + 2 * padding - kernel_size) // stride + 1
+        self.output_size = output_size
+        # conv_transpose2d maps the output back to exactly the input size with this output padding.
+        self.output_padding = input_size - ((output_size - 1) * stride - 2 * padding + kernel_size)
+        if self.acts_on_input_shape:
+            u_numel, v_numel = out_channels * output_size**2, in_channels * input_size**2
+        else:
+            u_numel, v_numel = out_channels, in_channels * kernel_size**2
+        self.register_buffer("weight_u", _normalize(torch.randn(u_numel), eps))
+        self.register_buffer("weight_v", _normalize(torch.randn(v_numel), eps))
+        self.register_buffer("weight_sigma", torch.ones(1))
+
+    def reset_parameters(self) -> None:
+        # Same default initialisation as nn.Conv2d.
+        nn.init.kaiming_uniform_(self.weight_orig, a=math.sqrt(5))
+        if self.bias is not None:
+            fan_in = self.in_channels * self.kernel_size**2
+            bound = 1 / math.sqrt(fan_in)
+            nn.init.uniform_(self.bias, -bound, bound)
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+            f"padding={self.padding}, input_size={self.input_size}, coeff={self.coeff}, "
+            f"n_power_iterations={self.n_power_iterations}, bias={self.bias is not None}"
+        )
+
+    def _conv(self, v: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(v, weight, None, self.stride, self.padding)
+
+    def _conv_transpose(self, u: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        return F.conv_transpose2d(u, weight, None, self.stride, self.padding, self.output_padding)
+
+    def _power_iteration(self, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        u, v = self.weight_u, self.weight_v
+        with torch.no_grad():
+            if self.acts_on_input_shape:
+                out_shape = (1, self.out_channels, self.output_size, self.output_size)
+                in_shape = (1, self.in_channels, self.input_size, self.input_size)
+                for _ in range(self.n_power_iterations):
+                    v = _normalize(self._conv_transpose(u.view(out_shape), weight).flatten(), self.eps)
+                    u = _normalize(self._conv(v.view(in_shape), weight).flatten(), self.eps)
+            else:
+                matrix = weight.reshape(self.out_channels, -1)
+                for _ in range(self.n_power_iterations):
+                    v = _normalize(torch.mv(matrix.t(), u), self.eps)
+                    u = _normalize(torch.mv(matrix, v), self.eps)
+            if self.n_power_iterations > 0:
+                self.weight_u.copy_(u)
+                self.weight_v.copy_(v)
+        # Clones keep the autograd graph independent of later in-place refreshes of the buffers.
+        return self.weight_u.clone(), self.weight_v.clone()
+
+    def sigma(self, weight: torch.Tensor, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """`u . W v`: the current singular-value estimate, differentiable in `W`."""
+        if self.acts_on_input_shape:
+            wv = self._conv(v.view(1, self.in_channels, self.input_size, self.input_size), weight).flatten()
+        else:
+            wv = torch.mv(weight.reshape(self.out_channels, -1), v)
+        return torch.dot(u, wv)
+
+    def normalized_weight(self, update: bool | None = None) -> torch.Tensor:
+        """The weight the forward pass uses; `update` (default: `self.training`) refines the estimate first."""
+        update = self.training if update is None else update
+        weight = self.weight_orig.float()
+        if update:
+            u, v = self._power_iteration(weight.detach())
+        else:
+            u, v = self.weight_u, self.weight_v
+        sigma = self.sigma(weight, u, v)
+        if update:
+            with torch.no_grad():
+                self.weight_sigma.copy_(sigma.detach())
+        divisor_eps = CONV_DIVISOR_EPS if self.acts_on_input_shape else 0.0
+        return _soft_scale(weight, sigma, self.coeff, divisor_eps).to(self.weight_orig.dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            weight = self.normalized_weight()
+        return F.conv2d(x, weight, self.bias, self.stride, self.padding)
+
+
+class SpectralNormLinear(nn.Module):
+    """A linear layer with the soft spectral normalisation of its weight matrix."""
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        *,
+        coeff: float = 3.0,
+        n_power_iterations: int = 1,
+        eps: float = 1e-12,
+    ):
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.coeff, self.n_power_iterations, self.eps = float(coeff), n_power_iterations, eps
+        reference = nn.Linear(in_features, out_features, bias=bias)
+        self.bias = reference.bias
+        self.weight_orig = reference.weight
+        self.register_buffer("weight_u", _normalize(torch.randn(out_features), eps))
+        self.register_buffer("weight_v", _normalize(torch.randn(in_features), eps))
+        self.register_buffer("weight_sigma", torch.ones(1))
+
+    def normalized_weight(self, update: bool | None = None) -> torch.Tensor:
+        update = self.training if update is None else update
+        weight = self.weight_orig.float()
+        u, v = self.weight_u, self.weight_v
+        if update and self.n_power_iterations > 0:
+            with torch.no_grad():
+                w = weight.detach()
+                for _ in range(self.n_power_iterations):
+                    v = _normalize(torch.mv(w.t(), u), self.eps)
+                    u = _normalize(torch.mv(w, v), self.eps)
+                self.weight_u.copy_(u)
+                self.weight_v.copy_(v)
+            u, v = self.weight_u.clone(), self.weight_v.clone()
+        sigma = torch.dot(u, torch.mv(weight, v))
+        if update:
+            with torch.no_grad():
+                self.weight_sigma.copy_(sigma.detach())
+        return _soft_scale(weight, sigma, self.coeff, 0.0).to(self.weight_orig.dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            weight = self.normalized_weight()
+        return F.linear(x, weight, self.bias)
+
+
+def make_conv(
+    in_channels: int,
+    out_channels: int,
+    kernel_size: int,
+    stride: int = 1,
+    *,
+    input_size: int,
+    spectral_normalization: bool,
+    coeff: float = 3.0,
+    n_power_iterations: int = 1,
+    bias: bool = False,
+) -> nn.Module:
+    """The original's `wrapped_conv`: a padded ('same' for 3x3) convolution, spectrally normalised on request."""
+    padding = kernel_size // 2
+    if not spectral_normalization:
+        return nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, bias=bias)
+    return SpectralNormConv2d(
+        in_channels,
+        out_channels,
+        kernel_size,
+        stride,
+        padding,
+        bias=bias,
+        input_size=input_size,
+        coeff=coeff,
+        n_power_iterations=n_power_iterations,
+    )
+
+
+def conv_weight(module: nn.Module) -> torch.Tensor:
+    """The trainable weight tensor of a plain or spectrally normalised convolution (for initialisation)."""
+    return module.weight_orig if isinstance(module, (SpectralNormConv2d, SpectralNormLinear)) else module.weight

@@ -1,0 +1,221 @@
+"""Networks: registry, shapes, gradients, parameter counts, checkpoint loading and the parity fixtures."""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import net
+from utils.errors import UserError
+
+PARITY_DIR = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "parity"
+
+# Reduced sizes keep the suite fast; the architecture code paths are the same as at full size.
+SMALL = {
+    "wide_resnet": dict(depth=10, widen_factor=1),
+    "resnet18": dict(base_width=4),
+    "resnet50": dict(base_width=2),
+    "vgg16": dict(width_divisor=16),
+    "lenet": dict(),
+}
+
+
+def small_model(name, **kwargs):
+    return net.create_model(name, num_classes=kwargs.pop("num_classes", 10), **SMALL[name], **kwargs)
+
+
+def test_registry_lists_all_models():
+    assert set(net.list_models()) == {"wide_resnet", "resnet18", "resnet50", "vgg16", "lenet"}
+
+
+def test_unknown_model_names_valid_ones():
+    with pytest.raises(UserError, match="resnet18"):
+        net.create_model("resnet1000", num_classes=10)
+
+
+@pytest.mark.parametrize("name", list(SMALL))
+@pytest.mark.parametrize("sn", [False, True])
+@pytest.mark.parametrize("mod", [False, True])
+@pytest.mark.parametrize("mnist", [False, True])
+def test_shapes_and_gradients(name, sn, mod, mnist):
+    torch.manual_seed(0)
+    model = small_model(name, spectral_normalization=sn, mod=mod, mnist=mnist, num_classes=7)
+    x = torch.randn(2, *((1, 28, 28) if mnist else (3, 32, 32)))
+    features = model.forward_features(x)
+    logits = model(x)
+    assert features.shape == (2, model.num_features)
+    assert logits.shape == (2, 7)
+    assert torch.isfinite(logits).all() and torch.isfinite(features).all()
+    logits.square().sum().backward()
+    for pname, param in model.named_parameters():
+        assert param.grad is not None, f"{pname} got no gradient"
+        assert torch.isfinite(param.grad).all()
+    assert not any(isinstance(v, torch.Tensor) for v in vars(model).values()), "forward stored a tensor"
+
+
+# Known full-size parameter counts (CIFAR, 10 classes).
+FULL_PARAMS = {
+    ("wide_resnet", False): (36_479_194, 640),
+    ("wide_resnet", True): (36_220_634, 640),
+    ("resnet18", False): (11_173_962, 512),
+    ("resnet18", True): (11_000_138, 512),
+    ("resnet50", False): (23_520_842, 2048),
+    ("resnet50", True): (20_744_266, 2048),
+    ("vgg16", False): (14_724_042, 512),
+    ("lenet", False): (62_006, 84),
+}
+
+
+@pytest.mark.parametrize("key", list(FULL_PARAMS))
+def test_full_size_parameter_counts(key):
+    name, mod = key
+    with torch.device("meta"):
+        model = net.create_model(name, num_classes=10, mod=mod, spectral_normalization=name != "lenet")
+    count, width = FULL_PARAMS[key]
+    assert sum(p.numel() for p in model.parameters()) == count
+    assert model.num_features == width
+
+
+def test_wide_resnet_defaults_match_the_original():
+    with torch.device("meta"):
+        model = net.create_model("wide_resnet", num_classes=10)
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert bns and all(bn.momentum == 0.01 for bn in bns)
+    dropouts = [m for m in model.modules() if isinstance(m, torch.nn.Dropout)]
+    assert len(dropouts) == 12 and all(d.p == 0.3 for d in dropouts)
+
+
+def test_sn_layers_cover_all_convolutions_but_not_the_classifier():
+    model = small_model("resnet18", spectral_normalization=True)
+    assert not any(isinstance(m, torch.nn.Conv2d) for m in model.modules())
+    assert isinstance(model.linear, torch.nn.Linear)
+    assert "linear.weight" in model.state_dict()
+
+
+def _load_fill_rule():
+    spec = importlib.util.spec_from_file_location("fill_rule", PARITY_DIR / "fill_rule.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.skipif(not PARITY_DIR.is_dir(), reason="../shared/fixtures/parity is not beside the repository")
+@pytest.mark.parametrize("fixture", ["lenet_mnist", "wide_resnet_small_sn_mod"])
+def test_parity_with_original_logits(fixture):
+    fill_rule = _load_fill_rule()
+    spec = json.loads((PARITY_DIR / f"{fixture}.json").read_text())
+    rng = np.random.default_rng(spec["seed"])
+    state = {k: torch.from_numpy(np.asarray(v)) for k, v in fill_rule.fill_state(spec["layout"], rng).items()}
+    x = torch.from_numpy(fill_rule.make_input(rng, spec["input_shape"], spec["batch"]))
+    kwargs = dict(spec["kwargs"])
+    name = {"wrn": "wide_resnet"}.get(spec["factory"], spec["factory"])
+    model = net.create_model(name, **kwargs)
+    # Same parameters and buffers, same shapes, same order as the original.
+    assert [(k, list(v.shape)) for k, v in model.state_dict().items()] == [(k, s) for k, s, _ in spec["layout"]]
+    net.load_state_dict(model, {"module." + k: v for k, v in state.items()})  # DataParallel prefix
+    model.eval()
+    with torch.no_grad():
+        logits = model(x).double()
+        features = model.forward_features(x).double()
+    reference = torch.tensor(spec["logits"], dtype=torch.float64)
+    assert ((logits - reference).abs().max() / reference.abs().max()).item() < 1e-4
+    assert features.shape[1] == spec["features_dim"]
+    np.testing.assert_allclose(features.sum(1).numpy(), spec["features_sum"], rtol=1e-4)
+    np.testing.assert_allclose(features[:, :8].numpy(), spec["features_head"], rtol=1e-4, atol=1e-5)
+
+
+def _roundtrip_state(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def test_checkpoint_roundtrip_through_file(tmp_path):
+    model = small_model("wide_resnet", spectral_normalization=True, mod=True)
+    model.train()
+    model(torch.randn(2, 3, 32, 32))
+    path = tmp_path / "m.model"
+    torch.save(model.state_dict(), path)
+    other = small_model("wide_resnet", spectral_normalization=True, mod=True)
+    net.load_state_dict(other, path)
+    for (k, a), (_, b) in zip(model.state_dict().items(), other.state_dict().items()):
+        assert torch.equal(a, b), k
+
+
+@pytest.mark.parametrize(
+    "saved, loaded, hint",
+    [
+        (dict(spectral_normalization=True), dict(), "add -sn"),
+        (dict(), dict(spectral_normalization=True), "drop -sn"),
+        (dict(mod=False), dict(mod=True), "drop -mod"),
+        (dict(mod=True), dict(mod=False), "add -mod"),
+        (dict(mnist=True), dict(mnist=False), "mnist"),
+        (dict(num_classes=100), dict(num_classes=10), "number of classes"),
+    ],
+)
+def test_mismatched_flags_are_named(saved, loaded, hint):
+    source = small_model("resnet18", **saved)
+    target = small_model("resnet18", **loaded)
+    with pytest.raises(UserError, match=hint):
+        net.load_state_dict(target, source.state_dict())
+
+
+def test_wrong_model_is_named():
+    with pytest.raises(UserError, match="--model"):
+        net.load_state_dict(small_model("resnet18"), small_model("vgg16").state_dict())
+
+
+def test_corrupt_and_truncated_files_name_the_file(tmp_path):
+    model = small_model("lenet", mnist=True)
+    good = tmp_path / "good.model"
+    torch.save(model.state_dict(), good)
+    truncated = tmp_path / "truncated.model"
+    truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    garbage = tmp_path / "garbage.model"
+    garbage.write_bytes(b"not a checkpoint at all")
+    for path in (truncated, garbage):
+        with pytest.raises(UserError, match=path.name):
+            net.load_state_dict(model, path)
+    with pytest.raises(UserError, match="does not exist"):
+        net.load_state_dict(model, tmp_path / "missing.model")
+
+
+def test_deepcopy_and_channels_last_agree():
+    torch.manual_seed(0)
+    model = small_model("resnet18", spectral_normalization=True, mod=True).eval()
+    x = torch.randn(3, 3, 32, 32)
+    clone = copy.deepcopy(model).to(memory_format=torch.channels_last)
+    with torch.no_grad():
+        torch.testing.assert_close(clone(x.to(memory_format=torch.channels_last)), model(x), rtol=1e-4, atol=1e-4)
+
+
+def test_train_mode_channels_last_matches_fp32_power_iteration():
+    torch.manual_seed(0)
+    # No dropout here: its masks are drawn in memory order, which channels_last changes.
+    model = small_model("wide_resnet", spectral_normalization=True, mod=False, dropout_rate=0.0).train()
+    clone = copy.deepcopy(model).to(memory_format=torch.channels_last)
+    x = torch.randn(4, 3, 32, 32)
+    torch.manual_seed(1)
+    a = model(x)
+    torch.manual_seed(1)
+    b = clone(x.to(memory_format=torch.channels_last))
+    torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    for (k, u), (_, v) in zip(model.state_dict().items(), clone.state_dict().items()):
+        torch.testing.assert_close(u, v.contiguous(), rtol=1e-4, atol=1e-5, msg=k)
+
+
+def test_bf16_autocast_close_to_fp32():
+    torch.manual_seed(0)
+    model = small_model("resnet18", spectral_normalization=True, mod=True).eval()
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        reference = model(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = model(x)
+    assert low.dtype == torch.bfloat16
+    scale = reference.abs().max()
+    assert ((low.float() - reference).abs().max() / scale).item() < 0.05
