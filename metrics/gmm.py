@@ -1,0 +1,372 @@
+"""Feature-space densities: DDU's class-conditional Gaussians and Lee et al.'s tied-covariance Mahalanobis.
+
+DDU (Mukhoti et al. 2021, Sec. 4 and Alg. 1) fits Gaussian discriminant analysis to the penultimate
+features `z` of the training set: one Gaussian `q(z | y = c) = N(mu_c, Sigma_c)` per class with its own mean
+and (unbiased) covariance. The feature density `q(z) = sum_c q(z | c) q(c)` is the epistemic score (high =
+in-distribution). The DDU code uses no prior (`log q(z) ~ logsumexp_c log q(z | c)`, a constant shift of
+`log C` from the uniform prior, which ranks identically); `weight_by_class_frequency=True` adds
+`log q(c) = log(n_c / N)`.
+
+Covariances are factored with `torch.linalg.cholesky_ex`, which reports failure instead of raising. A
+factorisation counts as failed when LAPACK/cuSOLVER rejects it, when it is not finite, or when a pivot
+`L_ii^2` is at round-off level (`<= 10 * D * eps * max_i Sigma_ii`): a rank-deficient matrix (fewer samples
+than dimensions, duplicated or constant features) can otherwise slip through with a pivot that is pure
+rounding noise and yield meaningless densities. On failure the same jitter `lambda * I` is added to every
+class covariance, starting at `eps * mean_c,i (Sigma_c)_ii` and growing by powers of 10; the jitter used is
+recorded (0 when none was needed). If no jitter in `max_tries` works, `GaussianFitError` is raised: a
+broken model is never returned. (The DDU code instead tries absolute jitters and, on current PyTorch, can
+leave its model unassigned.)
+
+Everything is computed in float64 on the features' device, one class (fit) or one chunk of samples
+(scoring) at a time, with triangular solves rather than inverses.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from metrics._checks import check_labels, check_matrix
+from metrics.uncertainty import logsumexp_score, softmax_entropy
+
+_LOG_2PI = math.log(2 * math.pi)
+_EPS = torch.finfo(torch.float64).eps
+# A pivot L_ii^2 at or below this many `D * eps * max diagonal` is rounding noise, not variance.
+_PIVOT_TOLERANCE = 10.0
+DEFAULT_MAX_TRIES = 20
+# Scoring works on chunks whose largest temporary holds about this many float64 numbers (128 MiB).
+_CHUNK_ELEMENTS = 2**24
+
+
+class GaussianFitError(RuntimeError):
+    """A Gaussian could not be fitted (empty class, non-finite features, or no jitter made the covariance
+    positive definite). `reason` says which, so a caller can record it instead of dropping the run."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class ClassGaussians:
+    """One Gaussian per class in feature space (DDU's GDA), all tensors float64 on one device.
+
+    Attributes:
+        means: `(C, D)` class means `mu_c`.
+        cholesky: `(C, D, D)` lower-triangular `L_c` with `L_c L_c^T = Sigma_c + jitter * I`.
+        log_priors: `(C,)` `log q(c)`: `log(n_c / N)` when weighted by class frequency, else `-log C`.
+        jitter: the value added to every covariance diagonal before factoring (0.0 if none was needed).
+        class_counts: `(C,)` int64 training samples per class.
+        weight_by_class_frequency: whether `class_log_densities` adds `log_priors` (DDU's code does not).
+    """
+
+    means: Tensor
+    cholesky: Tensor
+    log_priors: Tensor
+    jitter: float
+    class_counts: Tensor
+    weight_by_class_frequency: bool = False
+
+    @property
+    def num_classes(self) -> int:
+        return self.means.shape[0]
+
+    @property
+    def dim(self) -> int:
+        return self.means.shape[1]
+
+    def covariances(self) -> Tensor:
+        """`(C, D, D)` covariances as used for scoring, `L_c L_c^T` (jitter included)."""
+        return self.cholesky @ self.cholesky.transpose(-2, -1)
+
+    def to(self, device: torch.device | str) -> ClassGaussians:
+        return dataclasses.replace(
+            self,
+            means=self.means.to(device),
+            cholesky=self.cholesky.to(device),
+            log_priors=self.log_priors.to(device),
+            class_counts=self.class_counts.to(device),
+        )
+
+
+@dataclass(frozen=True)
+class SharedGaussian:
+    """Class means with one tied covariance (Lee et al. 2018), all tensors float64 on one device.
+
+    Attributes:
+        means: `(C, D)` class means `mu_c`.
+        cholesky: `(D, D)` lower-triangular `L` with `L L^T = Sigma + jitter * I`, where
+            `Sigma = 1/N sum_c sum_{i: y_i = c} (z_i - mu_c)(z_i - mu_c)^T`.
+        jitter: the value added to the covariance diagonal before factoring (0.0 if none was needed).
+        class_counts: `(C,)` int64 training samples per class.
+    """
+
+    means: Tensor
+    cholesky: Tensor
+    jitter: float
+    class_counts: Tensor
+
+    @property
+    def num_classes(self) -> int:
+        return self.means.shape[0]
+
+    @property
+    def dim(self) -> int:
+        return self.means.shape[1]
+
+    def covariance(self) -> Tensor:
+        """`(D, D)` covariance as used for scoring, `L L^T` (jitter included)."""
+        return self.cholesky @ self.cholesky.T
+
+    def to(self, device: torch.device | str) -> SharedGaussian:
+        return dataclasses.replace(
+            self,
+            means=self.means.to(device),
+            cholesky=self.cholesky.to(device),
+            class_counts=self.class_counts.to(device),
+        )
+
+
+def _class_moments(features: Tensor, labels: Tensor, num_classes: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Per-class means `(C, D)`, centred scatter matrices `sum_i (z_i - mu_c)(z_i - mu_c)^T` `(C, D, D)`
+    and counts `(C,)` (CPU int64), in float64 on the features' device.
+
+    Raises `GaussianFitError` for non-finite features or a class without samples.
+    """
+    check_matrix(features, "features")
+    check_labels(labels, features.shape[0], num_classes)
+    if not bool(torch.isfinite(features).all()):
+        raise GaussianFitError("the features contain NaN or infinite values (did the network diverge?)")
+    labels_cpu = labels.detach().cpu().long()
+    counts = torch.bincount(labels_cpu, minlength=num_classes)
+    empty = torch.nonzero(counts == 0).squeeze(1).tolist()
+    if empty:
+        raise GaussianFitError(f"class(es) {empty} have no samples, so their Gaussian is undefined")
+    device, dim = features.device, features.shape[1]
+    order = torch.argsort(labels_cpu, stable=True).to(device)
+    means = torch.empty(num_classes, dim, dtype=torch.float64, device=device)
+    scatters = torch.empty(num_classes, dim, dim, dtype=torch.float64, device=device)
+    start = 0
+    for c, count in enumerate(counts.tolist()):
+        z = features.index_select(0, order[start : start + count]).double()
+        start += count
+        means[c] = z.mean(dim=0)
+        centred = z - means[c]
+        scatters[c] = centred.T @ centred
+    return means, scatters, counts
+
+
+def _sound_factors(factors: Tensor, info: Tensor, matrices: Tensor) -> Tensor:
+    """`(B,)` bool: Cholesky factor succeeded, is finite and has no pivot at round-off level."""
+    dim = matrices.shape[-1]
+    largest = matrices.diagonal(dim1=-2, dim2=-1).amax(dim=-1)
+    floor = _PIVOT_TOLERANCE * dim * _EPS * largest
+    pivots = factors.diagonal(dim1=-2, dim2=-1).square()
+    finite = torch.isfinite(factors).flatten(1).all(dim=1)
+    return (info == 0) & finite & (pivots > floor[:, None]).all(dim=1)
+
+
+def _factor_with_jitter(
+    covariances: Tensor, jitter_start: float | None, max_tries: int, what: list[str]
+) -> tuple[Tensor, float]:
+    """Cholesky factors of `(B, D, D)` covariances, adding the smallest jitter `lambda * I` (shared by all
+    `B`) from `0, s, 10 s, ..., 10^(max_tries - 1) s` that makes every factor sound.
+
+    `s` is `jitter_start`, or `eps * mean diagonal entry` (1.0 if that is 0) so the search is scale-free.
+    `what` names each matrix for the error message.
+    """
+    if max_tries < 0:
+        raise ValueError(f"max_tries must be non-negative, got {max_tries}")
+    if jitter_start is None:
+        scale = covariances.diagonal(dim1=-2, dim2=-1).mean().item()
+        jitter_start = _EPS * (scale if scale > 0 else 1.0)
+    elif not jitter_start > 0:
+        raise ValueError(f"jitter_start must be positive, got {jitter_start}")
+    eye = torch.eye(covariances.shape[-1], dtype=covariances.dtype, device=covariances.device)
+    jitter = 0.0
+    for attempt in range(max_tries + 1):
+        jitter = 0.0 if attempt == 0 else jitter_start * 10.0 ** (attempt - 1)
+        matrices = covariances if attempt == 0 else covariances + jitter * eye
+        factors, info = torch.linalg.cholesky_ex(matrices)
+        sound = _sound_factors(factors, info, matrices)
+        if bool(sound.all()):
+            return factors, jitter
+    failing = [what[i] for i in torch.nonzero(~sound).squeeze(1).tolist()]
+    raise GaussianFitError(
+        f"the covariance of {', '.join(failing)} is not positive definite even with jitter {jitter:.3g} "
+        f"on the diagonal ({max_tries} jittered tries); the features may be degenerate"
+    )
+
+
+def fit_class_gaussians(
+    features: Tensor,
+    labels: Tensor,
+    num_classes: int,
+    *,
+    weight_by_class_frequency: bool = False,
+    jitter_start: float | None = None,
+    max_tries: int = DEFAULT_MAX_TRIES,
+) -> ClassGaussians:
+    """Fit DDU's per-class Gaussians `N(mu_c, Sigma_c)` to training features (paper Alg. 1, "GDA fit").
+
+    `mu_c` is the class mean and `Sigma_c = 1/(n_c - 1) sum_{i: y_i = c} (z_i - mu_c)(z_i - mu_c)^T` the
+    unbiased covariance (zero for a single-sample class, which the jitter then regularises). See the
+    module docstring for the jitter search.
+
+    Args:
+        features: `(N, D)` penultimate features of the training split (any float dtype, any device).
+        labels: `(N,)` integer labels in `[0, num_classes)`.
+        num_classes: `C`; every class needs at least one sample.
+        weight_by_class_frequency: use `q(c) = n_c / N` in `class_log_densities` (DDU's code uses none).
+        jitter_start: first jitter tried after the plain factorisation; default `eps * mean variance`.
+        max_tries: number of jitters tried (each 10 times the previous) after the plain factorisation.
+
+    Returns:
+        `ClassGaussians` in float64 on the features' device.
+
+    Raises:
+        GaussianFitError: with the reason, if a class is empty, features are not finite, or no jitter works.
+    """
+    means, scatters, counts = _class_moments(features, labels, num_classes)
+    denominators = (counts - 1).clamp(min=1).to(device=scatters.device, dtype=torch.float64)
+    covariances = scatters / denominators[:, None, None]
+    del scatters
+    factors, jitter = _factor_with_jitter(
+        covariances, jitter_start, max_tries, [f"class {c}" for c in range(num_classes)]
+    )
+    counts = counts.to(means.device)
+    if weight_by_class_frequency:
+        log_priors = torch.log(counts.double() / counts.sum())
+    else:
+        log_priors = torch.full(
+            (num_classes,), -math.log(num_classes), dtype=torch.float64, device=means.device
+        )
+    return ClassGaussians(
+        means=means,
+        cholesky=factors,
+        log_priors=log_priors,
+        jitter=jitter,
+        class_counts=counts,
+        weight_by_class_frequency=weight_by_class_frequency,
+    )
+
+
+def _chunk_rows(num_rows: int, elements_per_row: int, chunk_size: int | None) -> int:
+    if chunk_size is not None:
+        if chunk_size < 1:
+            raise ValueError(f"chunk_size must be positive, got {chunk_size}")
+        return chunk_size
+    return max(1, min(num_rows, _CHUNK_ELEMENTS // max(1, elements_per_row)))
+
+
+def _check_features(features: Tensor, dim: int) -> None:
+    if features.dim() != 2 or features.shape[1] != dim:
+        raise ValueError(
+            f"features must have shape (N, {dim}) to match the fitted model, got {tuple(features.shape)}"
+        )
+
+
+def class_log_densities(model: ClassGaussians, features: Tensor, *, chunk_size: int | None = None) -> Tensor:
+    """`log N(z; mu_c, Sigma_c)` (plus `log q(c)` if the model is weighted) for every sample and class.
+
+    `log N(z; mu, L L^T) = -1/2 (D log 2 pi + ||L^{-1} (z - mu)||^2) - sum_i log L_ii`, with the whitening
+    `L^{-1} (z - mu)` done by a batched triangular solve over classes, chunk by chunk over samples so that
+    e.g. 10k x 640-dim x 100 classes stays near `2 * _CHUNK_ELEMENTS` float64 numbers of scratch memory.
+
+    Args:
+        model: fitted `ClassGaussians`.
+        features: `(N, D)` features (any float dtype); moved chunk by chunk to the model's device.
+        chunk_size: samples per chunk; chosen from the memory budget when None.
+
+    Returns:
+        `(N, C)` float64 on the model's device: DDU's GMM "logits".
+    """
+    _check_features(features, model.dim)
+    device, num_classes, dim = model.means.device, model.num_classes, model.dim
+    log_norm = -0.5 * dim * _LOG_2PI - model.cholesky.diagonal(dim1=-2, dim2=-1).log().sum(dim=1)
+    if model.weight_by_class_frequency:
+        log_norm = log_norm + model.log_priors
+    rows = _chunk_rows(features.shape[0], num_classes * dim, chunk_size)
+    out = torch.empty(features.shape[0], num_classes, dtype=torch.float64, device=device)
+    for start in range(0, features.shape[0], rows):
+        z = features[start : start + rows].to(device=device, dtype=torch.float64)
+        diff = z.T[None, :, :] - model.means[:, :, None]  # (C, D, n)
+        white = torch.linalg.solve_triangular(model.cholesky, diff, upper=False)
+        out[start : start + z.shape[0]] = (log_norm[:, None] - 0.5 * white.square().sum(dim=1)).T
+    return out
+
+
+def ddu_scores(class_log_densities: Tensor) -> dict[str, Tensor]:
+    """DDU's two GMM scores from `(N, C)` class log-densities, each `(N,)` float64.
+
+    Returns:
+        `log_density`: `logsumexp_c log q(z | c)` (+ log prior), the log feature density, the paper's
+        epistemic score (m1; higher = in-distribution); `entropy`: entropy of `softmax_c log q(z | c)`,
+        the DDU code's m2 (higher = more uncertain).
+    """
+    check_matrix(class_log_densities, "class_log_densities")
+    return {
+        "log_density": logsumexp_score(class_log_densities),
+        "entropy": softmax_entropy(class_log_densities),
+    }
+
+
+def fit_shared_mahalanobis(
+    features: Tensor,
+    labels: Tensor,
+    num_classes: int,
+    *,
+    jitter_start: float | None = None,
+    max_tries: int = DEFAULT_MAX_TRIES,
+) -> SharedGaussian:
+    """Class means and one tied covariance for the Mahalanobis detector of Lee et al. 2018 (Eq. 1).
+
+    `Sigma = 1/N sum_c sum_{i: y_i = c} (z_i - mu_c)(z_i - mu_c)^T` (the maximum-likelihood estimate, as
+    their sklearn `EmpiricalCovariance` on class-centred features); factored with the same jitter search
+    as `fit_class_gaussians`.
+
+    Args:
+        features: `(N, D)` training features.
+        labels: `(N,)` integer labels in `[0, num_classes)`.
+        num_classes: `C`; every class needs at least one sample.
+        jitter_start: first jitter tried after the plain factorisation; default `eps * mean variance`.
+        max_tries: number of jitters tried after the plain factorisation.
+
+    Raises:
+        GaussianFitError: with the reason, if a class is empty, features are not finite, or no jitter works.
+    """
+    means, scatters, counts = _class_moments(features, labels, num_classes)
+    covariance = scatters.sum(dim=0, keepdim=True) / features.shape[0]
+    del scatters
+    factors, jitter = _factor_with_jitter(covariance, jitter_start, max_tries, ["the shared covariance"])
+    counts = counts.to(means.device)
+    return SharedGaussian(means=means, cholesky=factors[0], jitter=jitter, class_counts=counts)
+
+
+def mahalanobis_score(model: SharedGaussian, features: Tensor, *, chunk_size: int | None = None) -> Tensor:
+    """Lee et al. 2018's confidence score `-min_c (z - mu_c)^T Sigma^{-1} (z - mu_c)` -> `(N,)` float64.
+
+    The negative smallest squared Mahalanobis distance to a class mean (higher = in-distribution; the
+    square root would rank identically). Features and means are whitened once by `L^{-1}`, so the distance
+    is a squared Euclidean one in whitened space.
+
+    Args:
+        model: fitted `SharedGaussian`.
+        features: `(N, D)` features (any float dtype); moved chunk by chunk to the model's device.
+        chunk_size: samples per chunk; chosen from the memory budget when None.
+    """
+    _check_features(features, model.dim)
+    device = model.means.device
+    white_means = torch.linalg.solve_triangular(model.cholesky, model.means.T, upper=False).T  # (C, D)
+    rows = _chunk_rows(features.shape[0], model.num_classes * model.dim, chunk_size)
+    out = torch.empty(features.shape[0], dtype=torch.float64, device=device)
+    for start in range(0, features.shape[0], rows):
+        z = features[start : start + rows].to(device=device, dtype=torch.float64)
+        white = torch.linalg.solve_triangular(model.cholesky, z.T, upper=False).T  # (n, D)
+        squared = (white[:, None, :] - white_means[None, :, :]).square().sum(dim=2)  # (n, C)
+        out[start : start + z.shape[0]] = -squared.min(dim=1).values
+    return out

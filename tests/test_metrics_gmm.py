@@ -1,0 +1,206 @@
+"""DDU's class Gaussians and the tied-covariance Mahalanobis score against numpy/scipy references,
+including the singular cases that need a jitter."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy.special import logsumexp, softmax
+from scipy.stats import entropy, multivariate_normal
+
+from metrics import (
+    GaussianFitError,
+    class_log_densities,
+    ddu_scores,
+    fit_class_gaussians,
+    fit_shared_mahalanobis,
+    mahalanobis_score,
+)
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+def _blobs(seed=0, counts=(400, 300, 200), dim=4, spread=4.0):
+    """Gaussian blobs with known means `(C, D)` and random SPD covariances `(C, D, D)`."""
+    gen = torch.Generator().manual_seed(seed)
+    means = spread * torch.randn(len(counts), dim, generator=gen, dtype=torch.float64)
+    factors = torch.randn(len(counts), dim, dim, generator=gen, dtype=torch.float64)
+    covs = factors @ factors.transpose(1, 2) / dim + 0.5 * torch.eye(dim, dtype=torch.float64)
+    feats, labels = [], []
+    for c, n in enumerate(counts):
+        noise = torch.randn(n, dim, generator=gen, dtype=torch.float64)
+        feats.append(means[c] + noise @ torch.linalg.cholesky(covs[c]).T)
+        labels.append(torch.full((n,), c))
+    return torch.cat(feats), torch.cat(labels), means, covs
+
+
+def test_recovers_blob_means_and_covariances():
+    features, labels, means, covs = _blobs(counts=(20000, 15000, 10000))
+    model = fit_class_gaussians(features.float(), labels, 3)
+    assert model.jitter == 0.0
+    assert model.means.dtype == torch.float64 and model.cholesky.shape == (3, 4, 4)
+    assert model.class_counts.tolist() == [20000, 15000, 10000]
+    assert torch.allclose(model.means, means, atol=0.05)
+    assert torch.allclose(model.covariances(), covs, atol=0.05)
+    # Exactly the sample mean and the unbiased sample covariance (ddof=1) of the same float32 data.
+    x = features.float().double().numpy()
+    y = labels.numpy()
+    for c in range(3):
+        assert np.allclose(model.means[c].numpy(), x[y == c].mean(axis=0), rtol=0, atol=1e-12)
+        sample_cov = np.cov(x[y == c], rowvar=False, ddof=1)
+        assert np.allclose(model.covariances()[c].numpy(), sample_cov, rtol=0, atol=1e-12)
+    assert torch.equal(model.cholesky, model.cholesky.tril())
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_class_log_densities_match_scipy(device):
+    features, labels, _, _ = _blobs(seed=1)
+    test_points, _, _, _ = _blobs(seed=2, counts=(30, 30, 30))
+    model = fit_class_gaussians(features.to(device), labels.to(device), 3)
+    got = class_log_densities(model, test_points.to(device)).cpu().numpy()
+    assert got.shape == (90, 3) and got.dtype == np.float64
+    x, y = features.numpy(), labels.numpy()
+    references = [multivariate_normal(x[y == c].mean(0), np.cov(x[y == c], rowvar=False)) for c in range(3)]
+    expected = np.stack([ref.logpdf(test_points.numpy()) for ref in references], axis=1)
+    np.testing.assert_allclose(got, expected, rtol=1e-10, atol=1e-10)
+    # DDU's scores: logsumexp over classes (no prior) and the entropy of the softmax over classes.
+    scores = ddu_scores(torch.from_numpy(got))
+    np.testing.assert_allclose(scores["log_density"].numpy(), logsumexp(expected, axis=1), rtol=1e-12)
+    expected_entropy = entropy(softmax(expected, axis=1), axis=1)
+    np.testing.assert_allclose(scores["entropy"].numpy(), expected_entropy, atol=1e-12)
+
+
+def test_weighting_by_class_frequency_adds_log_priors():
+    features, labels, _, _ = _blobs(seed=3, counts=(300, 100))
+    uniform = fit_class_gaussians(features, labels, 2)
+    weighted = fit_class_gaussians(features, labels, 2, weight_by_class_frequency=True)
+    assert uniform.log_priors.tolist() == pytest.approx([math.log(0.5)] * 2)
+    assert weighted.log_priors.tolist() == pytest.approx([math.log(0.75), math.log(0.25)])
+    difference = class_log_densities(weighted, features) - class_log_densities(uniform, features)
+    assert torch.allclose(difference, weighted.log_priors.expand_as(difference), atol=1e-9)
+
+
+def test_ddu_entropy_is_finite_for_far_apart_log_densities():
+    scores = ddu_scores(torch.tensor([[-1e5, -2e5, -3e5], [0.0, 0.0, -math.inf]], dtype=torch.float64))
+    assert scores["entropy"].tolist() == pytest.approx([0.0, math.log(2)])
+    assert scores["log_density"].tolist() == pytest.approx([-1e5, math.log(2)])
+
+
+def test_chunking_does_not_change_scores():
+    features, labels, _, _ = _blobs(seed=4)
+    model = fit_class_gaussians(features, labels, 3)
+    shared = fit_shared_mahalanobis(features, labels, 3)
+    assert torch.allclose(
+        class_log_densities(model, features, chunk_size=61), class_log_densities(model, features), rtol=1e-13
+    )
+    chunked = mahalanobis_score(shared, features, chunk_size=61)
+    assert torch.allclose(chunked, mahalanobis_score(shared, features), rtol=1e-13)
+
+
+def _singular_case(kind):
+    gen = torch.Generator().manual_seed(5)
+    features, labels, _, _ = _blobs(seed=6, counts=(200, 200), dim=6)
+    if kind == "fewer_samples_than_dims":
+        features, labels = features[196:204], labels[196:204]  # 4 samples per class in 6 dimensions
+    elif kind == "duplicated_feature":
+        features = torch.cat([features, features[:, :1]], dim=1)
+    elif kind == "linear_combination":  # LAPACK accepts this class with a round-off pivot
+        features, labels = features[:200], labels[:200]
+        features = torch.cat([features, 0.3 * features[:, :1] + 0.7 * features[:, 1:2]], dim=1)
+    elif kind == "constant_feature":
+        features = features.clone()
+        features[:, 2] = 1.5
+    elif kind == "single_sample":
+        lone = 3 + torch.randn(1, 6, generator=gen, dtype=torch.float64)
+        features = torch.cat([features, lone])
+        labels = torch.cat([labels, torch.tensor([2])])
+    return features, labels, int(labels.max()) + 1
+
+
+SINGULAR_KINDS = [
+    "fewer_samples_than_dims",
+    "duplicated_feature",
+    "linear_combination",
+    "constant_feature",
+    "single_sample",
+]
+
+
+@pytest.mark.parametrize("kind", SINGULAR_KINDS)
+def test_singular_cases_fit_with_recorded_jitter(kind):
+    features, labels, num_classes = _singular_case(kind)
+    model = fit_class_gaussians(features, labels, num_classes)
+    assert model.jitter > 0
+    dim = features.shape[1]
+    # The factor reproduces the sample covariance plus exactly the recorded jitter.
+    x, y = features.numpy(), labels.numpy()
+    for c in range(num_classes):
+        sample_cov = np.cov(x[y == c], rowvar=False) if (y == c).sum() > 1 else np.zeros((dim, dim))
+        np.testing.assert_allclose(
+            model.covariances()[c].numpy(), sample_cov + model.jitter * np.eye(dim), rtol=1e-9, atol=1e-9
+        )
+    assert torch.isfinite(class_log_densities(model, features)).all()
+    shared = fit_shared_mahalanobis(features, labels, num_classes)
+    assert torch.isfinite(mahalanobis_score(shared, features)).all()
+
+
+def test_linear_combination_case_passes_plain_cholesky():
+    # Why the pivot check exists: LAPACK reports success on this rank-deficient covariance.
+    features, labels, num_classes = _singular_case("linear_combination")
+    for c in range(num_classes):
+        z = features[labels == c]
+        z = z - z.mean(dim=0)
+        _, info = torch.linalg.cholesky_ex(z.T @ z / (z.shape[0] - 1))
+        assert int(info) == 0
+
+
+def test_jitter_is_scaled_to_the_covariance():
+    features, labels, num_classes = _singular_case("duplicated_feature")
+    small = fit_class_gaussians(features, labels, num_classes)
+    large = fit_class_gaussians(features * 1024.0, labels, num_classes)  # a power of 2 scales exactly
+    assert large.jitter == small.jitter * 1024.0**2
+
+
+def test_explicit_jitter_start_and_max_tries():
+    features, labels, num_classes = _singular_case("duplicated_feature")
+    model = fit_class_gaussians(features, labels, num_classes, jitter_start=1e-3)
+    assert model.jitter == 1e-3
+    with pytest.raises(GaussianFitError, match="not positive definite") as err:
+        fit_class_gaussians(features, labels, num_classes, max_tries=0)
+    assert "class 0" in err.value.reason and "class 1" in err.value.reason
+
+
+def test_fit_errors():
+    features, labels, _, _ = _blobs(seed=7, counts=(50, 50))
+    with pytest.raises(GaussianFitError, match=r"class\(es\) \[2\] have no samples"):
+        fit_class_gaussians(features, labels, 3)
+    bad = features.clone()
+    bad[3, 1] = float("nan")
+    with pytest.raises(GaussianFitError, match="NaN"):
+        fit_class_gaussians(bad, labels, 2)
+    with pytest.raises(GaussianFitError, match="NaN"):
+        fit_shared_mahalanobis(bad, labels, 2)
+    with pytest.raises(ValueError, match="labels must lie"):
+        fit_class_gaussians(features, labels, 1)
+    model = fit_class_gaussians(features, labels, 2)
+    with pytest.raises(ValueError, match=r"\(N, 4\)"):
+        class_log_densities(model, features[:, :3])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_mahalanobis_matches_numpy_reference(device):
+    features, labels, _, _ = _blobs(seed=8)
+    test_points, _, _, _ = _blobs(seed=9, counts=(20, 20, 20))
+    model = fit_shared_mahalanobis(features.float().to(device), labels.to(device), 3)
+    got = mahalanobis_score(model, test_points.to(device)).cpu().numpy()
+    x, y = features.float().double().numpy(), labels.numpy()
+    means = np.stack([x[y == c].mean(axis=0) for c in range(3)])
+    centred = x - means[y]
+    precision = np.linalg.inv(centred.T @ centred / len(x))  # tied covariance, divided by N (Lee et al.)
+    diffs = test_points.numpy()[:, None, :] - means[None]
+    squared = np.einsum("ncd,de,nce->nc", diffs, precision, diffs)
+    np.testing.assert_allclose(got, -squared.min(axis=1), rtol=1e-9)
+    assert model.jitter == 0.0
+    # In-distribution points score higher than far-away ones.
+    assert got.mean() > mahalanobis_score(model, (test_points + 50).to(device)).mean().item()
