@@ -1,0 +1,238 @@
+"""Readers for the official on-disk formats, and the md5 check against the official releases.
+
+Every reader returns CPU tensors: images `(N, C, H, W)` uint8 (float32 in [0, 1] for Ambiguous-MNIST) and
+labels `(N,)` int64. Files are read directly, without torchvision's dataset classes, so that a whole split
+becomes one tensor in one step (that is what the GPU-resident loader keeps on the device).
+
+md5 sums never gate loading: a file that differs from the official release (a re-encoded copy, another
+version) is read all the same, and one `ChecksumWarning` per file and process says that results may not
+be comparable with published numbers.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import pickle
+import struct
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from utils.errors import UserError
+
+# md5 sums of the official releases, keyed by the path relative to the data root. MNIST-style sets are
+# listed both as downloaded (.gz) and as extracted by torchvision (raw IDX files).
+OFFICIAL_MD5: dict[str, str] = {
+    "cifar-10-batches-py/data_batch_1": "c99cafc152244af753f735de768cd75f",
+    "cifar-10-batches-py/data_batch_2": "d4bba439e000b95fd0a9bffe97cbabec",
+    "cifar-10-batches-py/data_batch_3": "54ebc095f3ab1f0389bbae665268c751",
+    "cifar-10-batches-py/data_batch_4": "634d18415352ddfa80567beed471001a",
+    "cifar-10-batches-py/data_batch_5": "482c414d41f54cd18b22e5b47cb7c3cb",
+    "cifar-10-batches-py/test_batch": "40351d587109b95175f43aff81a1287e",
+    "cifar-100-python/train": "16019d7e3df5f24257cddd939b257f8d",
+    "cifar-100-python/test": "f0ef6b0ae62326f3e7ffdfab6717acfc",
+    "train_32x32.mat": "e26dedcc434d2e4c54c9b2d4a06d8373",
+    "test_32x32.mat": "eb5a983be6a315427106f1b164d9cef3",
+    "MNIST/raw/train-images-idx3-ubyte": "6bbc9ace898e44ae57da46a324031adb",
+    "MNIST/raw/train-labels-idx1-ubyte": "a25bea736e30d166cdddb491f175f624",
+    "MNIST/raw/t10k-images-idx3-ubyte": "2646ac647ad5339dbf082846283269ea",
+    "MNIST/raw/t10k-labels-idx1-ubyte": "27ae3e4e09519cfbb04c329615203637",
+    "MNIST/raw/train-images-idx3-ubyte.gz": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
+    "MNIST/raw/train-labels-idx1-ubyte.gz": "d53e105ee54ea40749a09fcbcd1e9432",
+    "MNIST/raw/t10k-images-idx3-ubyte.gz": "9fb629c4189551a2d022fa330f9573f3",
+    "MNIST/raw/t10k-labels-idx1-ubyte.gz": "ec29112dd5afa0611ce80d1b7f02629c",
+    "FashionMNIST/raw/train-images-idx3-ubyte": "f4a8712d7a061bf5bd6d2ca38dc4d50a",
+    "FashionMNIST/raw/train-labels-idx1-ubyte": "9018921c3c673c538a1fc5bad174d6f9",
+    "FashionMNIST/raw/t10k-images-idx3-ubyte": "8181f5470baa50b63fa0f6fddb340f0a",
+    "FashionMNIST/raw/t10k-labels-idx1-ubyte": "15d484375f8d13e6eb1aabb0c3f46965",
+    "FashionMNIST/raw/train-images-idx3-ubyte.gz": "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
+    "FashionMNIST/raw/train-labels-idx1-ubyte.gz": "25c81989df183df01b3e8a0aad5dffbe",
+    "FashionMNIST/raw/t10k-images-idx3-ubyte.gz": "bef4ecab320f06d8554ea6380940ec79",
+    "FashionMNIST/raw/t10k-labels-idx1-ubyte.gz": "bb300cfdad3c16e7a12a480ee83cd310",
+}
+
+# Resolved paths already hashed in this process: each file is hashed, and warned about, at most once.
+_CHECKED: set[Path] = set()
+
+
+class ChecksumWarning(UserWarning):
+    """A data file differs from the official release; loading goes on."""
+
+
+def file_md5(path: Path, chunk_size: int = 1 << 22) -> str:
+    digest = hashlib.md5()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(chunk_size):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def warn_if_modified(dataset: str, root: Path, paths: list[Path]) -> list[Path]:
+    """Compare files with `OFFICIAL_MD5` and warn once (per file and process) about those that differ.
+
+    Files without an official sum are skipped. Returns the files this call warned about.
+    """
+    differing = []
+    for path in paths:
+        resolved = path.resolve()
+        if resolved in _CHECKED:
+            continue
+        try:
+            key = path.relative_to(root).as_posix()
+        except ValueError:
+            continue
+        expected = OFFICIAL_MD5.get(key)
+        if expected is None:
+            continue
+        _CHECKED.add(resolved)
+        if file_md5(path) != expected:
+            differing.append(path)
+    if differing:
+        names = ", ".join(str(p) for p in differing)
+        verb = "differs" if len(differing) == 1 else "differ"
+        warnings.warn(
+            f"{dataset}: {names} {verb} from the official release (md5 sum), so results may not be "
+            "comparable with published numbers",
+            ChecksumWarning,
+            stacklevel=2,
+        )
+    return differing
+
+
+def _corrupt(path: Path, what: str, detail: str) -> UserError:
+    return UserError(f"'{path}' is not a valid {what} ({detail}); delete it and download the data set again")
+
+
+def read_cifar(paths: list[Path], label_key: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """CIFAR-10/100 python pickles (`data` (N, 3072) uint8 rows in CHW order, labels under `label_key`).
+
+    Returns images `(N, 3, 32, 32)` uint8 and labels `(N,)` int64, files concatenated in the given order.
+    """
+    images, labels = [], []
+    for path in paths:
+        try:
+            with open(path, "rb") as handle:
+                entry = pickle.load(handle, encoding="latin1")
+            data = np.asarray(entry["data"], dtype=np.uint8)
+            targets = np.asarray(entry[label_key], dtype=np.int64)
+        except (pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError) as err:
+            raise _corrupt(path, "CIFAR pickle", f"{type(err).__name__}: {err}") from None
+        if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or len(data) != len(targets):
+            raise _corrupt(path, "CIFAR pickle", f"data of shape {data.shape} for {len(targets)} labels")
+        images.append(data.reshape(-1, 3, 32, 32))
+        labels.append(targets)
+    return torch.from_numpy(np.concatenate(images)), torch.from_numpy(np.concatenate(labels))
+
+
+def read_svhn(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """SVHN `{train,test}_32x32.mat`: `X` (32, 32, 3, N) uint8 and `y` (N, 1) with 10 meaning digit 0.
+
+    Returns images `(N, 3, 32, 32)` uint8 and labels `(N,)` int64 in 0..9.
+    """
+    from scipy.io import loadmat
+
+    try:
+        mat = loadmat(path, variable_names=["X", "y"])
+        x, y = mat["X"], mat["y"]
+    except (ValueError, KeyError, TypeError, OSError) as err:
+        raise _corrupt(path, "SVHN .mat file", f"{type(err).__name__}: {err}") from None
+    if x.ndim != 4 or x.shape[:3] != (32, 32, 3) or x.shape[3] != y.size:
+        raise _corrupt(path, "SVHN .mat file", f"X of shape {x.shape} for {y.size} labels")
+    images = np.ascontiguousarray(x.transpose(3, 2, 0, 1), dtype=np.uint8)
+    labels = y.reshape(-1).astype(np.int64)
+    labels[labels == 10] = 0
+    return torch.from_numpy(images), torch.from_numpy(labels)
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """An IDX file of unsigned bytes (MNIST and Fashion-MNIST), gzipped or not, as a numpy array."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as handle:
+            raw = bytearray(handle.read())
+    except (OSError, EOFError) as err:
+        raise _corrupt(path, "IDX file", str(err)) from None
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
+        raise _corrupt(path, "IDX file of unsigned bytes", "wrong magic number")
+    ndim = raw[3]
+    header = 4 + 4 * ndim
+    dims = struct.unpack(f">{ndim}I", bytes(raw[4:header]))
+    data = np.frombuffer(raw, dtype=np.uint8, offset=header)
+    if data.size != int(np.prod(dims)):
+        raise _corrupt(path, "IDX file", f"{data.size} bytes of data for dimensions {dims}; truncated?")
+    return data.reshape(dims)
+
+
+def read_mnist(images_path: Path, labels_path: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """MNIST-style IDX pair. Returns images `(N, 1, 28, 28)` uint8 and labels `(N,)` int64."""
+    images, labels = read_idx(images_path), read_idx(labels_path)
+    if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+        raise _corrupt(images_path, "MNIST image file", f"images {images.shape} for labels {labels.shape}")
+    return torch.from_numpy(images[:, None].copy()), torch.from_numpy(labels.astype(np.int64))
+
+
+def read_amnist(samples_path: Path, labels_path: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ambiguous-MNIST as released: samples float `(M, 1, 28, 28)` in [0, 1], labels int64 `(M, K)`.
+
+    Each sample carries K labels drawn from its (ambiguous) label distribution; callers flatten it into
+    M * K (sample, label) pairs, see `flatten_multilabel`.
+    """
+    tensors = []
+    for path in (samples_path, labels_path):
+        try:
+            tensors.append(torch.load(path, map_location="cpu", weights_only=True))
+        except Exception as err:  # noqa: BLE001  (torch.load raises many types for a damaged file)
+            raise _corrupt(path, "Ambiguous-MNIST tensor file", f"{type(err).__name__}: {err}") from None
+    samples, labels = tensors
+    ok = (
+        isinstance(samples, torch.Tensor)
+        and isinstance(labels, torch.Tensor)
+        and samples.ndim == 4
+        and tuple(samples.shape[1:]) == (1, 28, 28)
+        and labels.ndim == 2
+        and len(labels) == len(samples)
+    )
+    if not ok:
+        raise _corrupt(samples_path, "Ambiguous-MNIST pair", "expected samples [N,1,28,28] and labels [N,K]")
+    return samples.to(torch.float32), labels.to(torch.int64)
+
+
+def flatten_multilabel(
+    samples: torch.Tensor, labels: torch.Tensor, start: int, stop: int | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pairs `start:stop` of the flattened (sample, label) list, as the original Ambiguous-MNIST does.
+
+    The original repeats each of the M samples once per label (`expand` then `reshape`), giving M * K
+    pairs in the order (sample 0, label 0), (sample 0, label 1), ...; only the requested slice is
+    materialised here. Returns `(n, 1, 28, 28)` float32 and `(n,)` int64.
+    """
+    k = labels.shape[1]
+    flat = torch.arange(labels.numel())[start:stop]
+    return samples[flat // k], labels.reshape(-1)[flat]
+
+
+def read_jpeg_folder(folder: Path, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every `*.JPEG` in `folder`, as RGB resized to `size` (H, W) with PIL's bilinear filter.
+
+    Used for Tiny-ImageNet's test images (64x64 to 32x32). Files are ordered by the number in their name
+    (test_0, test_1, ...). Returns images `(N, 3, H, W)` uint8 and labels `(N,)` int64, all 0.
+    """
+
+    def order(path: Path) -> tuple[int, str]:
+        digits = "".join(ch for ch in path.stem if ch.isdigit())
+        return (int(digits) if digits else -1, path.name)
+
+    paths = sorted(folder.glob("*.JPEG"), key=order)
+    out = np.empty((len(paths), size[0], size[1], 3), dtype=np.uint8)
+    for i, path in enumerate(paths):
+        try:
+            with Image.open(path) as img:
+                out[i] = np.asarray(img.convert("RGB").resize((size[1], size[0]), Image.Resampling.BILINEAR))
+        except OSError as err:
+            raise _corrupt(path, "JPEG image", str(err)) from None
+    images = torch.from_numpy(out).permute(0, 3, 1, 2).contiguous()
+    return images, torch.zeros(len(paths), dtype=torch.int64)
