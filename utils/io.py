@@ -14,6 +14,12 @@ import torch
 from utils.errors import UserError
 
 
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def _atomic_write(path: Path, write_fn) -> None:
     path = Path(path)
     try:
@@ -26,6 +32,7 @@ def _atomic_write(path: Path, write_fn) -> None:
             write_fn(handle)
             handle.flush()
             os.fsync(handle.fileno())
+        os.chmod(tmp_name, 0o666 & ~_current_umask())  # mkstemp creates 0600; give the usual permissions
         os.replace(tmp_name, path)
     except BaseException:
         if os.path.exists(tmp_name):

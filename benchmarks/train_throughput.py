@@ -1,0 +1,189 @@
+"""Training throughput (images/s) of this project's default set-up against the original DDU's, side by side.
+
+Both configurations run the real training loop (`utils.training.train_one_epoch`, SGD as the original) on
+real data for a fixed number of steps, after untimed warm-up steps, in one process:
+
+- project: the GPU-resident loader (batched crop/flip on the device) with train.py's device defaults
+  (bf16 autocast + channels_last on a GPU, fp32 on the CPU), optionally also with `torch.compile`;
+- original: fp32, contiguous tensors, torchvision `DataLoader` with PIL crop/flip and 4 worker processes,
+  batch 128, as the original code trains.
+
+    python -m benchmarks.train_throughput --dataset-root DATA --model wide_resnet -sn -mod --compile    # GPU
+    python -m benchmarks.train_throughput --dataset-root /tmp/ddu_real_data --model resnet18 --base-width 8 \
+        --steps 10 --warmup 2 --no-gpu                                                                  # CPU
+
+Prepare CIFAR-10 once with `python ../shared/data/prepare.py DATA --only cifar10`. cudnn autotuning is on
+for both configurations, so the difference is the input pipeline and the numerics only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import platform
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+
+import data
+from utils import training as T
+from utils.cli import model_parser
+from utils.device import select_device
+from utils.seed import seed_everything
+
+ORIGINAL_BATCH = 128
+ORIGINAL_WORKERS = 4
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        parents=[model_parser(default_model="wide_resnet")],  # --model, -sn, --coeff, -mod, size overrides
+    )
+    parser.add_argument("--dataset", default="cifar10", help="training set (real data under --dataset-root)")
+    parser.add_argument(
+        "--dataset-root", default="./", help="folder with the data set in its official layout"
+    )
+    parser.add_argument(
+        "-b", "--batch-size", type=int, default=128, help="batch of the project configuration"
+    )
+    parser.add_argument("--steps", type=int, default=50, help="timed steps per configuration")
+    parser.add_argument("--warmup", type=int, default=5, help="untimed steps first (autotuning, compilation)")
+    parser.add_argument(
+        "--workers", type=int, default=ORIGINAL_WORKERS, help="workers of the original loader"
+    )
+    parser.add_argument(
+        "--precision", choices=("bf16", "fp32"), default=None, help="project precision override"
+    )
+    parser.add_argument(
+        "--compile", action="store_true", help="also measure the project set-up + torch.compile"
+    )
+    parser.add_argument("--no-gpu", action="store_true", help="measure on the CPU")
+    parser.add_argument("--json", default=None, help="also write the results to this JSON file")
+    return parser
+
+
+class _Steps:
+    """`steps` batches drawn from a shared iterator that never ends (epochs roll over), so the warm-up and
+    the timed slice continue one stream and the torchvision workers stay alive in between."""
+
+    def __init__(self, source: Iterator, steps: int) -> None:
+        self.source, self.steps = source, steps
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def __iter__(self) -> Iterator:
+        for _ in range(self.steps):
+            yield next(self.source)
+
+
+def _forever(loader) -> Iterator:
+    epoch = 0
+    while True:
+        loader.set_epoch(epoch)
+        yield from loader
+        epoch += 1
+
+
+def measure(args: argparse.Namespace, device: torch.device, config: dict) -> dict:
+    """Images/s of `args.steps` training steps under one configuration (a fresh model each time)."""
+    info = data.get_info(args.dataset)
+    train_loader, _ = data.get_train_valid_loader(
+        args.dataset,
+        args.dataset_root,
+        config["batch_size"],
+        augment=True,
+        val_seed=0,
+        device=device,
+        loader=config["loader"],
+        seed=0,
+        num_workers=config["workers"],
+    )
+    seed_everything(0)
+    model = T.build_model(T.model_config(args, info))
+    model = T.prepare_model(model, device, channels_last=config["channels_last"], compile=config["compile"])
+    optimizer = T.make_optimizer(model.parameters(), "sgd", lr=0.1, momentum=0.9, weight_decay=5e-4)
+    settings = T.TrainSettings(
+        device=device, precision=config["precision"], channels_last=config["channels_last"], progress=False
+    )
+    stream = _forever(train_loader)
+    if args.warmup:
+        T.train_one_epoch(model, _Steps(stream, args.warmup), optimizer, settings)
+    stats = T.train_one_epoch(model, _Steps(stream, args.steps), optimizer, settings)
+    return {**config, "images_per_s": stats.images_per_s, "seconds": stats.seconds, "images": stats.images}
+
+
+def main(args: argparse.Namespace) -> list[dict]:
+    device = select_device(args.no_gpu)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    precision = args.precision or ("bf16" if device.type == "cuda" else "fp32")
+    project = dict(
+        name="project",
+        loader="gpu",
+        precision=precision,
+        channels_last=device.type == "cuda",
+        compile=False,
+        batch_size=args.batch_size,
+        workers=0,
+    )
+    configs = [project]
+    if args.compile:
+        configs.append({**project, "name": "project+compile", "compile": True})
+    configs.append(
+        dict(
+            name="original",
+            loader="torchvision",
+            precision="fp32",
+            channels_last=False,
+            compile=False,
+            batch_size=ORIGINAL_BATCH,
+            workers=args.workers,
+        )
+    )
+    hardware = (
+        torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    )
+    arch = {k: getattr(args, k) for k in T.ARCH_FLAGS if getattr(args, k) is not None}
+    flags = f"{' -sn' if args.sn else ''}{' -mod' if args.mod else ''}"
+    print(
+        f"{args.model}{flags} {arch or ''} on {args.dataset}, "
+        f"{hardware}, torch {torch.__version__}, {args.steps} timed steps after {args.warmup} warm-up"
+    )
+    results = []
+    for config in configs:
+        result = measure(args, device, config)
+        results.append(result)
+        print(
+            f"  {result['name']:<16} loader={result['loader']:<11} {result['precision']} "
+            f"channels_last={result['channels_last']!s:<5} batch={result['batch_size']:<4} "
+            f"workers={result['workers']}: {result['images_per_s']:>9,.0f} images/s",
+            flush=True,
+        )
+    original = results[-1]["images_per_s"]
+    best = max(results[:-1], key=lambda r: r["images_per_s"])
+    ratio = best["images_per_s"] / original
+    print(f"  ratio {best['name']} / original: {ratio:.2f}x")
+    if args.json:
+        record = {
+            "date": datetime.date.today().isoformat(),
+            "hardware": hardware,
+            "torch": torch.__version__,
+            "python": sys.version.split()[0],
+            "args": {k: v for k, v in vars(args).items() if k != "json"},
+            "results": results,
+            "ratio": ratio,
+        }
+        Path(args.json).write_text(json.dumps(record, indent=2) + "\n")
+    return results
+
+
+if __name__ == "__main__":
+    main(get_args_parser().parse_args())

@@ -1,0 +1,190 @@
+"""Evaluate DDU and its baselines over seed-indexed runs; write the original DDU result JSON.
+
+Run i (1-based) lives in `{load-path}/Run{i}/`: the single model trained with seed `seed + i - 1`, or for
+ensembles `--ensemble` models with seeds `seed + (i-1)*E ... seed + i*E - 1`. Examples (the original README's):
+
+    python evaluate.py --seed 1 --dataset cifar10 --ood_dataset svhn --load-path runs/ --model wide_resnet \
+        --runs 5 -sn -mod --coeff 3.0 --model-type gmm
+    python evaluate.py --seed 1 --dataset cifar10 --ood_dataset svhn --load-path runs/ --model wide_resnet \
+        --runs 5 --model-type ensemble --ensemble 5
+    python evaluate.py --seed 1 --dataset dirty_mnist --ood_dataset fashion_mnist --load-path runs/ \
+        --model resnet18 --runs 1 -sn -mod --model-type gmm
+
+Writes `res_{name}_{model-type}_{dataset}_{ood}.json` into --output-dir with `mean`, `std` (standard error),
+`values` and `info` as the original, plus extra metrics (NLL, FPR95, temperatures, GMM jitters, MSP and
+Mahalanobis detectors, failed runs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+import data
+import net
+from utils.checkpoints import locate_checkpoint, run_seeds
+from utils.cli import build_model, model_parser
+from utils.device import select_device
+from utils.errors import UserError, exit_on_user_error
+from utils.evaluation import ensemble_run, gmm_run, softmax_run
+from utils.features import Outputs, collect_outputs
+from utils.io import atomic_write_json, check_writable_dir
+from utils.naming import run_name
+from utils.progress import progress_bar
+from utils.results import aggregate
+
+log = logging.getLogger("evaluate")
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, parents=[model_parser("resnet50")]
+    )
+    parser.add_argument("--seed", type=int, default=1, help="seed of the first run's model")
+    parser.add_argument("--dataset", default="cifar10", help="in-distribution data set")
+    parser.add_argument("--ood_dataset", "--ood-dataset", dest="ood_dataset", default="svhn", help="OoD data set")
+    parser.add_argument("--dataset-root", default="data_root", help="folder holding the data sets")
+    parser.add_argument("--load-path", required=True, help="folder with Run1/, Run2/, ... of checkpoints")
+    parser.add_argument("--runs", type=int, default=5, help="number of runs to evaluate and average")
+    parser.add_argument("--ensemble", type=int, default=5, help="members per ensemble (--model-type ensemble)")
+    parser.add_argument(
+        "--model-type", default="softmax", choices=["softmax", "ensemble", "gmm"], help="uncertainty method"
+    )
+    parser.add_argument("--epoch", type=int, default=350, help="which checkpoint epoch to load ({name}_{epoch}.model)")
+    parser.add_argument("-b", "--batch-size", dest="batch_size", type=int, default=512, help="evaluation batch size")
+    parser.add_argument("--no-gpu", action="store_true", help="run on the CPU even if a GPU is available")
+    parser.add_argument("--output-dir", default=".", help="where the result JSON goes")
+    parser.add_argument(
+        "--weight-by-class-frequency",
+        action="store_true",
+        help="GMM: weight class Gaussians by their training frequency (default: uniform, as the original)",
+    )
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"], help="inference precision")
+    parser.add_argument("--loader", default="gpu", choices=["gpu", "torchvision"], help="data pipeline")
+    return parser
+
+
+class Evaluator:
+    """Holds the data loaders (built once) and computes each network's outputs once per data set."""
+
+    def __init__(self, args: argparse.Namespace, device):
+        self.args, self.device = args, device
+        self.info = data.get_info(args.dataset)
+        self.mnist = self.info.shape[0] == 1
+        root, batch = args.dataset_root, args.batch_size
+        self.test_loader = data.get_test_loader(args.dataset, root, batch, device=device, loader=args.loader)
+        self.ood_loader = data.get_test_loader(
+            args.ood_dataset, root, batch, device=device, like=args.dataset, loader=args.loader
+        )
+        parts = data.dirty_parts(args.dataset)
+        self.part_loaders = None
+        if parts is not None:
+            self.part_loaders = [
+                data.get_test_loader(name, root, batch, device=device, like=args.dataset, loader=args.loader)
+                for name in parts
+            ]
+        self._split_cache: dict[int, tuple] = {}
+
+    def splits(self, val_seed: int):
+        if val_seed not in self._split_cache:
+            self._split_cache = {
+                val_seed: data.get_train_valid_loader(
+                    self.args.dataset, self.args.dataset_root, self.args.batch_size, augment=False,
+                    val_seed=val_seed, device=self.device, loader=self.args.loader, shuffle=False,
+                )
+            }
+        return self._split_cache[val_seed]
+
+    def load(self, path: Path):
+        model = build_model(self.args, self.info.num_classes, self.mnist)
+        net.load_state_dict(model, path)
+        return model.to(self.device).eval()
+
+    def outputs(self, model, seed: int, need_train: bool) -> dict[str, Outputs]:
+        def run(loader):
+            return collect_outputs(model, loader, self.device, self.args.precision)
+
+        train_loader, val_loader = self.splits(seed)
+        out = {"test": run(self.test_loader), "ood": run(self.ood_loader), "val": run(val_loader)}
+        if need_train:
+            out["train"] = run(train_loader)
+        if self.part_loaders is not None:
+            out["parts"] = tuple(run(loader) for loader in self.part_loaders)
+        return out
+
+
+def evaluate_run(evaluator: Evaluator, args: argparse.Namespace, run: int) -> dict[str, float]:
+    num_classes = evaluator.info.num_classes
+    checkpoint = dict(model=args.model, sn=args.sn, mod=args.mod, coeff=args.coeff, epoch=args.epoch)
+    if args.model_type == "ensemble":
+        members = []
+        for seed in run_seeds(args.seed, run, args.ensemble):
+            path = locate_checkpoint(args.load_path, run, seed=seed, ensemble_naming=True, **checkpoint)
+            members.append(evaluator.outputs(evaluator.load(path), seed, need_train=False))
+        parts = [m["parts"] for m in members] if evaluator.part_loaders is not None else None
+        return ensemble_run(
+            [m["test"] for m in members], [m["ood"] for m in members], [m["val"] for m in members], parts=parts
+        )
+    (seed,) = run_seeds(args.seed, run)
+    path = locate_checkpoint(args.load_path, run, seed=seed, **checkpoint)
+    out = evaluator.outputs(evaluator.load(path), seed, need_train=True)
+    common = dict(num_classes=num_classes, parts=out.get("parts"))
+    if args.model_type == "softmax":
+        return softmax_run(out["test"], out["ood"], out["val"], train=out["train"], **common)
+    return gmm_run(
+        out["test"], out["ood"], out["val"], out["train"],
+        weight_by_class_frequency=args.weight_by_class_frequency, **common,
+    )
+
+
+def result_path(args: argparse.Namespace) -> Path:
+    name = run_name(args.model, args.seed, args.sn, args.mod, args.coeff)
+    dataset, ood = data.canonical_name(args.dataset), data.canonical_name(args.ood_dataset)
+    return Path(args.output_dir) / f"res_{name}_{args.model_type}_{dataset}_{ood}.json"
+
+
+@exit_on_user_error
+def main(args: argparse.Namespace) -> dict:
+    import metrics
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    print("evaluate.py " + " ".join(f"{k}={v}" for k, v in sorted(vars(args).items())), flush=True)
+    if args.runs < 1:
+        raise UserError(f"--runs must be at least 1, got {args.runs}")
+    if args.model_type == "ensemble" and args.ensemble < 1:
+        raise UserError(f"--ensemble must be at least 1, got {args.ensemble}")
+    if not Path(args.load_path).is_dir():
+        raise UserError(f"--load-path '{args.load_path}' is not a folder; it should hold Run1/, Run2/, ...")
+    output = result_path(args)
+    check_writable_dir(output.parent, "output folder (--output-dir)")
+    device = select_device(args.no_gpu)
+    evaluator = Evaluator(args, device)
+
+    per_run: list[dict | None] = []
+    failed: list[dict] = []
+    for run in progress_bar(range(1, args.runs + 1), desc=f"evaluating {args.model_type}", unit="run"):
+        try:
+            per_run.append(evaluate_run(evaluator, args, run))
+        except metrics.GaussianFitError as err:
+            per_run.append(None)
+            failed.append({"run": run, "reason": str(err)})
+            log.error("run %d failed: %s", run, err)
+    info = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    result = aggregate(per_run, info)
+    result["failed_runs"] = failed
+    atomic_write_json(output, result)
+    summary = ", ".join(
+        f"{key} {result['mean'][key]:.4f}" for key in ("accuracy", "ece", "m1_auroc", "m2_auroc")
+        if result["mean"].get(key) is not None
+    )
+    print(f"wrote {output}: {summary}", flush=True)
+    if failed:
+        print(f"error: {len(failed)} of {args.runs} runs failed (see 'failed_runs' in {output})", file=sys.stderr)
+        raise SystemExit(1)
+    return result
+
+
+if __name__ == "__main__":
+    main(get_args_parser().parse_args())

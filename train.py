@@ -1,0 +1,411 @@
+"""Train a DDU network (Mukhoti et al. 2021): the original `train.py` command line, faster and resumable.
+
+The original flags, defaults and file names all work, so the original README's commands run as written:
+
+    python train.py --seed 1 --dataset cifar10 --model wide_resnet -sn -mod --coeff 3.0
+    python train.py --seed 1 --dataset cifar10 --model resnet18 -sn -mod --coeff 3.0
+    python train.py --seed 1 --dataset dirty-mnist --model lenet
+
+Useful additions:
+
+    python train.py ... --resume                                   # continue after a crash or pre-emption
+    python train.py ... --precision fp32 --loader torchvision      # the original's numerics and pipeline
+    torchrun --nproc_per_node=4 train.py --seed 1 ...              # DistributedDataParallel, -b stays global
+    python train.py --seed 1 --dataset digits --model resnet18 --base-width 8 -e 3 --no-gpu --save-path runs
+                                                                   # a small run on the embedded demo set
+
+Outputs in `--save-path` (`{name}` is the original naming, e.g. `wide_resnet_sn_3.0_mod_1`):
+`{name}_{epoch}.model` every `--save-interval` epochs and at the end (plain state dicts of the network),
+`{name}_train_loss.json` as the original, `{name}_log.jsonl` (one JSON line per epoch: `epoch` from 0,
+`loss`, `original_loss`, `accuracy`, `lr`, `images`, `seconds`, `images_per_s`, `val_accuracy`) and
+`{name}_resume.pt` (the full state `--resume` continues from).
+
+On a GPU the defaults are the fast path: the GPU-resident loader, bf16 autocast and channels_last
+(cudnn autotuning on). On the CPU: fp32 and contiguous tensors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import data
+import net
+from utils import distributed
+from utils import training as T
+from utils.cli import model_parser
+from utils.device import select_device
+from utils.errors import UserError, exit_on_user_error
+from utils.io import check_writable_dir
+from utils.naming import run_name
+from utils.progress import progress_enabled
+from utils.seed import seed_everything, set_deterministic
+
+log = logging.getLogger("train")
+
+DEFAULT_RESUME = "auto"
+
+
+def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
+    """The original flags (names, defaults, destinations) plus this project's speed and robustness flags."""
+    parser = argparse.ArgumentParser(
+        "DDU training",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        add_help=add_help,
+        parents=[model_parser(default_model="resnet50")],  # --model, -sn, --coeff, -mod, size overrides
+    )
+    g = parser.add_argument_group("run (original flags)")
+    g.add_argument("--seed", type=int, required=True, help="seed of the weights, data order and run name")
+    g.add_argument(
+        "--dataset", default="cifar10", help=f"training set; one of: {', '.join(data.list_datasets())}"
+    )
+    g.add_argument(
+        "--dataset-root", default="./", help="folder holding the data sets in their official layout"
+    )
+    g.add_argument(
+        "--data-aug",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="augment the training split (CIFAR: crop with padding 4 + flip); --no-data-aug switches it off",
+    )
+    g.add_argument(
+        "-b", "--batch-size", dest="train_batch_size", type=int, default=128, help="training batch size"
+    )
+    g.add_argument(
+        "-tb", "--test-batch-size", dest="test_batch_size", type=int, default=128, help="validation batch"
+    )
+    g.add_argument(
+        "--no-gpu", dest="gpu", action="store_false", help="train on the CPU even if a GPU is present"
+    )
+    g.add_argument("-e", "--epochs", dest="epoch", type=int, default=350, help="number of epochs")
+    g.add_argument(
+        "--lr", "--learning-rate", dest="learning_rate", type=float, default=0.1, help="initial rate"
+    )
+    g.add_argument("--mom", "--momentum", dest="momentum", type=float, default=0.9, help="SGD momentum")
+    g.add_argument("--nesterov", action="store_true", help="Nesterov momentum (SGD)")
+    g.add_argument(
+        "--decay", "--weight-decay", dest="weight_decay", type=float, default=5e-4, help="weight decay"
+    )
+    g.add_argument(
+        "--opt", "--optimiser", dest="optimiser", default="sgd", choices=T.OPTIMIZERS, help="optimiser"
+    )
+    g.add_argument(
+        "--loss", dest="loss_function", default="cross_entropy", choices=list(T.LOSSES), help="loss"
+    )
+    g.add_argument(
+        "--loss-mean",
+        action="store_true",
+        help="divide the (mean) loss by the batch size once more, as the original's flag does",
+    )
+    g.add_argument("--log-interval", type=int, default=50, help="steps between progress updates / NaN checks")
+    g.add_argument("--save-interval", type=int, default=25, help="save {name}_{epoch}.model every N epochs")
+    g.add_argument(
+        "--save-path", dest="save_loc", default="./", help="folder for models, logs and resume file"
+    )
+    g.add_argument("--first-milestone", type=int, default=150, help="epoch of the first tenfold lr drop")
+    g.add_argument("--second-milestone", type=int, default=250, help="epoch of the second tenfold lr drop")
+
+    g = parser.add_argument_group("speed (results do not depend on these except in rounding)")
+    g.add_argument(
+        "--precision",
+        choices=("bf16", "fp32"),
+        default=None,
+        help="bf16 autocast (default on a GPU) or fp32 (default on the CPU; the original's numerics)",
+    )
+    g.add_argument(
+        "--loader",
+        choices=("gpu", "torchvision"),
+        default="gpu",
+        help="gpu: the split on the device, batched augmentation (fast); torchvision: the original pipeline",
+    )
+    g.add_argument("--workers", type=int, default=4, help="worker processes of --loader torchvision")
+    g.add_argument(
+        "--channels-last",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="NHWC memory layout (default on a GPU, where convolutions are faster with it)",
+    )
+    g.add_argument("--compile", action="store_true", help="torch.compile the network (minutes of warm-up)")
+    g.add_argument(
+        "--per-rank-batch",
+        action="store_true",
+        help="with torchrun, make -b the batch of each process (global batch: -b x processes)",
+    )
+
+    g = parser.add_argument_group("robustness and checks")
+    g.add_argument(
+        "--resume",
+        nargs="?",
+        const=DEFAULT_RESUME,
+        default=None,
+        metavar="PATH",
+        help="continue from {save-path}/{name}_resume.pt (or PATH); without that file the run starts afresh",
+    )
+    g.add_argument(
+        "--deterministic", action="store_true", help="deterministic kernels: bit-identical reruns on CPU"
+    )
+    g.add_argument(
+        "--val-seed",
+        type=int,
+        default=None,
+        help="seed of the train/validation split (default: --seed, as the original)",
+    )
+    g.add_argument(
+        "--validate-every",
+        type=int,
+        default=0,
+        help="validation accuracy every N epochs (0: after the last one only); logged, never used to train",
+    )
+    g.add_argument(
+        "--steps-per-epoch",
+        type=int,
+        default=0,
+        help="cut every epoch after N steps (0: full epochs; smoke tests)",
+    )
+
+    return parser
+
+
+def _git_revision() -> str:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _flag_names(parser: argparse.ArgumentParser) -> dict[str, str]:
+    """dest -> the flag a user types (the original's spelling first), for messages."""
+    return {a.dest: a.option_strings[0] for a in parser._actions if a.option_strings}
+
+
+def _resolve(
+    args: argparse.Namespace, device: torch.device, dist_info: distributed.DistInfo
+) -> argparse.Namespace:
+    """Validate names and fill the device-dependent defaults; user mistakes become one-sentence errors."""
+    args = argparse.Namespace(**vars(args))
+    args.dataset = data.canonical_name(args.dataset)
+    if args.model not in net.list_models():
+        raise UserError(f"unknown model '{args.model}'; choose one of: {', '.join(net.list_models())}")
+    info = data.get_info(args.dataset)
+    if not info.has_train:
+        raise UserError(
+            f"{args.dataset} has no training split (it is an out-of-distribution set); pick another --dataset"
+        )
+    for flag, value in (("-b", args.train_batch_size), ("-tb", args.test_batch_size), ("-e", args.epoch)):
+        if value < 1:
+            raise UserError(f"{flag} must be at least 1, got {value}")
+    if args.save_interval < 1 or args.log_interval < 1:
+        raise UserError("--save-interval and --log-interval must be at least 1")
+    if args.val_seed is None:
+        args.val_seed = args.seed
+    if args.precision is None:
+        args.precision = "bf16" if device.type == "cuda" else "fp32"
+    if args.channels_last is None:
+        args.channels_last = device.type == "cuda"
+    args.world_size = dist_info.world_size
+    if args.per_rank_batch or dist_info.world_size == 1:
+        args.rank_batch_size = args.train_batch_size
+    elif args.train_batch_size % dist_info.world_size:
+        raise UserError(
+            f"-b {args.train_batch_size} does not split evenly over {dist_info.world_size} processes; pass a "
+            "multiple of the process count, or --per-rank-batch to make -b the batch of each process"
+        )
+    else:
+        args.rank_batch_size = args.train_batch_size // dist_info.world_size
+    return args
+
+
+@exit_on_user_error
+def main(args: argparse.Namespace) -> dict[str, Any]:
+    """Train as the original `train.py` does.
+
+    Returns `{"history": [EpochStats], "model": the bare network, "files": RunFiles}` for tests and callers.
+    """
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    dist_info = distributed.read_env()
+    device = select_device(not args.gpu, dist_info.local_rank if dist_info.enabled else None)
+    dist_info = distributed.init_distributed(device)
+    if not dist_info.is_main:
+        logging.getLogger().setLevel(logging.WARNING)
+    try:
+        return _train(args, device, dist_info)
+    finally:
+        distributed.cleanup()
+
+
+def _train(args: argparse.Namespace, device: torch.device, dist_info: distributed.DistInfo) -> dict[str, Any]:
+    args = _resolve(args, device, dist_info)
+    info = data.get_info(args.dataset)
+    name = run_name(args.model, args.seed, args.sn, args.mod, args.coeff)
+    if dist_info.is_main:
+        log.info(
+            "git revision %s; %s",
+            _git_revision(),
+            f"{dist_info.world_size} processes" if dist_info.enabled else "1 process",
+        )
+        for key, value in sorted(vars(args).items()):
+            log.info("%s: %s", key, value)
+        check_writable_dir(Path(args.save_loc), "save path (--save-path)")
+    files = T.RunFiles(Path(args.save_loc), name)
+
+    if args.deterministic:
+        set_deterministic(True)
+    elif device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+
+    train_loader, valid_loader = data.get_train_valid_loader(
+        args.dataset,
+        args.dataset_root,
+        args.rank_batch_size,
+        augment=args.data_aug,
+        val_seed=args.val_seed,
+        val_size=0.1,
+        device=device,
+        loader=args.loader,
+        seed=args.seed,
+        rank=dist_info.rank,
+        world_size=dist_info.world_size,
+        test_batch_size=args.test_batch_size,
+        num_workers=args.workers,
+    )
+
+    seed_everything(args.seed)
+    config = T.model_config(args, info)
+    model = T.build_model(config).to(device)
+    optimizer = T.make_optimizer(
+        model.parameters(),
+        args.optimiser,
+        lr=args.learning_rate,
+        momentum=args.momentum,
+        weight_decay=args.weight_decay,
+        nesterov=args.nesterov,
+    )
+    scheduler = T.make_scheduler(optimizer, (args.first_milestone, args.second_milestone))
+    saved_args = T.sanitize_args(args)
+
+    history: list[T.EpochStats] = []
+    start_epoch = 0
+    if args.resume is not None:
+        path = files.resume if args.resume == DEFAULT_RESUME else Path(args.resume)
+        if args.resume == DEFAULT_RESUME and not path.is_file():
+            log.info("no resume file at %s; starting from scratch", path)
+        else:
+            state = T.load_resume_state(path)
+            T.check_resume_compatible(
+                state["args"],
+                saved_args,
+                flag_names={**_flag_names(get_args_parser()), "world_size": "the process count"},
+                source=f"'{path}'",
+            )
+            net.load_state_dict(model, state["model"], source=str(path))
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            rng = state["rng"]
+            T.restore_rng_state(rng[dist_info.rank] if dist_info.rank < len(rng) else rng[0])
+            history = [T.EpochStats.from_json(h) for h in state["history"]]
+            start_epoch = int(state["epoch"])
+            if start_epoch > args.epoch:
+                raise UserError(
+                    f"'{path}' is already after epoch {start_epoch}, beyond -e {args.epoch}; pass -e "
+                    f"{start_epoch} or more to continue it"
+                )
+            log.info("resumed from %s after epoch %d", path, start_epoch)
+    elif files.resume.is_file() and dist_info.is_main:
+        log.warning("%s exists and will be overwritten; pass --resume to continue that run", files.resume)
+
+    train_model = T.prepare_model(
+        model, device, channels_last=args.channels_last, compile=args.compile, dist_info=dist_info
+    )
+    settings = T.TrainSettings(
+        device=device,
+        precision=args.precision,
+        channels_last=args.channels_last,
+        loss_function=args.loss_function,
+        loss_mean=args.loss_mean,
+        log_interval=args.log_interval,
+        world_size=dist_info.world_size,
+        progress=progress_enabled(dist_info.rank),
+        max_steps=args.steps_per_epoch,
+    )
+
+    def on_epoch_end(stats: T.EpochStats) -> None:
+        history.append(stats)
+        done = stats.epoch + 1
+        rng_states = distributed.all_gather_objects(T.capture_rng_state())  # a collective: every rank
+        if not dist_info.is_main:
+            return
+        if done % args.save_interval == 0 or done == args.epoch:
+            files.save_model(model, done)
+        T.save_resume_state(
+            files.resume,
+            {
+                "epoch": done,
+                "model": model.state_dict(),
+                "model_config": config,
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "grad_scaler": None,  # bf16 keeps fp32's exponent range: no loss scaling needed
+                "args": saved_args,
+                "rng": rng_states,
+                "history": [h.to_json() for h in history],
+            },
+        )
+        files.write_logs(history)
+        val = "" if stats.val_accuracy is None else f", validation accuracy {stats.val_accuracy:.4f}"
+        log.info(
+            "epoch %d/%d: loss %.4f, accuracy %.4f, lr %g, %.0f images/s, %.1f s%s",
+            done,
+            args.epoch,
+            stats.loss,
+            stats.accuracy,
+            stats.lr,
+            stats.images_per_s,
+            stats.seconds,
+            val,
+        )
+
+    try:
+        T.train_epochs(
+            train_model,
+            train_loader,
+            optimizer,
+            scheduler,
+            settings,
+            epochs=args.epoch,
+            start_epoch=start_epoch,
+            valid_loader=valid_loader,
+            validate_every=args.validate_every,
+            on_epoch_end=on_epoch_end,
+        )
+    except T.NonFiniteLossError as err:
+        kept = (
+            f"the last good state is {files.resume} (after epoch {len(history)}), which --resume continues"
+            if history
+            else "no checkpoint was written"
+        )
+        raise T.NonFiniteLossError(f"{err}; {kept}") from None
+
+    if start_epoch == args.epoch and dist_info.is_main:
+        log.info("already trained for %d epochs (-e %d); nothing to do", start_epoch, args.epoch)
+        if not files.model(args.epoch).is_file():
+            files.save_model(model, args.epoch)
+    if dist_info.is_main:
+        log.info("Model saved to %s", files.model(args.epoch))
+    return {"history": history, "model": model, "files": files}
+
+
+if __name__ == "__main__":
+    main(get_args_parser().parse_args())

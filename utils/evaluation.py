@@ -1,0 +1,185 @@
+"""Per-run evaluation of DDU and its baselines from precomputed network outputs (see `utils.features`).
+
+Each function takes `Outputs` (logits, features, labels) of the data sets it needs and returns a flat dict of
+scalars. Key names follow the original DDU JSON (`accuracy`, `ece`, `m1_auroc`, ..., `t_m2_auprc`); the extras
+(`nll`, `*_fpr95`, `temperature`, `gmm_jitter`, `msp_*`, `mahalanobis_*`, the Dirty-MNIST split) are additional
+keys. Scores and their orientation, as the original:
+
+* softmax:  m1 = log-sum-exp of the logits (confidence), m2 = softmax entropy (uncertainty).
+* ensemble: m1 = mutual information between members, m2 = predictive entropy (both uncertainty).
+* gmm (DDU): m1 = log-sum-exp over classes of the class log-densities of the features (the paper's feature
+  density, confidence), m2 = entropy of the softmax over those log-densities (uncertainty).
+
+For confidence scores the in-distribution test set is the positive class, for uncertainty scores the OoD set.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+import metrics
+from utils.features import Outputs
+
+log = logging.getLogger(__name__)
+
+
+def _detection(prefix: str, in_scores, out_scores, higher_is_in_distribution: bool) -> dict[str, float]:
+    result = metrics.ood_metrics(in_scores, out_scores, higher_is_in_distribution=higher_is_in_distribution)
+    return {f"{prefix}_{key}": float(value) for key, value in result.items()}
+
+
+def _classification(prefix: str, probs: torch.Tensor, logits_or_none, labels: torch.Tensor) -> dict[str, float]:
+    out = {f"{prefix}ece": metrics.expected_calibration_error(probs, labels)}
+    if logits_or_none is not None:
+        out[f"{prefix}nll"] = metrics.negative_log_likelihood(logits_or_none, labels)
+    else:
+        picked = probs.double().gather(1, labels.view(-1, 1)).clamp_min(1e-12)
+        out[f"{prefix}nll"] = float(-picked.log().mean())
+    return out
+
+
+def calibration_block(test: Outputs, val: Outputs) -> tuple[dict[str, float], float]:
+    """Accuracy, ECE, NLL before and after temperature scaling (T fitted on the validation split)."""
+    temperature = metrics.fit_temperature(val.logits, val.labels)
+    result = {"accuracy": metrics.accuracy(test.logits, test.labels), "temperature": temperature}
+    result.update(_classification("", test.logits.softmax(1), test.logits, test.labels))
+    scaled = test.logits / temperature
+    result.update(_classification("t_", scaled.softmax(1), scaled, test.labels))
+    return result, temperature
+
+
+def extra_detectors(test: Outputs, ood: Outputs, train: Outputs | None, num_classes: int) -> dict[str, float]:
+    """Maximum softmax probability and Mahalanobis distance with a shared covariance (Lee et al. 2018)."""
+    result = _detection(
+        "msp",
+        metrics.max_softmax_probability(test.logits),
+        metrics.max_softmax_probability(ood.logits),
+        higher_is_in_distribution=True,
+    )
+    if train is not None:
+        try:
+            model = metrics.fit_shared_mahalanobis(train.features, train.labels, num_classes)
+        except metrics.GaussianFitError as err:  # an extra detector: report, but don't fail DDU's run for it
+            log.warning("Mahalanobis baseline skipped: %s", err)
+            return result
+        result.update(
+            _detection(
+                "mahalanobis",
+                metrics.mahalanobis_score(model, test.features),
+                metrics.mahalanobis_score(model, ood.features),
+                higher_is_in_distribution=True,
+            )
+        )
+    return result
+
+
+def aleatoric_split(clean: Outputs, ambiguous: Outputs, entropy_fn=None) -> dict[str, float]:
+    """Dirty-MNIST (paper Fig. 1/2): AUROC of softmax entropy separating ambiguous (positive) from clean."""
+    entropy_fn = entropy_fn or metrics.softmax_entropy
+    result = _detection("aleatoric_entropy", entropy_fn(clean), entropy_fn(ambiguous), False)
+    return {"aleatoric_entropy_auroc": result["aleatoric_entropy_auroc"]}
+
+
+def softmax_run(
+    test: Outputs,
+    ood: Outputs,
+    val: Outputs,
+    *,
+    num_classes: int,
+    train: Outputs | None = None,
+    parts: tuple[Outputs, Outputs] | None = None,
+) -> dict[str, float]:
+    result, temperature = calibration_block(test, val)
+    for prefix, t in (("", 1.0), ("t_", temperature)):
+        result.update(
+            _detection(f"{prefix}m1", metrics.logsumexp_score(test.logits / t), metrics.logsumexp_score(ood.logits / t), True)
+        )
+        result.update(
+            _detection(f"{prefix}m2", metrics.softmax_entropy(test.logits / t), metrics.softmax_entropy(ood.logits / t), False)
+        )
+    result.update(extra_detectors(test, ood, train, num_classes))
+    if parts is not None:
+        result.update(aleatoric_split(parts[0].logits, parts[1].logits))
+    return result
+
+
+def gmm_run(
+    test: Outputs,
+    ood: Outputs,
+    val: Outputs,
+    train: Outputs,
+    *,
+    num_classes: int,
+    weight_by_class_frequency: bool = False,
+    parts: tuple[Outputs, Outputs] | None = None,
+) -> dict[str, float]:
+    """DDU: fit one Gaussian per class on the training features, score test and OoD features.
+
+    Raises `metrics.GaussianFitError` when no jitter makes the covariances positive definite.
+    """
+    result, _ = calibration_block(test, val)
+    gaussians = metrics.fit_class_gaussians(
+        train.features, train.labels, num_classes, weight_by_class_frequency=weight_by_class_frequency
+    )
+    result["gmm_jitter"] = float(gaussians.jitter)
+    test_scores = metrics.ddu_scores(metrics.class_log_densities(gaussians, test.features))
+    ood_scores = metrics.ddu_scores(metrics.class_log_densities(gaussians, ood.features))
+    density = _detection("m1", test_scores["log_density"], ood_scores["log_density"], True)
+    entropy = _detection("m2", test_scores["entropy"], ood_scores["entropy"], False)
+    result.update(density)
+    result.update(entropy)
+    # Temperature scaling changes the classifier, not the feature density: the t_ scores equal the plain ones.
+    result.update({f"t_{key}": value for key, value in {**density, **entropy}.items()})
+    result.update(extra_detectors(test, ood, train, num_classes))
+    if parts is not None:
+        result.update(aleatoric_split(parts[0].logits, parts[1].logits))
+        result["epistemic_density_auroc"] = density["m1_auroc"]
+    return result
+
+
+def ensemble_run(
+    tests: list[Outputs],
+    oods: list[Outputs],
+    vals: list[Outputs],
+    *,
+    parts: list[tuple[Outputs, Outputs]] | None = None,
+) -> dict[str, float]:
+    """Deep ensemble: mean of member softmaxes; each member temperature-scaled on its own validation split."""
+    labels = tests[0].labels
+    temperatures = [metrics.fit_temperature(v.logits, v.labels) for v in vals]
+    result: dict[str, float] = {}
+    for prefix, temps in (("", [1.0] * len(tests)), ("t_", temperatures)):
+        test_probs = torch.stack([t.logits.div(T).softmax(1) for t, T in zip(tests, temps)])
+        ood_probs = torch.stack([o.logits.div(T).softmax(1) for o, T in zip(oods, temps)])
+        mean_probs = test_probs.mean(0)
+        if not prefix:
+            result["accuracy"] = metrics.accuracy(mean_probs, labels)
+        result.update(_classification(prefix, mean_probs, None, labels))
+        result.update(
+            _detection(
+                f"{prefix}m1",
+                metrics.ensemble_mutual_information(test_probs),
+                metrics.ensemble_mutual_information(ood_probs),
+                False,
+            )
+        )
+        result.update(
+            _detection(
+                f"{prefix}m2",
+                metrics.ensemble_predictive_entropy(test_probs),
+                metrics.ensemble_predictive_entropy(ood_probs),
+                False,
+            )
+        )
+        if not prefix:
+            result.update(
+                _detection("msp", mean_probs.max(1).values, ood_probs.mean(0).max(1).values, True)
+            )
+    result["temperature"] = float(sum(temperatures) / len(temperatures))
+    if parts is not None:
+        clean = torch.stack([p[0].logits.softmax(1) for p in parts])
+        ambiguous = torch.stack([p[1].logits.softmax(1) for p in parts])
+        result.update(aleatoric_split(clean, ambiguous, metrics.ensemble_predictive_entropy))
+    return result
