@@ -44,8 +44,8 @@ NUM_CLASSES = 10
 # Arguments that define the experiment: a resume with any of them changed would mix two experiments.
 RESUME_MUST_MATCH = (
     "seed", "model", "sn", "mod", "coeff", "al_type", "mi", "ambiguous", "subsample", "num_ensemble",
-    "num_initial_samples", "acquisition_batch_size", "epochs", "train_batch_size", "samples_per_epoch",
-    "max_pool", "depth", "widen_factor", "base_width", "width_divisor", "threshold",
+    "num_initial_samples", "max_training_samples", "acquisition_batch_size", "epochs", "train_batch_size",
+    "samples_per_epoch", "max_pool", "depth", "widen_factor", "base_width", "width_divisor", "threshold",
 )
 
 
@@ -156,10 +156,17 @@ def run_experiment(args: argparse.Namespace) -> dict:
         key, run_seed = str(run), args.seed + run
         pool, validation, test = AL.build_pool(args.dataset_root, ambiguous=args.ambiguous, subsample=args.subsample,
                                                seed=run_seed, device=device, max_pool=args.max_pool)
+        if len(pool) < args.max_training_samples:
+            raise UserError(f"the pool has {len(pool)} samples (after the 10% validation hold-out), fewer than "
+                            f"--max-training-samples {args.max_training_samples}; lower it or raise --max-pool")
         record = state["runs"].get(key)
         if record is None:
             generator = torch.Generator().manual_seed(run_seed)
-            labelled = AL.balanced_initial_indices(pool.y, args.num_initial_samples, NUM_CLASSES, generator)
+            try:
+                labelled = AL.balanced_initial_indices(pool.y, args.num_initial_samples, NUM_CLASSES, generator)
+            except ValueError as err:
+                raise UserError(f"{err} for the class-balanced initial set; lower --num-initial-samples "
+                                "or raise --max-pool") from None
             record = {"labelled": labelled, "test_accs": [], "ambiguous_fraction": [], "entropies": [], "done": False}
             state["runs"][key] = record
         total_bar.update(len(record["test_accs"]))

@@ -1,0 +1,514 @@
+"""active_learning.py and utils/active_learning.py: acquisition on hand-built scores, the experiment end to
+end for every acquisition type (with and without -ambiguous), output names and structure, resume, errors.
+
+The end-to-end runs read a tiny MNIST (300 training and 100 test images of class-dependent bar patterns,
+written in the official IDX layout) and a tiny Ambiguous-MNIST (40 blends of two classes, two labels each),
+both made here; each step trains a LeNet on one resampled epoch of 64 samples, so a run takes a second.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import active_learning
+import net
+from utils import active_learning as AL
+from utils import training as T
+
+pytestmark = pytest.mark.filterwarnings("ignore::data.formats.ChecksumWarning")
+
+NUM_CLASSES = 10
+CPU = torch.device("cpu")
+TRAIN_IMAGES, TEST_IMAGES, AMBIGUOUS_SAMPLES = 300, 100, 40
+PRETRAINED = "tiny_dirty_lenet.model"
+_TRAIN_BEST_MODEL = AL.train_best_model  # the real trainer, wrapped by `record_training`
+
+
+# ----------------------------------------------------------------------------------------------------
+# Tiny data sets and the pretrained Dirty-MNIST model, written once per module
+
+
+def _write_idx(path: Path, array: np.ndarray) -> None:
+    """An IDX file of unsigned bytes: magic 0x0000 0x08 ndim, big-endian uint32 sizes, then the data."""
+    header = bytes([0, 0, 0x08, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
+    path.write_bytes(header + np.ascontiguousarray(array, dtype=np.uint8).tobytes())
+
+
+def _bar_images(labels: np.ndarray, rng: np.random.RandomState) -> np.ndarray:
+    """`(N, 28, 28)` uint8: faint noise plus a bright 10x4 bar whose position encodes the class."""
+    images = rng.randint(0, 40, size=(len(labels), 28, 28))
+    for i, c in enumerate(labels):
+        top, left = 2 + (c // 5) * 13, 2 + (c % 5) * 5
+        images[i, top : top + 10, left : left + 4] = rng.randint(200, 256, size=(10, 4))
+    return images.astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory) -> Path:
+    """MNIST (IDX, official layout) and Ambiguous-MNIST (`amnist_*.pt`) in miniature.
+
+    Ambiguous-MNIST's first 60,000 flattened (sample, label) pairs are its training split, so all 80 pairs
+    here are training data (its test split is empty; active learning never reads it).
+    """
+    root = tmp_path_factory.mktemp("al_data")
+    raw = root / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    rng = np.random.RandomState(0)
+    for prefix, count in (("train", TRAIN_IMAGES), ("t10k", TEST_IMAGES)):
+        labels = np.arange(count) % NUM_CLASSES
+        rng.shuffle(labels)
+        _write_idx(raw / f"{prefix}-images-idx3-ubyte", _bar_images(labels, rng))
+        _write_idx(raw / f"{prefix}-labels-idx1-ubyte", labels.astype(np.uint8))
+    first = rng.randint(0, NUM_CLASSES, AMBIGUOUS_SAMPLES)
+    second = (first + 1 + rng.randint(0, NUM_CLASSES - 1, AMBIGUOUS_SAMPLES)) % NUM_CLASSES
+    blends = (_bar_images(first, rng).astype(np.float32) + _bar_images(second, rng)) / (2 * 255)
+    torch.save(torch.from_numpy(blends[:, None].copy()), root / "amnist_samples.pt")
+    labels = torch.from_numpy(np.stack([first, second], axis=1).astype(np.int64))
+    torch.save(labels, root / "amnist_labels.pt")
+    return root
+
+
+@pytest.fixture(scope="module")
+def pretrained_dir(tmp_path_factory) -> Path:
+    """A LeNet checkpoint standing in for the Dirty-MNIST model; its last layer is scaled up so that the
+    softmax entropies of different inputs spread over (0, log 10) instead of all sitting near log 10."""
+    folder = tmp_path_factory.mktemp("al_pretrained")
+    torch.manual_seed(0)
+    model = net.create_model("lenet", num_classes=NUM_CLASSES, mnist=True)
+    with torch.no_grad():
+        model.fc3.weight.mul_(110.0)
+    torch.save(model.state_dict(), folder / PRETRAINED)
+    return folder
+
+
+@pytest.fixture(autouse=True)
+def _offline(monkeypatch):
+    """Missing files must fail at once, never start a download."""
+    monkeypatch.setenv("DDU_NO_DOWNLOAD", "1")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One intra-op thread: the tiny LeNet steps gain nothing from more, and on shared CPU cores the
+    threads' spin-waits made these tests three times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Helpers
+
+
+def parse(*argv: str):
+    return active_learning.get_args_parser().parse_args(list(argv))
+
+
+def tiny_args(root: Path, out: Path, *extra: str, al_type: str = "gmm", max_samples: int = 30, runs: int = 1):
+    """20 initial samples, +5 per step up to `max_samples`, one epoch of 64 resampled samples per step."""
+    return parse(
+        "--seed", "1", "--model", "lenet", "--al-type", al_type, "--epochs", "1", "--samples-per-epoch", "64",
+        "-b", "32", "-tb", "256", "-sb", "64", "--num-initial-samples", "20",
+        "--max-training-samples", str(max_samples), "--acquisition-batch-size", "5", "--runs", str(runs),
+        "--no-gpu", "--dataset-root", str(root), "--output-dir", str(out), *extra,
+    )  # fmt: skip
+
+
+def ambiguous_flags(pretrained: Path, subsample: int = 100) -> list[str]:
+    return [
+        "-ambiguous", "--subsample", str(subsample), "--trained-model", "lenet",
+        "--saved-model-path", str(pretrained), "--saved-model-name", PRETRAINED,
+    ]  # fmt: skip
+
+
+def record_training(monkeypatch, interrupt_at: int | None = None) -> list[int]:
+    """Wrap `AL.train_best_model` to record the labelled-set size of every call; with `interrupt_at`,
+    the call with that index raises KeyboardInterrupt (as Ctrl-C would) before training."""
+    sizes: list[int] = []
+
+    def wrapper(make_model, labelled, *args, **kwargs):
+        if interrupt_at is not None and len(sizes) == interrupt_at:
+            raise KeyboardInterrupt
+        sizes.append(len(labelled))
+        return _TRAIN_BEST_MODEL(make_model, labelled, *args, **kwargs)
+
+    monkeypatch.setattr(AL, "train_best_model", wrapper)
+    return sizes
+
+
+def read(path: Path):
+    return json.loads(path.read_text())
+
+
+def one_line_error(capsys, args) -> str:
+    """Run main(args), expecting a user error: non-zero exit, one line on stderr, no traceback."""
+    with pytest.raises(SystemExit) as info:
+        active_learning.main(args)
+    assert info.value.code not in (0, None)
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and "Traceback" not in err, err
+    return err
+
+
+# ----------------------------------------------------------------------------------------------------
+# Acquisition on hand-built scores
+
+
+class TableModel(nn.Module):
+    """A stand-in network whose outputs are fixed per input: pixel (0, 0) of each image holds a row index
+    into `features (N, D)`; the logits are the first `C` feature dimensions (`forward_head`)."""
+
+    def __init__(self, features: torch.Tensor, num_classes: int):
+        super().__init__()
+        self.register_buffer("table", features.float())
+        self.num_classes = num_classes
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.table[x[:, 0, 0, 0].long()]
+
+    def forward_head(self, z: torch.Tensor) -> torch.Tensor:
+        return z[:, : self.num_classes]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+def index_split(rows: range | list[int], labels=None) -> AL.Split:
+    """A `Split` whose image i carries table row `rows[i]` in pixel (0, 0)."""
+    x = torch.zeros(len(rows), 1, 28, 28)
+    x[:, 0, 0, 0] = torch.as_tensor(list(rows), dtype=torch.float32)
+    y = torch.zeros(len(rows), dtype=torch.int64) if labels is None else torch.as_tensor(labels)
+    return AL.Split(x, y)
+
+
+def scores_for(al_type: str, models, pool: AL.Split, labelled: AL.Split, mi: bool = False, classes: int = 10):
+    # batch_size 3 splits the pool unevenly, so batching must keep scores aligned with the samples
+    return AL.acquisition_scores(al_type, models, pool, labelled, mutual_information=mi, batch_size=3,
+                                 device=CPU, num_classes=classes)  # fmt: skip
+
+
+def test_select_top_returns_the_candidates_with_the_highest_scores():
+    scores = torch.tensor([0.1, 5.0, -2.0, 3.0, float("inf"), 0.0])
+    candidates = torch.tensor([40, 41, 42, 43, 44, 45])
+    assert set(AL.select_top(scores, candidates, 3).tolist()) == {44, 41, 43}
+    assert AL.select_top(scores, candidates, 1).tolist() == [44]
+    assert sorted(AL.select_top(scores, candidates, 10).tolist()) == candidates.tolist()  # k beyond the pool
+    assert AL.select_top(scores.to(torch.bfloat16), candidates, 2).tolist() == [44, 41]
+
+
+def test_softmax_acquisition_picks_the_highest_entropy_samples():
+    logits = torch.full((12, NUM_CLASSES), -10.0)
+    logits[torch.arange(12), torch.arange(12) % NUM_CLASSES] = 10.0  # confident: entropy ~ 0
+    logits[4] = 0.0  # uniform: entropy log 10
+    logits[9] = torch.tensor([10.0, 10.0] + [-10.0] * (NUM_CLASSES - 2))  # two classes: entropy ~ log 2
+    model = TableModel(logits, NUM_CLASSES)
+    pool = index_split(range(12))
+    scores = scores_for("softmax", [model], pool, pool)
+    assert scores.shape == (12,)
+    assert scores[4] == pytest.approx(math.log(10), abs=1e-6)
+    assert scores[9] == pytest.approx(math.log(2), abs=1e-6)
+    candidates = torch.arange(100, 112)
+    assert AL.select_top(scores, candidates, 2).tolist() == [104, 109]
+
+
+@pytest.mark.parametrize("mutual_information", [False, True])
+def test_ensemble_acquisition_picks_disagreement_with_mi_and_total_uncertainty_without(mutual_information):
+    """Samples 2 and 7: both members are uniform (high entropy, no disagreement). Samples 5 and 10: each
+    member is confident, but in a different class (moderate entropy, all of it disagreement)."""
+    n = 12
+    first = torch.full((n, NUM_CLASSES), -10.0)
+    first[torch.arange(n), torch.arange(n) % NUM_CLASSES] = 10.0
+    second = first.clone()
+    first[[2, 7]] = second[[2, 7]] = 0.0
+    for i in (5, 10):
+        second[i] = first[i].roll(3)
+    members = [TableModel(first, NUM_CLASSES), TableModel(second, NUM_CLASSES)]
+    pool = index_split(range(n))
+    scores = scores_for("ensemble", members, pool, pool, mi=mutual_information)
+    chosen = set(AL.select_top(scores, torch.arange(n), 2).tolist())
+    if mutual_information:
+        assert chosen == {5, 10}
+        assert scores[[2, 7]].abs().max() < 1e-6 and scores[5] == pytest.approx(math.log(2), abs=1e-6)
+    else:
+        assert chosen == {2, 7}
+        assert scores[2] == pytest.approx(math.log(10), abs=1e-6)
+
+
+def test_gmm_acquisition_picks_the_samples_far_from_the_labelled_features():
+    """Labelled features: two well-separated 3-d clusters (classes 0 and 1). Pool: points near the
+    clusters, plus samples 3, 11 and 17 far from both; the farther, the lower the density."""
+    gen = torch.Generator().manual_seed(0)
+    centres = torch.tensor([[0.0, 0.0, 0.0], [8.0, 8.0, 0.0]])
+    labelled_y = torch.arange(40) % 2
+    labelled_z = centres[labelled_y] + torch.randn(40, 3, generator=gen)
+    pool_z = centres[torch.arange(20) % 2] + 0.5 * torch.randn(20, 3, generator=gen)
+    pool_z[3] = torch.tensor([30.0, -30.0, 5.0])
+    pool_z[11] = torch.tensor([4.0, 4.0, 25.0])
+    pool_z[17] = torch.tensor([4.0, 4.0, 12.0])
+    model = TableModel(torch.cat([labelled_z, pool_z]), num_classes=2)
+    labelled = index_split(range(40), labelled_y)
+    pool = index_split(range(40, 60))
+    scores = scores_for("gmm", [model], pool, labelled, classes=2)
+    assert set(AL.select_top(scores, torch.arange(20), 3).tolist()) == {3, 11, 17}
+    assert scores[3] > scores[11] > scores[17] > scores[[i for i in range(20) if i not in (3, 11, 17)]].max()
+
+
+def test_balanced_initial_indices_takes_the_same_number_of_each_class():
+    labels = torch.tensor([c for c in range(NUM_CLASSES) for _ in range(3 + c)])
+    chosen = AL.balanced_initial_indices(labels, 20, NUM_CLASSES, torch.Generator().manual_seed(0))
+    assert len(set(chosen)) == 20
+    assert torch.bincount(labels[chosen], minlength=NUM_CLASSES).tolist() == [2] * NUM_CLASSES
+    with pytest.raises(ValueError, match="class 0 has only 3"):
+        AL.balanced_initial_indices(labels, 40, NUM_CLASSES, torch.Generator().manual_seed(0))
+
+
+def test_resampled_loader_draws_a_fixed_length_with_replacement_reproducibly():
+    split = AL.Split(torch.arange(7.0).view(7, 1, 1, 1), torch.arange(7))
+    loader = AL.ResampledLoader(split, length=100, batch_size=32, seed=3)
+    batches = list(loader)
+    assert len(loader) == len(batches) == 4 and [len(y) for _, y in batches] == [32, 32, 32, 4]
+    drawn = torch.cat([y for _, y in batches])
+    assert set(drawn.tolist()) == set(range(7))  # 100 draws from 7 samples: repeats, and every one drawn
+    assert all(torch.equal(x.flatten(), y.float()) for x, y in batches)  # images stay with their labels
+    assert torch.equal(torch.cat([y for _, y in loader]), drawn)
+    loader.set_epoch(1)
+    assert not torch.equal(torch.cat([y for _, y in loader]), drawn)
+
+
+def test_train_best_model_keeps_the_epoch_with_the_best_validation_accuracy(monkeypatch):
+    """Epoch e sets every weight to e + 1; validation accuracies 0.2, 0.9, 0.5 must select epoch 1."""
+    accuracies = iter([0.2, 0.9, 0.5])
+
+    def fake_epoch(model, loader, optimizer, settings, *, epoch=0):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.fill_(epoch + 1)
+
+    monkeypatch.setattr(T, "train_one_epoch", fake_epoch)
+    monkeypatch.setattr(T, "evaluate_accuracy", lambda model, loader, settings: next(accuracies))
+    split = index_split(range(4))
+    model = AL.train_best_model(
+        lambda: net.create_model("lenet", num_classes=NUM_CLASSES, mnist=True), split, split, epochs=3,
+        batch_size=2, test_batch_size=2, samples_per_epoch=4, settings=T.TrainSettings(device=CPU), seed=0,
+    )  # fmt: skip
+    assert not model.training
+    assert all(bool((p == 2).all()) for p in model.parameters())
+
+
+# ----------------------------------------------------------------------------------------------------
+# Command line
+
+
+def test_original_readme_commands_parse_with_the_original_defaults():
+    args = parse("--seed", "1", "--model", "resnet18", "-sn", "-mod", "--al-type", "gmm")
+    given = (args.seed, args.model, args.sn, args.mod, args.coeff, args.al_type)
+    assert given == (1, "resnet18", True, True, 3.0, "gmm")
+    defaults = (args.ambiguous, args.mi, args.num_ensemble, args.num_initial_samples, args.max_training_samples,
+                args.acquisition_batch_size, args.epochs, args.train_batch_size, args.test_batch_size,
+                args.scoring_batch_size, args.threshold, args.subsample, args.runs)  # fmt: skip
+    assert defaults == (False, False, 5, 20, 300, 5, 20, 64, 512, 128, 1.0, 1000, 5)
+    assert active_learning.output_names(args)["test_accs"] == "test_accs_resnet18_sn_3.0_mod_1_gmm_mnist.json"
+
+    args = parse(
+        "--seed", "1", "--model", "resnet18", "-sn", "-mod", "--al-type", "gmm", "-ambiguous",
+        "--trained-model", "resnet18", "-tsn", "-tmod", "--saved-model-path", "runs/",
+        "--saved-model-name", "resnet18_sn_3.0_mod_1_350.model",
+    )  # fmt: skip
+    given = (args.ambiguous, args.trained_model, args.tsn, args.tmod, args.tcoeff)
+    assert given == (True, "resnet18", True, True, 3.0)
+    assert (args.saved_model_path, args.saved_model_name) == ("runs/", "resnet18_sn_3.0_mod_1_350.model")
+    names = active_learning.output_names(args)
+    assert names["test_accs"] == "test_accs_resnet18_sn_3.0_mod_1_gmm_dirty_mnist_1000.json"
+    assert names["ambiguous"] == "ambiguous_resnet18_sn_3.0_mod_1_gmm_dirty_mnist_1000.json"
+    assert names["entropies"] == "ambiguous_entropies_resnet18_sn_3.0_mod_1_gmm_dirty_mnist_1000.json"
+
+
+# ----------------------------------------------------------------------------------------------------
+# The experiment end to end
+
+
+def check_labelled_sets(
+    state: dict, args, root: Path, ambiguous: bool = False, subsample: int = 1000
+) -> None:
+    """Per run: final size `max`, no duplicates, all inside the pool, and a class-balanced initial set."""
+    for run, record in state["runs"].items():
+        pool, _, _ = AL.build_pool(root, ambiguous=ambiguous, subsample=subsample, seed=args.seed + int(run),
+                                   device=CPU, max_pool=args.max_pool)  # fmt: skip
+        labelled = record["labelled"]
+        assert len(labelled) == args.max_training_samples and len(set(labelled)) == len(labelled)
+        assert all(0 <= i < len(pool) for i in labelled)
+        initial = pool.y[labelled[: args.num_initial_samples]]
+        assert torch.bincount(initial, minlength=NUM_CLASSES).tolist() == [2] * NUM_CLASSES
+
+
+@pytest.mark.parametrize(
+    "al_type, extra, suffix",
+    [
+        ("softmax", [], "softmax"),
+        ("ensemble", ["--num-ensemble", "2"], "ensemble"),
+        ("ensemble", ["--num-ensemble", "2", "-mi"], "ensemble_mi"),
+        ("gmm", [], "gmm"),
+    ],
+)
+def test_each_acquisition_type_writes_the_original_files(
+    data_root, tmp_path, monkeypatch, al_type, extra, suffix
+):
+    sizes = record_training(monkeypatch)
+    args = tiny_args(data_root, tmp_path, *extra, al_type=al_type, runs=2)
+    active_learning.main(args)
+
+    members = 2 if al_type == "ensemble" else 1
+    steps = [20, 25, 30]  # (30 - 20) / 5 + 1 steps, growing by the acquisition batch size
+    assert sizes == [n for _ in range(2) for n in steps for _ in range(members)]
+    written = sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith("."))
+    accs_name = f"test_accs_lenet_1_{suffix}_mnist.json"
+    assert written == sorted([accs_name, f"al_state_lenet_1_{suffix}_mnist.json"])
+    accs = read(tmp_path / accs_name)
+    assert list(accs) == ["0", "1"]
+    for values in accs.values():
+        assert len(values) == len(steps) and all(0.0 <= a <= 100.0 for a in values)
+        correct = [a * TEST_IMAGES / 100 for a in values]  # percent of the 100 test images
+        assert correct == pytest.approx([round(c) for c in correct])
+    state = read(tmp_path / f"al_state_lenet_1_{suffix}_mnist.json")
+    check_labelled_sets(state, args, data_root)
+    assert state["runs"]["0"]["labelled"] != state["runs"]["1"]["labelled"]  # runs use seeds seed + run
+
+
+def test_spectral_resnet_run_is_named_as_train_py_names_it(data_root, tmp_path):
+    args = tiny_args(
+        data_root, tmp_path, "--model", "resnet18", "-sn", "-mod", "--base-width", "2", max_samples=25
+    )
+    active_learning.main(args)
+    accs = read(tmp_path / "test_accs_resnet18_sn_3.0_mod_1_gmm_mnist.json")
+    assert list(accs) == ["0"] and len(accs["0"]) == 2
+
+
+@pytest.mark.parametrize("al_type", ["gmm", "softmax"])
+def test_ambiguous_run_records_ambiguity_of_the_labelled_set(
+    data_root, pretrained_dir, tmp_path, monkeypatch, al_type
+):
+    sizes = record_training(monkeypatch)
+    args = tiny_args(data_root, tmp_path, *ambiguous_flags(pretrained_dir), al_type=al_type, runs=2)
+    active_learning.main(args)
+    assert sizes == [20, 25, 30] * 2
+
+    suffix = f"lenet_1_{al_type}_dirty_mnist_100"
+    accs = read(tmp_path / f"test_accs_{suffix}.json")
+    fractions = read(tmp_path / f"ambiguous_{suffix}.json")
+    entropies = read(tmp_path / f"ambiguous_entropies_{suffix}.json")
+    state = read(tmp_path / f"al_state_{suffix}.json")
+    assert list(accs) == list(fractions) == list(entropies) == ["0", "1"]
+    check_labelled_sets(state, args, data_root, ambiguous=True, subsample=100)
+
+    model = net.create_model("lenet", num_classes=NUM_CLASSES, mnist=True)
+    net.load_state_dict(model, pretrained_dir / PRETRAINED)
+    model.eval()
+    for run in ("0", "1"):
+        assert len(accs[run]) == 3 and all(0.0 <= a <= 100.0 for a in accs[run])
+        assert list(entropies[run]) == ["0", "1", "2"]
+        assert [len(entropies[run][s]) for s in ("0", "1", "2")] == [20, 25, 30]
+        assert len(fractions[run]) == 3
+        pool, _, _ = AL.build_pool(data_root, ambiguous=True, subsample=100, seed=1 + int(run), device=CPU)
+        labelled = state["runs"][run]["labelled"]
+        for step, size in enumerate((20, 25, 30)):
+            values = torch.tensor(entropies[run][str(step)])
+            # the pretrained model's entropies of exactly the samples labelled at that step
+            expected = AL.sample_entropies(model, pool.take(torch.tensor(labelled[:size])), 64, CPU)
+            torch.testing.assert_close(values, expected.to(values.dtype), atol=1e-5, rtol=1e-5)
+            assert 0.0 <= fractions[run][step] <= 1.0
+            assert fractions[run][step] == pytest.approx(float((values > args.threshold).float().mean()))
+    every_entropy = torch.tensor([e for r in entropies.values() for s in r.values() for e in s])
+    assert every_entropy.min() < args.threshold < every_entropy.max()  # the fraction is not trivially 0 or 1
+
+
+@pytest.mark.parametrize("interrupt_at", [2, 4], ids=["run0-step2", "run1-step1"])
+def test_resume_continues_to_the_same_results_as_an_uninterrupted_run(
+    data_root, tmp_path, monkeypatch, interrupt_at
+):
+    reference_dir, resumed_dir = tmp_path / "reference", tmp_path / "resumed"
+    active_learning.main(tiny_args(data_root, reference_dir, runs=2))
+    name = "test_accs_lenet_1_gmm_mnist.json"
+    reference = read(reference_dir / name)
+    reference_state = read(reference_dir / "al_state_lenet_1_gmm_mnist.json")
+
+    record_training(monkeypatch, interrupt_at=interrupt_at)
+    with pytest.raises(KeyboardInterrupt):
+        active_learning.main(tiny_args(data_root, resumed_dir, runs=2))
+    partial = read(resumed_dir / name)  # what finished before the interruption is kept
+    if interrupt_at <= 3:
+        assert partial == {"0": reference["0"][:interrupt_at]}
+    else:
+        assert partial == {"0": reference["0"], "1": reference["1"][: interrupt_at - 3]}
+
+    sizes = record_training(monkeypatch)
+    active_learning.main(tiny_args(data_root, resumed_dir, "--resume", runs=2))
+    assert len(sizes) == 6 - interrupt_at  # only the missing steps are trained again
+    assert read(resumed_dir / name) == reference
+    assert read(resumed_dir / "al_state_lenet_1_gmm_mnist.json") == reference_state
+
+
+def test_resume_with_a_changed_experiment_argument_is_refused(data_root, tmp_path, capsys):
+    args = tiny_args(data_root, tmp_path, max_samples=20)
+    active_learning.main(args)
+    accs = read(tmp_path / "test_accs_lenet_1_gmm_mnist.json")
+    capsys.readouterr()
+    changed = tiny_args(data_root, tmp_path, "--resume", "--acquisition-batch-size", "10", max_samples=20)
+    err = one_line_error(capsys, changed)
+    assert "acquisition_batch_size" in err and "resume" in err
+    assert read(tmp_path / "test_accs_lenet_1_gmm_mnist.json") == accs  # nothing was overwritten
+
+
+# ----------------------------------------------------------------------------------------------------
+# User errors
+
+
+def test_ambiguous_without_a_saved_model_is_a_one_line_error(data_root, tmp_path, capsys):
+    args = tiny_args(data_root, tmp_path, "-ambiguous", "--trained-model", "lenet")
+    err = one_line_error(capsys, args)
+    assert "--saved-model-path" in err and "--saved-model-name" in err
+
+
+def test_ambiguous_with_a_missing_checkpoint_is_a_one_line_error(data_root, tmp_path, capsys):
+    args = tiny_args(data_root, tmp_path, *ambiguous_flags(tmp_path / "nowhere"))
+    err = one_line_error(capsys, args)
+    assert "nowhere" in err and "--saved-model-path" in err
+
+
+def test_missing_mnist_is_a_one_line_error(tmp_path, capsys):
+    args = tiny_args(tmp_path / "empty", tmp_path / "out")
+    err = one_line_error(capsys, args)
+    assert "mnist" in err and "train-images-idx3-ubyte" in err
+
+
+def test_bad_sizes_are_one_line_errors(data_root, tmp_path, capsys):
+    err = one_line_error(capsys, tiny_args(data_root, tmp_path, "--num-initial-samples", "15"))
+    assert "--num-initial-samples" in err
+    err = one_line_error(capsys, tiny_args(data_root, tmp_path, max_samples=10))
+    assert "--max-training-samples" in err
+
+
+def test_a_pool_too_small_for_the_experiment_is_a_one_line_error(data_root, tmp_path, capsys):
+    # 40 images minus the 10% validation hold-out leave 36 pool samples, fewer than the 50 to be labelled
+    err = one_line_error(capsys, tiny_args(data_root, tmp_path, "--max-pool", "40", max_samples=50))
+    assert "36" in err and "--max-training-samples 50" in err and "--max-pool" in err
+    # 23 images (21 in the pool) leave some class with fewer than the 2 the balanced initial set needs
+    err = one_line_error(capsys, tiny_args(data_root, tmp_path, "--max-pool", "23", max_samples=20))
+    assert "class-balanced initial set" in err and "--num-initial-samples" in err
+
+
+def test_resume_of_a_finished_run_with_a_larger_budget_is_refused(data_root, tmp_path, capsys):
+    """A finished run cannot grow (its last models are not kept), so a larger --max-training-samples must
+    not silently leave the results as they are."""
+    active_learning.main(tiny_args(data_root, tmp_path, max_samples=20))
+    capsys.readouterr()
+    err = one_line_error(capsys, tiny_args(data_root, tmp_path, "--resume", max_samples=30))
+    assert "max_training_samples" in err
