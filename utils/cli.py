@@ -1,11 +1,17 @@
-"""Argument groups shared by the scripts (DINO-style parents), so flag names and defaults live in one place."""
+"""Argument groups shared by the scripts (DINO-style parents), so flag names and defaults live in one place,
+and the one way to turn those flags into a network."""
 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Mapping
+from typing import Any
 
 import net
 from utils.errors import UserError
+
+# Architecture options of `net.create_model` exposed as flags (None: the paper's size).
+ARCH_FLAGS = ("depth", "widen_factor", "base_width", "width_divisor")
 
 
 def model_parser(default_model: str = "resnet50") -> argparse.ArgumentParser:
@@ -29,23 +35,36 @@ def model_parser(default_model: str = "resnet50") -> argparse.ArgumentParser:
 
 def arch_kwargs(args: argparse.Namespace) -> dict:
     """The architecture overrides that were given on the command line."""
-    names = ("depth", "widen_factor", "base_width", "width_divisor")
-    return {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
+    return {name: getattr(args, name) for name in ARCH_FLAGS if getattr(args, name, None) is not None}
+
+
+def model_config(args: argparse.Namespace, num_classes: int, mnist: bool) -> dict[str, Any]:
+    """Keyword arguments of `net.create_model` (with `name`) for the flags; stored in resume files so the
+    network can be rebuilt from the file alone."""
+    return dict(
+        name=args.model,
+        num_classes=num_classes,
+        spectral_normalization=bool(args.sn),
+        mod=bool(args.mod),
+        coeff=float(args.coeff),
+        mnist=bool(mnist),
+        **arch_kwargs(args),
+    )
+
+
+def create_from_config(config: Mapping[str, Any]) -> net.DDUNetwork:
+    """`net.create_model(**config)`, turning a size option the model lacks into a `UserError`."""
+    config = dict(config)
+    name = config.pop("name")
+    try:
+        return net.create_model(name, **config)
+    except (TypeError, ValueError) as err:
+        given = [f"--{k.replace('_', '-')}" for k in ARCH_FLAGS if k in config]
+        if not given:
+            raise
+        raise UserError(f"{' / '.join(given)} does not fit --model {name} ({err}); drop or change it") from None
 
 
 def build_model(args: argparse.Namespace, num_classes: int, mnist: bool) -> net.DDUNetwork:
     """The network the flags describe, for `num_classes` classes and MNIST (1x28x28) or CIFAR inputs."""
-    overrides = arch_kwargs(args)
-    try:
-        return net.create_model(
-            args.model,
-            num_classes=num_classes,
-            spectral_normalization=args.sn,
-            mod=args.mod,
-            coeff=args.coeff,
-            mnist=mnist,
-            **overrides,
-        )
-    except (TypeError, ValueError) as err:
-        flags = ", ".join("--" + k.replace("_", "-") for k in overrides) or "the size flags"
-        raise UserError(f"{flags} do not fit --model {args.model} ({err})") from None
+    return create_from_config(model_config(args, num_classes, mnist))

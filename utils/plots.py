@@ -5,13 +5,16 @@
 * Fig. 2: softmax entropy of MNIST versus Ambiguous-MNIST test samples.
 * Active learning: test accuracy versus number of labelled samples (mean and standard-error band over runs),
   and the fraction of ambiguous samples acquired.
-* Two moons: maps of softmax entropy and of feature density over the plane.
+* Two moons: maps of softmax entropy and of feature density over the plane (the model is in `utils.toy`).
 
-Command line (writes PNGs):
+Command line (writes PNGs; a checkpoint is LABEL=MODEL:FLAGS:PATH, FLAGS a comma list of `sn`, `mod` and size
+overrides such as `base_width=8`, possibly empty):
 
-    python -m utils.plots fig1 --dataset-root DATA --out fig1.png \
-        --checkpoint "LeNet=lenet::runs/lenet_1_350.model" --checkpoint "ResNet-18+SN=resnet18:sn,mod:runs/m.model"
-    python -m utils.plots al --out al.png --curve "DDU=results/test_accs_resnet18_gmm_mnist.json" ...
+    python -m utils.plots fig1 --dataset-root DATA --out fig1.png --fig2-out fig2.png \
+        --checkpoint "LeNet=lenet::runs/lenet_1_350.model" \
+        --checkpoint "ResNet-18+SN=resnet18:sn,mod:runs/resnet18_sn_3.0_mod_1_350.model"
+    python -m utils.plots al --out al.png \
+        --curve "DDU=results/test_accs_resnet18_sn_3.0_mod_1_gmm_mnist.json" --curve ...
 """
 
 from __future__ import annotations
@@ -27,61 +30,127 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from utils.errors import UserError, exit_on_user_error  # noqa: E402
+
 GROUP_COLOURS = {"clean": "tab:blue", "ambiguous": "tab:orange", "ood": "tab:green"}
+# How the figures name data sets: the dirty sets' (clean, ambiguous) parts, and every set used as OoD.
+DIRTY_DISPLAY = {"dirty_mnist": ("MNIST", "Ambiguous-MNIST"), "digits": ("clean digits", "ambiguous digits")}
+DISPLAY = {
+    "mnist": "MNIST", "fashion_mnist": "Fashion-MNIST", "cifar10": "CIFAR-10", "cifar100": "CIFAR-100",
+    "svhn": "SVHN", "tiny_imagenet": "Tiny-ImageNet", "digits_ood": "photo patches",
+}  # fmt: skip
+# Histogram x-axes span the first group's 1-99% range widened this many times its width on each side.
+AXIS_WIDEN = 5.0
+
+
+def group_names(dataset: str, ood: str) -> dict[str, str]:
+    """Legend names of the 'clean', 'ambiguous' and 'ood' groups of `dirty_scores(..., dataset, ood, ...)`."""
+    import data
+
+    dataset, ood = data.canonical_name(dataset), data.canonical_name(ood)
+    clean, ambiguous = DIRTY_DISPLAY.get(dataset, (f"{dataset} (clean)", f"{dataset} (ambiguous)"))
+    return {"clean": clean, "ambiguous": ambiguous, "ood": DISPLAY.get(ood, ood)}
+
+
+def _axis_range(groups: list[np.ndarray]) -> tuple[float, float]:
+    """Histogram range: the first group's 1-99% range widened `AXIS_WIDEN` times each side, cut to the data.
+
+    OoD log-densities can lie 1e7 below the in-distribution ones (LeNet on photo patches): a linear axis over
+    all values would squash every other group into one bin. Values outside are drawn in the edge bins.
+    """
+    pooled = np.concatenate(groups)
+    if pooled.size == 0:
+        return 0.0, 1.0
+    reference = groups[0] if groups[0].size else pooled
+    low, high = np.percentile(reference, [1, 99])
+    width = high - low
+    low, high = max(pooled.min(), low - AXIS_WIDEN * width), min(pooled.max(), high + AXIS_WIDEN * width)
+    if high <= low:
+        low, high = low - 0.5, high + 0.5
+    return float(low), float(high)
 
 
 def _density_hist(ax, values: dict[str, np.ndarray], colours: dict[str, str], xlabel: str) -> None:
-    finite = np.concatenate([v[np.isfinite(v)] for v in values.values() if len(v)])
-    low, high = np.percentile(finite, [0.5, 99.5]) if finite.size else (0.0, 1.0)
-    if high <= low:
-        high = low + 1.0
+    """Overlaid normalised histograms per group; the legend says how much of a group lies off the axis."""
+    finite = {label: v[np.isfinite(v)] for label, v in values.items()}
+    low, high = _axis_range(list(finite.values()))
     bins = np.linspace(low, high, 50)
-    for (label, v), colour in zip(values.items(), colours.values()):
-        ax.hist(np.clip(v[np.isfinite(v)], low, high), bins=bins, density=True, alpha=0.5, color=colour, label=label)
+    for label, v in finite.items():
+        below, above = np.mean(v < low) if v.size else 0.0, np.mean(v > high) if v.size else 0.0
+        notes = ([f"{below:.1%} < {low:.4g}"] if below else []) + (
+            [f"{above:.1%} > {high:.4g}"] if above else []
+        )
+        text = f"{label} ({', '.join(notes)}, at the edge)" if notes else label
+        ax.hist(np.clip(v, low, high), bins=bins, density=True, alpha=0.5, color=colours[label], label=text)
     ax.set_xlabel(xlabel)
     ax.set_ylabel("density")
     ax.legend(fontsize=8)
 
 
-def plot_fig1(scores: dict[str, dict[str, dict[str, np.ndarray]]], group_names: dict[str, str] | None = None,
-              out: str | Path | None = None):
-    """`scores[model][group] = {"entropy": (N,), "log_density": (N,)}` with groups 'clean', 'ambiguous', 'ood'.
+def _save(fig, out: str | Path | None) -> None:
+    if out is not None:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(out, dpi=110)
 
-    One row per model: softmax entropy (left) and feature log-density (right), as the paper's Fig. 1.
+
+def plot_fig1(
+    scores: dict[str, dict[str, dict[str, np.ndarray]]],
+    group_names: dict[str, str] | None = None,
+    out: str | Path | None = None,
+    title: str = "",
+):
+    """The paper's Fig. 1: one row per model, softmax entropy (left) and feature log-density (right).
+
+    `scores[model][group] = {"entropy": (N,), "log_density": (N,)}`, groups 'clean', 'ambiguous' and 'ood'
+    (`dirty_scores` output). `group_names` maps groups to legend names (default: Dirty-MNIST's parts and
+    Fashion-MNIST; `group_names(dataset, ood)` gives them for any pair).
     """
-    group_names = group_names or {"clean": "MNIST", "ambiguous": "Ambiguous-MNIST", "ood": "Fashion-MNIST"}
-    fig, axes = plt.subplots(len(scores), 2, figsize=(10, 3.2 * len(scores)), squeeze=False)
+    names = group_names or {"clean": "MNIST", "ambiguous": "Ambiguous-MNIST", "ood": "Fashion-MNIST"}
+    fig, axes = plt.subplots(
+        len(scores), 2, figsize=(10, 3.2 * len(scores) + (0.4 if title else 0)), squeeze=False
+    )
     for row, (model_name, groups) in enumerate(scores.items()):
-        colours = {group_names[g]: GROUP_COLOURS[g] for g in groups}
-        for col, (key, label) in enumerate((("entropy", "softmax entropy"), ("log_density", "feature log-density"))):
-            values = {group_names[g]: np.asarray(groups[g][key], dtype=np.float64) for g in groups}
+        colours = {names[g]: GROUP_COLOURS[g] for g in groups}
+        for col, (key, label) in enumerate(
+            (("entropy", "softmax entropy"), ("log_density", "feature log-density"))
+        ):
+            values = {names[g]: np.asarray(groups[g][key], dtype=np.float64) for g in groups}
             _density_hist(axes[row, col], values, colours, label)
             axes[row, col].set_title(f"{model_name}: {label}")
+    if title:
+        fig.suptitle(title)
     fig.tight_layout()
-    if out is not None:
-        fig.savefig(out, dpi=110)
+    _save(fig, out)
     return fig
 
 
-def plot_fig2(clean_entropy: np.ndarray, ambiguous_entropy: np.ndarray, title: str = "ResNet-18+SN",
-              out: str | Path | None = None):
-    """Softmax entropy of MNIST versus Ambiguous-MNIST test samples (paper Fig. 2)."""
+def plot_fig2(
+    clean_entropy: np.ndarray,
+    ambiguous_entropy: np.ndarray,
+    title: str = "ResNet-18+SN",
+    out: str | Path | None = None,
+    group_names: dict[str, str] | None = None,
+):
+    """Softmax entropy of MNIST versus Ambiguous-MNIST test samples (paper Fig. 2): aleatoric uncertainty."""
+    names = group_names or {"clean": "MNIST", "ambiguous": "Ambiguous-MNIST"}
     fig, ax = plt.subplots(figsize=(5, 3.2))
     _density_hist(
         ax,
-        {"MNIST": np.asarray(clean_entropy), "Ambiguous-MNIST": np.asarray(ambiguous_entropy)},
-        {"MNIST": GROUP_COLOURS["clean"], "Ambiguous-MNIST": GROUP_COLOURS["ambiguous"]},
+        {
+            names["clean"]: np.asarray(clean_entropy, dtype=np.float64),
+            names["ambiguous"]: np.asarray(ambiguous_entropy, dtype=np.float64),
+        },
+        {names["clean"]: GROUP_COLOURS["clean"], names["ambiguous"]: GROUP_COLOURS["ambiguous"]},
         "softmax entropy",
     )
     ax.set_title(f"{title}: aleatoric uncertainty")
     fig.tight_layout()
-    if out is not None:
-        fig.savefig(out, dpi=110)
+    _save(fig, out)
     return fig
 
 
 def load_al_runs(path: str | Path) -> np.ndarray:
-    """An active-learning JSON (run -> list per step) as an array (runs, steps), truncated to the shortest run."""
+    """An active-learning JSON (run -> list per step) as an array (runs, steps), cut to the shortest run."""
     runs = json.loads(Path(path).read_text())
     lists = [np.asarray(v, dtype=np.float64) for _, v in sorted(runs.items(), key=lambda kv: int(kv[0]))]
     if not lists:
@@ -90,48 +159,130 @@ def load_al_runs(path: str | Path) -> np.ndarray:
     return np.stack([v[:steps] for v in lists])
 
 
-def plot_active_learning(curves: dict[str, np.ndarray], *, initial: int = 20, batch: int = 5,
-                         ylabel: str = "test accuracy (%)", title: str = "", out: str | Path | None = None):
-    """`curves[label]` is (runs, steps); x = labelled-set size `initial + step * batch`; mean and s.e. band."""
-    fig, ax = plt.subplots(figsize=(6, 4))
+def load_al_curves(folder: str | Path, files: dict[str, str]) -> dict[str, np.ndarray]:
+    """`files[label]` names a JSON in `folder`; labels whose file is absent or empty are skipped with a note,
+    so a figure can be drawn while some experiments are still missing."""
+    curves = {}
+    for label, name in files.items():
+        path = Path(folder) / name
+        if not path.is_file():
+            print(f"note: skipping {label}: {path} does not exist")
+            continue
+        try:
+            curves[label] = load_al_runs(path)
+        except ValueError as err:
+            print(f"note: skipping {label}: {err}")
+    return curves
+
+
+def plot_active_learning(
+    curves: dict[str, np.ndarray],
+    *,
+    initial: int = 20,
+    batch: int = 5,
+    ylabel: str = "test accuracy (%)",
+    title: str = "",
+    out: str | Path | None = None,
+    ax=None,
+    colours: dict[str, str] | None = None,
+):
+    """`curves[label]` is (runs, steps); x = labelled-set size `initial + step * batch`; mean and s.e. band.
+
+    Draws into `ax` when given (to compose panels), else into a new figure; returns the figure. `colours`
+    fixes a colour per label, so a method keeps its colour across figures even when some curves are absent.
+    """
+    colours = colours or {}
+    fig, ax = plt.subplots(figsize=(6, 4)) if ax is None else (ax.figure, ax)
     for label, values in curves.items():
         values = np.atleast_2d(values)
         x = initial + batch * np.arange(values.shape[1])
         mean = values.mean(0)
         sem = values.std(0, ddof=1) / np.sqrt(values.shape[0]) if values.shape[0] > 1 else np.zeros_like(mean)
-        ax.plot(x, mean, label=label)
-        ax.fill_between(x, mean - sem, mean + sem, alpha=0.25)
+        runs = values.shape[0]
+        (line,) = ax.plot(
+            x, mean, color=colours.get(label), label=f"{label} ({runs} run{'s' if runs > 1 else ''})"
+        )
+        ax.fill_between(x, mean - sem, mean + sem, alpha=0.25, color=line.get_color(), linewidth=0)
     ax.set_xlabel("number of labelled samples")
     ax.set_ylabel(ylabel)
     if title:
         ax.set_title(title)
-    ax.legend(fontsize=8)
+    if curves:
+        ax.legend(fontsize=8)
+    else:
+        ax.text(0.5, 0.5, "no runs found", ha="center", va="center", transform=ax.transAxes)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    if out is not None:
-        fig.savefig(out, dpi=110)
+    _save(fig, out)
     return fig
 
 
-def plot_two_moons(xx: np.ndarray, yy: np.ndarray, maps: dict[str, np.ndarray], points: np.ndarray,
-                   labels: np.ndarray, out: str | Path | None = None):
-    """Maps over the plane (`maps[title]` shaped like `xx`), with the training points on top."""
-    fig, axes = plt.subplots(1, len(maps), figsize=(4.2 * len(maps), 3.6), squeeze=False)
-    for ax, (title, values) in zip(axes[0], maps.items()):
+def plot_two_moons(
+    xx: np.ndarray,
+    yy: np.ndarray,
+    maps: dict[str, np.ndarray],
+    points: np.ndarray,
+    labels: np.ndarray,
+    out: str | Path | None = None,
+    ncols: int | None = None,
+):
+    """Maps over the plane (`maps[title]` shaped like `xx`) with the training points on top, `ncols` a row."""
+    ncols = ncols or len(maps)
+    nrows = -(-len(maps) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.6 * nrows), squeeze=False)
+    for ax, (title, values) in zip(axes.flat, maps.items(), strict=False):
         image = ax.contourf(xx, yy, values, levels=30, cmap="viridis")
         ax.scatter(points[:, 0], points[:, 1], c=labels, s=4, cmap="coolwarm", edgecolors="none")
         ax.set_title(title, fontsize=9)
         ax.set_xticks([])
         ax.set_yticks([])
         fig.colorbar(image, ax=ax, fraction=0.046)
+    for ax in list(axes.flat)[len(maps) :]:
+        ax.set_visible(False)
     fig.tight_layout()
-    if out is not None:
-        fig.savefig(out, dpi=110)
+    _save(fig, out)
     return fig
 
 
-def dirty_scores(model: torch.nn.Module, dataset: str, ood: str, root: str | Path, device=None,
-                 batch_size: int = 512) -> dict[str, dict[str, np.ndarray]]:
+def load_model(
+    model: str,
+    path: str | Path,
+    dataset: str,
+    *,
+    sn: bool = False,
+    mod: bool = False,
+    coeff: float = 3.0,
+    **arch,
+) -> torch.nn.Module:
+    """The network of a checkpoint trained on `dataset` with these flags and size overrides (`base_width`)."""
+    import data
+    import net
+
+    info = data.get_info(dataset)
+    try:
+        network = net.create_model(
+            model,
+            num_classes=info.num_classes,
+            spectral_normalization=sn,
+            mod=mod,
+            coeff=coeff,
+            mnist=info.shape[0] == 1,
+            **arch,
+        )
+    except (TypeError, ValueError) as err:
+        raise UserError(f"size overrides {arch} do not fit model {model} ({err})") from None
+    net.load_state_dict(network, path)
+    return network.eval()
+
+
+def dirty_scores(
+    model: torch.nn.Module,
+    dataset: str,
+    ood: str,
+    root: str | Path | None,
+    device=None,
+    batch_size: int = 512,
+) -> dict[str, dict[str, np.ndarray]]:
     """Softmax entropy and DDU feature log-density of the clean, ambiguous and OoD test samples.
 
     The GMM is fitted as in evaluate.py: on the features of the 90% training split (no augmentation).
@@ -140,13 +291,14 @@ def dirty_scores(model: torch.nn.Module, dataset: str, ood: str, root: str | Pat
     import metrics
     from utils.features import collect_outputs
 
-    device = device or torch.device("cpu")
+    device = torch.device(device) if device is not None else torch.device("cpu")
     model = model.to(device).eval()
     parts = data.dirty_parts(dataset)
     if parts is None:
-        raise ValueError(f"{dataset} has no clean/ambiguous parts; use dirty_mnist or digits")
-    train_loader, _ = data.get_train_valid_loader(dataset, root, batch_size, augment=False, val_seed=1,
-                                                  device=device, shuffle=False)
+        raise UserError(f"{dataset} has no clean/ambiguous parts; use dirty_mnist or digits")
+    train_loader, _ = data.get_train_valid_loader(
+        dataset, root, batch_size, augment=False, val_seed=1, device=device, shuffle=False
+    )
     train = collect_outputs(model, train_loader, device)
     gaussians = metrics.fit_class_gaussians(train.features, train.labels, data.get_info(dataset).num_classes)
     result = {}
@@ -161,63 +313,109 @@ def dirty_scores(model: torch.nn.Module, dataset: str, ood: str, root: str | Pat
     return result
 
 
-def _parse_checkpoint(spec: str):
-    """'LABEL=MODEL:FLAGS:PATH' with FLAGS a comma list of sn, mod (may be empty)."""
-    label, rest = spec.split("=", 1)
-    model, flags, path = rest.split(":", 2)
-    flags = {f for f in flags.split(",") if f}
-    return label, model, "sn" in flags, "mod" in flags, path
+def _parse_checkpoint(spec: str) -> tuple[str, str, dict, str]:
+    """'LABEL=MODEL:FLAGS:PATH' -> (label, model, keyword arguments of `load_model`, path)."""
+    try:
+        label, rest = spec.split("=", 1)
+        model, flags, path = rest.split(":", 2)
+    except ValueError:
+        raise UserError(
+            f"--checkpoint {spec!r} is not LABEL=MODEL:FLAGS:PATH (e.g. 'SN=resnet18:sn,mod:m.model')"
+        ) from None
+    kwargs: dict = {}
+    for flag in filter(None, flags.split(",")):
+        if flag in ("sn", "mod"):
+            kwargs[flag] = True
+        elif "=" in flag and flag.split("=")[1].isdigit():
+            key, value = flag.split("=")
+            kwargs[key] = int(value)
+        else:
+            raise UserError(
+                f"unknown flag {flag!r} in --checkpoint {spec!r}; use sn, mod or NAME=INT (base_width=8)"
+            )
+    return label, model, kwargs, path
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="figure", required=True)
     fig1 = sub.add_parser("fig1", help="Fig. 1 (and Fig. 2 for the last model) from checkpoints")
-    fig1.add_argument("--checkpoint", action="append", required=True, help="LABEL=MODEL:FLAGS:PATH, repeatable")
-    fig1.add_argument("--dataset", default="dirty_mnist")
-    fig1.add_argument("--ood-dataset", default="fashion_mnist")
-    fig1.add_argument("--dataset-root", default="data_root")
-    fig1.add_argument("--coeff", type=float, default=3.0)
-    fig1.add_argument("--base-width", type=int, default=None, help="ResNet width used in training, if reduced")
-    fig1.add_argument("--out", default="fig1.png")
+    fig1.add_argument(
+        "--checkpoint", action="append", required=True, help="LABEL=MODEL:FLAGS:PATH, repeatable"
+    )
+    fig1.add_argument("--dataset", default="dirty_mnist", help="the dirty set the models were trained on")
+    fig1.add_argument(
+        "--ood-dataset",
+        "--ood_dataset",
+        dest="ood_dataset",
+        default="fashion_mnist",
+        help="out-of-distribution set",
+    )
+    fig1.add_argument("--dataset-root", default="data_root", help="folder holding the data sets")
+    fig1.add_argument("--coeff", type=float, default=3.0, help="--coeff the SN models were trained with")
+    fig1.add_argument(
+        "--base-width",
+        type=int,
+        default=None,
+        help="ResNet width used in training, if reduced (or base_width=N in a checkpoint's FLAGS)",
+    )
+    fig1.add_argument("--no-gpu", action="store_true", help="compute on the CPU even if a GPU is available")
+    fig1.add_argument("--out", default="fig1.png", help="PNG of Fig. 1")
     fig1.add_argument("--fig2-out", default=None, help="also write Fig. 2 for the last checkpoint here")
     al = sub.add_parser("al", help="active-learning curves from JSON files")
     al.add_argument("--curve", action="append", required=True, help="LABEL=PATH.json, repeatable")
-    al.add_argument("--initial", type=int, default=20)
-    al.add_argument("--batch", type=int, default=5)
-    al.add_argument("--ylabel", default="test accuracy (%)")
+    al.add_argument(
+        "--initial", type=int, default=20, help="initial labelled-set size (--num-initial-samples)"
+    )
+    al.add_argument(
+        "--batch", type=int, default=5, help="samples acquired per step (--acquisition-batch-size)"
+    )
+    al.add_argument("--ylabel", default="test accuracy (%)", help="e.g. 'fraction of ambiguous samples'")
     al.add_argument("--title", default="")
-    al.add_argument("--out", default="al.png")
+    al.add_argument("--out", default="al.png", help="PNG to write")
     return parser
 
 
+@exit_on_user_error
 def main(args: argparse.Namespace) -> None:
     if args.figure == "al":
         curves = {}
         for spec in args.curve:
-            label, path = spec.split("=", 1)
+            label, sep, path = spec.partition("=")
+            if not sep or not Path(path).is_file():
+                raise UserError(
+                    f"--curve {spec!r} should be LABEL=PATH with PATH an active-learning JSON file"
+                )
             curves[label] = load_al_runs(path)
-        plot_active_learning(curves, initial=args.initial, batch=args.batch, ylabel=args.ylabel,
-                             title=args.title, out=args.out)
+        plot_active_learning(
+            curves, initial=args.initial, batch=args.batch, ylabel=args.ylabel, title=args.title, out=args.out
+        )
         print(f"wrote {args.out}")
         return
-    import data
-    import net
+    from utils.device import select_device
 
-    info = data.get_info(args.dataset)
+    device = select_device(args.no_gpu)
     scores = {}
     for spec in args.checkpoint:
-        label, model_name, sn, mod, path = _parse_checkpoint(spec)
-        extra = {"base_width": args.base_width} if args.base_width and model_name.startswith("resnet") else {}
-        model = net.create_model(model_name, num_classes=info.num_classes, spectral_normalization=sn, mod=mod,
-                                 coeff=args.coeff, mnist=info.shape[0] == 1, **extra)
-        net.load_state_dict(model, path)
-        scores[label] = dirty_scores(model, args.dataset, args.ood_dataset, args.dataset_root)
-    plot_fig1(scores, out=args.out)
+        label, model_name, kwargs, path = _parse_checkpoint(spec)
+        if args.base_width and model_name.startswith("resnet"):
+            kwargs.setdefault("base_width", args.base_width)
+        model = load_model(model_name, path, args.dataset, coeff=args.coeff, **kwargs)
+        scores[label] = dirty_scores(model, args.dataset, args.ood_dataset, args.dataset_root, device=device)
+    names = group_names(args.dataset, args.ood_dataset)
+    plot_fig1(scores, group_names=names, out=args.out)
     print(f"wrote {args.out}")
     if args.fig2_out:
-        last = scores[list(scores)[-1]]
-        plot_fig2(last["clean"]["entropy"], last["ambiguous"]["entropy"], title=list(scores)[-1], out=args.fig2_out)
+        last = list(scores)[-1]
+        plot_fig2(
+            scores[last]["clean"]["entropy"],
+            scores[last]["ambiguous"]["entropy"],
+            title=last,
+            out=args.fig2_out,
+            group_names=names,
+        )
         print(f"wrote {args.fig2_out}")
 
 

@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import net
-from utils import distributed
+from utils import cli, distributed
 from utils.device import autocast_context
 from utils.errors import UserError
 from utils.io import atomic_torch_save, atomic_write_bytes, atomic_write_json
@@ -57,7 +57,7 @@ MILESTONE_GAMMA = 0.1
 RESUME_FORMAT = 1
 
 # Architecture options of `net.create_model` that train.py exposes as flags (None: the paper's size).
-ARCH_FLAGS = ("depth", "widen_factor", "base_width", "width_divisor")
+ARCH_FLAGS = cli.ARCH_FLAGS
 
 # Flags that change what is trained; a resume with any of them changed would silently be another run.
 # Flags that only change speed, logging or where files go (epochs, workers, compile, channels_last,
@@ -102,34 +102,10 @@ def model_config(args: argparse.Namespace, info: DatasetInfo) -> dict[str, Any]:
 
     `info` is the data set's `data.DatasetInfo`: it fixes the class count and the 1x28x28 variant.
     """
-    config: dict[str, Any] = dict(
-        name=args.model,
-        num_classes=info.num_classes,
-        spectral_normalization=bool(args.sn),
-        mod=bool(args.mod),
-        coeff=float(args.coeff),
-        mnist=tuple(info.shape) == (1, 28, 28),
-    )
-    for key in ARCH_FLAGS:
-        value = getattr(args, key, None)
-        if value is not None:
-            config[key] = value
-    return config
+    return cli.model_config(args, info.num_classes, mnist=tuple(info.shape) == (1, 28, 28))
 
 
-def build_model(config: Mapping[str, Any]) -> net.DDUNetwork:
-    """`net.create_model(**config)`, turning an architecture option the model lacks into a `UserError`."""
-    config = dict(config)
-    name = config.pop("name")
-    if name not in net.list_models():
-        raise UserError(f"unknown model '{name}'; choose one of: {', '.join(net.list_models())}")
-    try:
-        return net.create_model(name, **config)
-    except TypeError as err:
-        if "unexpected keyword argument" not in str(err):
-            raise
-        given = [f"--{k.replace('_', '-')}" for k in ARCH_FLAGS if k in config]
-        raise UserError(f"{' / '.join(given)} does not apply to --model {name}; drop it") from None
+build_model = cli.create_from_config
 
 
 def make_optimizer(
