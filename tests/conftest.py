@@ -2,6 +2,14 @@
 
 from __future__ import annotations
 
+import os
+
+# One thread per process: the tests use tiny networks, where a second OpenMP thread brings no speed, and on a
+# busy 2-core machine (or with the DDP test's two processes) oversubscribed threads slow torch down 10-50x.
+# Set before torch is imported so that subprocesses (torchrun, notebook kernels, CLI runs) inherit it.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
+
 import fcntl
 import subprocess
 import sys
@@ -9,6 +17,9 @@ import tempfile
 from pathlib import Path
 
 import pytest
+import torch
+
+torch.set_num_threads(1)
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 
