@@ -222,3 +222,21 @@ def test_cli_fig1_missing_checkpoint_is_one_line_error(tmp_path, capsys):
     assert info.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: checkpoint") and "\n" not in err
+
+
+@pytest.mark.slow
+def test_demo_runs_end_to_end_and_reports_both_scores(tmp_path, capsys):
+    """`make demo` in miniature: real train.py + evaluate.py on the embedded set, JSONs, PNG and table."""
+    from utils import demo
+
+    result = demo.main(demo.get_args_parser().parse_args(["--out", str(tmp_path), "--epochs", "2", "--no-gpu"]))
+    assert (tmp_path / "fig1_demo.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert {p.name for p in tmp_path.glob("res_*.json")} == {
+        "res_resnet18_sn_3.0_mod_1_softmax_digits_digits_ood.json",
+        "res_resnet18_sn_3.0_mod_1_gmm_digits_digits_ood.json",
+    }
+    for row in result["table"].values():
+        assert set(row) == {"ambiguous vs clean", "OoD vs clean", "OoD vs clean+ambiguous"}
+        assert all(0.0 <= v <= 1.0 for v in row.values())
+    out = capsys.readouterr().out
+    assert "AUROC of each score" in out and "feature density (DDU)" in out
