@@ -78,13 +78,16 @@ class Evaluator:
         self.ood_loader = data.get_test_loader(
             args.ood_dataset, root, batch, device=device, like=args.dataset, loader=args.loader
         )
+        # A dirty set's test split is its clean part followed by its ambiguous part: one pass over the test
+        # set, then a slice, gives both (no second forward pass).
         parts = data.dirty_parts(args.dataset)
-        self.part_loaders = None
+        self.clean_size = None
         if parts is not None:
-            self.part_loaders = [
-                data.get_test_loader(name, root, batch, device=device, like=args.dataset, loader=args.loader)
-                for name in parts
-            ]
+            clean_labels = data.load_split(parts[0], root, "test")[1]
+            ambiguous_labels = data.load_split(parts[1], root, "test")[1]
+            if len(clean_labels) + len(ambiguous_labels) != self.test_loader.num_samples:
+                raise RuntimeError(f"{args.dataset}'s test split is not {parts[0]} followed by {parts[1]}")
+            self.clean_size = len(clean_labels)
         self._split_cache: dict[int, tuple] = {}
 
     def splits(self, val_seed: int):
@@ -110,8 +113,11 @@ class Evaluator:
         out = {"test": run(self.test_loader), "ood": run(self.ood_loader), "val": run(val_loader)}
         if need_train:
             out["train"] = run(train_loader)
-        if self.part_loaders is not None:
-            out["parts"] = tuple(run(loader) for loader in self.part_loaders)
+        if self.clean_size is not None:
+            test, n = out["test"], self.clean_size
+            out["parts"] = tuple(
+                Outputs(test.logits[part], test.features[part], test.labels[part]) for part in (slice(0, n), slice(n, None))
+            )
         return out
 
 
@@ -123,7 +129,7 @@ def evaluate_run(evaluator: Evaluator, args: argparse.Namespace, run: int) -> di
         for seed in run_seeds(args.seed, run, args.ensemble):
             path = locate_checkpoint(args.load_path, run, seed=seed, ensemble_naming=True, **checkpoint)
             members.append(evaluator.outputs(evaluator.load(path), seed, need_train=False))
-        parts = [m["parts"] for m in members] if evaluator.part_loaders is not None else None
+        parts = [m["parts"] for m in members] if evaluator.clean_size is not None else None
         return ensemble_run(
             [m["test"] for m in members], [m["ood"] for m in members], [m["val"] for m in members], parts=parts
         )
