@@ -15,6 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from net.layers import AvgPoolShortcut, DDUNetwork, activation
+from net.spectral_norm import conv_factory
 
 
 def _shortcut(conv, input_size, in_planes, out_planes, stride, mod) -> nn.Module:
@@ -79,19 +80,7 @@ class ResNet(DDUNetwork):
         mnist: bool = False,
     ):
         super().__init__()
-        from net.spectral_norm import make_conv
-
-        def conv(input_size, in_c, out_c, kernel_size, stride):
-            return make_conv(
-                in_c,
-                out_c,
-                kernel_size,
-                stride,
-                input_size=input_size,
-                spectral_normalization=spectral_normalization,
-                coeff=coeff,
-                n_power_iterations=n_power_iterations,
-            )
+        conv = conv_factory(spectral_normalization, coeff, n_power_iterations)
 
         in_channels, image_size = (1, 28) if mnist else (3, 32)
         self.act = activation(mod)

@@ -237,6 +237,25 @@ def make_conv(
     )
 
 
+def conv_factory(spectral_normalization: bool, coeff: float = 3.0, n_power_iterations: int = 1):
+    """`conv(input_size, in_channels, out_channels, kernel_size, stride)`, the original's `wrapped_conv`
+    with the normalisation settings of one network bound."""
+
+    def conv(input_size: int, in_channels: int, out_channels: int, kernel_size: int, stride: int) -> nn.Module:
+        return make_conv(
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride,
+            input_size=input_size,
+            spectral_normalization=spectral_normalization,
+            coeff=coeff,
+            n_power_iterations=n_power_iterations,
+        )
+
+    return conv
+
+
 def conv_weight(module: nn.Module) -> torch.Tensor:
     """The trainable weight tensor of a plain or spectrally normalised convolution (for initialisation)."""
     return module.weight_orig if isinstance(module, (SpectralNormConv2d, SpectralNormLinear)) else module.weight

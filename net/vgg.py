@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 
 from net.layers import DDUNetwork, LEAKY_RELU_SLOPE
-from net.spectral_norm import make_conv
+from net.spectral_norm import conv_factory
 
 VGG16_LAYOUT = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M")
 
@@ -33,6 +33,7 @@ class VGG(DDUNetwork):
         mnist: bool = False,
     ):
         super().__init__()
+        conv = conv_factory(spectral_normalization, coeff, n_power_iterations)
         in_channels, size = (1, 28) if mnist else (3, 32)
         layers: list[nn.Module] = []
         for item in layout:
@@ -44,16 +45,7 @@ class VGG(DDUNetwork):
                 continue
             width = max(1, item // width_divisor)
             layers += [
-                make_conv(
-                    in_channels,
-                    width,
-                    3,
-                    1,
-                    input_size=size,
-                    spectral_normalization=spectral_normalization,
-                    coeff=coeff,
-                    n_power_iterations=n_power_iterations,
-                ),
+                conv(size, in_channels, width, 3, 1),
                 nn.BatchNorm2d(width),
                 nn.LeakyReLU(LEAKY_RELU_SLOPE, inplace=True) if mod else nn.ReLU(inplace=True),
             ]

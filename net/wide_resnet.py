@@ -15,7 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from net.layers import AvgPoolShortcut, DDUNetwork, activation
-from net.spectral_norm import conv_weight, make_conv
+from net.spectral_norm import conv_factory, conv_weight
 
 
 class WideBasic(nn.Module):
@@ -61,17 +61,7 @@ class WideResNet(DDUNetwork):
         n = (depth - 4) // 6
         in_channels, image_size = (1, 28) if mnist else (3, 32)
 
-        def conv(input_size, in_c, out_c, kernel_size, stride):
-            return make_conv(
-                in_c,
-                out_c,
-                kernel_size,
-                stride,
-                input_size=input_size,
-                spectral_normalization=spectral_normalization,
-                coeff=coeff,
-                n_power_iterations=n_power_iterations,
-            )
+        conv = conv_factory(spectral_normalization, coeff, n_power_iterations)
 
         stages = [16, 16 * widen_factor, 32 * widen_factor, 64 * widen_factor]
         strides = [1, 1, 2, 2]
