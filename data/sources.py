@@ -8,6 +8,8 @@ the user gets one sentence naming the expected path and how to place the files.
 
 from __future__ import annotations
 
+import json
+
 import logging
 import os
 import socket
@@ -26,6 +28,7 @@ log = logging.getLogger(__name__)
 
 # Ambiguous-MNIST: the first 60,000 flattened (sample, label) pairs are training data, the rest test data.
 AMNIST_TRAIN_PAIRS = 60_000
+AMNIST_MANIFEST = "amnist_manifest.json"
 AMNIST_FILES = ("amnist_samples.pt", "amnist_labels.pt")
 AMNIST_URL = "https://github.com/BlackHC/ddu_dirty_mnist/releases/download/data-v1.0.0/"
 
@@ -201,9 +204,25 @@ def _amnist(root: Path, split: str) -> tuple[torch.Tensor, torch.Tensor]:
         download,
     )
     samples, labels = formats.read_amnist(*paths)
+    train_pairs = amnist_train_pairs(root)
     if split == "train":
-        return formats.flatten_multilabel(samples, labels, 0, AMNIST_TRAIN_PAIRS)
-    return formats.flatten_multilabel(samples, labels, AMNIST_TRAIN_PAIRS, None)
+        return formats.flatten_multilabel(samples, labels, 0, train_pairs)
+    return formats.flatten_multilabel(samples, labels, train_pairs, None)
+
+
+def amnist_train_pairs(root: Path) -> int:
+    """How many flattened (sample, label) pairs are training data: 60,000 for the released files (as the
+    original reads them), or `train_pairs` from the `amnist_manifest.json` that `data.ambiguous_mnist` writes
+    next to a regenerated set of another size."""
+    manifest = Path(root) / AMNIST_MANIFEST
+    if manifest.is_file():
+        try:
+            value = json.loads(manifest.read_text()).get("train_pairs")
+        except (OSError, ValueError, AttributeError):
+            value = None
+        if isinstance(value, int) and value >= 0:
+            return value
+    return AMNIST_TRAIN_PAIRS
 
 
 def _dirty_mnist(root: Path, split: str) -> tuple[torch.Tensor, torch.Tensor]:

@@ -6,6 +6,8 @@ formats (pickles, .mat, IDX raw and gzipped, .pt, a JPEG folder) without any dow
 
 from __future__ import annotations
 
+import json
+
 import gzip
 import math
 import pickle
@@ -703,3 +705,15 @@ def test_digits_loaders_use_mnist_constants():
     ood = data.get_test_loader("digits_ood", None, 100, like="digits")
     x, _ = next(iter(ood))
     assert x.shape == (100, 1, 28, 28) and x.mean() > 0.5  # brighter than digits after MNIST normalisation
+
+
+def test_amnist_manifest_sets_the_train_test_boundary(tmp_path):
+    """A regenerated set of another size carries its split in amnist_manifest.json; the released files
+    (no manifest) keep the original's first-60,000-pairs rule."""
+    samples, labels = write_amnist(tmp_path, num_samples=5)  # 50 pairs
+    assert len(data.load_split("ambiguous_mnist", tmp_path, "test")[1]) == 0  # all 50 < 60,000 are train
+    (tmp_path / "amnist_manifest.json").write_text(json.dumps({"train_pairs": 30}))
+    x, y = data.load_split("ambiguous_mnist", tmp_path, "train")
+    tx, ty = data.load_split("ambiguous_mnist", tmp_path, "test")
+    assert len(y) == 30 and len(ty) == 20
+    assert torch.equal(torch.cat([y, ty]), labels.reshape(-1))
