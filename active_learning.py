@@ -56,7 +56,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, required=True, help="run r uses seed + r")
     parser.add_argument("-ambiguous", "--ambiguous", dest="ambiguous", action="store_true",
                         help="Dirty-MNIST pool: --subsample MNIST digits plus Ambiguous-MNIST")
-    parser.add_argument("--dataset-root", default="data_root", help="folder with MNIST (and amnist_*.pt)")
+    parser.add_argument("--dataset-root", default="./", help="folder with MNIST (and amnist_*.pt), as the original")
     parser.add_argument("--trained-model", default="resnet18", choices=net.list_models(),
                         help="architecture of the pretrained Dirty-MNIST model that tells ambiguous samples")
     parser.add_argument("-tsn", "--tsn", dest="tsn", action="store_true", help="that model uses -sn")

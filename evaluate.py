@@ -45,7 +45,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=1, help="seed of the first run's model")
     parser.add_argument("--dataset", default="cifar10", help="in-distribution data set")
     parser.add_argument("--ood_dataset", "--ood-dataset", dest="ood_dataset", default="svhn", help="OoD data set")
-    parser.add_argument("--dataset-root", default="data_root", help="folder holding the data sets")
+    parser.add_argument(
+        "--dataset-root", default="./", help="folder holding the data sets (default ./, as the original)"
+    )
     parser.add_argument("--load-path", required=True, help="folder with Run1/, Run2/, ... of checkpoints")
     parser.add_argument("--runs", type=int, default=5, help="number of runs to evaluate and average")
     parser.add_argument("--ensemble", type=int, default=5, help="members per ensemble (--model-type ensemble)")

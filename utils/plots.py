@@ -353,7 +353,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         default="fashion_mnist",
         help="out-of-distribution set",
     )
-    fig1.add_argument("--dataset-root", default="data_root", help="folder holding the data sets")
+    fig1.add_argument("--dataset-root", default="./", help="folder holding the data sets")
     fig1.add_argument("--coeff", type=float, default=3.0, help="--coeff the SN models were trained with")
     fig1.add_argument(
         "--base-width",
