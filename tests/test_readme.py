@@ -56,3 +56,18 @@ def test_readme_command_parses(command):
     module = importlib.import_module(module_name)
     args = module.get_args_parser().parse_args(argv)
     assert args is not None
+
+
+def test_gpu_check_script_is_valid_bash_and_its_commands_parse():
+    """benchmarks/gpu_check.sh is run on the GPU machine only; make sure it cannot rot in between."""
+    import subprocess
+
+    script = README.parent / "benchmarks" / "gpu_check.sh"
+    subprocess.run(["bash", "-n", str(script)], check=True)
+    text = script.read_text().replace("\\\n", " ")
+    commands = re.findall(r"\$PY (-m [\w.]+|\w+\.py)([^|\n]*)", text)
+    assert len(commands) >= 5
+    for target, rest in commands:
+        module = target.split()[1] if target.startswith("-m") else SCRIPTS[target]
+        argv = [w for w in shlex.split(rest.replace('"', "")) if not w.startswith("2>")]
+        importlib.import_module(module).get_args_parser().parse_args(argv)
