@@ -3,7 +3,8 @@
 The original saves `net.state_dict()` of an `nn.DataParallel` model, so keys carry a `module.` prefix, and
 its spectral normalisation (a forward-pre-hook) stores `weight_orig`, `weight_u`, `weight_v` and
 `weight_sigma`; this project's modules use the same names, so the two load into each other. Loading is
-strict: any mismatch is reported with the keys involved and the flags that most likely differ.
+strict: any mismatch is reported with the keys involved and the flags that most likely differ. The one
+leniency: a ResNet classifier stored as `linear.*` (pytorch-cifar's name) loads into our `fc.*` and back.
 """
 
 from __future__ import annotations
@@ -19,6 +20,9 @@ from net.registry import unwrap_model
 from utils.errors import UserError
 
 _PREFIXES = ("module.", "_orig_mod.")
+# Classifier names used by DDU-style code bases for the same layer; a checkpoint using the other name of a
+# pair loads into a model that has only this one.
+_CLASSIFIER_ALIASES = (("linear.", "fc."), ("fc.", "linear."))
 
 
 def _strip_prefixes(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -32,6 +36,14 @@ def _strip_prefixes(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor
                     key, changed = key[len(prefix) :], True
         out[key] = value
     return out
+
+
+def _apply_classifier_alias(state: dict[str, torch.Tensor], expected) -> dict[str, torch.Tensor]:
+    for ours, theirs in _CLASSIFIER_ALIASES:
+        if not any(k.startswith(ours) for k in state) and any(k.startswith(ours) for k in expected):
+            if any(k.startswith(theirs) for k in state) and not any(k.startswith(theirs) for k in expected):
+                return {(ours + k[len(theirs) :] if k.startswith(theirs) else k): v for k, v in state.items()}
+    return state
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -95,6 +107,7 @@ def load_state_dict(model: nn.Module, state_dict_or_path, *, source: str | None 
     state = _strip_prefixes(state)
     target = unwrap_model(model)
     expected = target.state_dict()
+    state = _apply_classifier_alias(state, expected)
 
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]

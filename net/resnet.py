@@ -95,7 +95,7 @@ class ResNet(DDUNetwork):
             stages.append(nn.Sequential(*layers))
         self.layer1, self.layer2, self.layer3, self.layer4 = stages
         self.num_features, self.num_classes = in_planes, num_classes
-        self.linear = nn.Linear(in_planes, num_classes)
+        self.fc = nn.Linear(in_planes, num_classes)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         out = self.act(self.bn1(self.conv1(x)))
@@ -104,7 +104,7 @@ class ResNet(DDUNetwork):
         return F.avg_pool2d(out, 4).flatten(1)
 
     def get_classifier(self) -> nn.Module:
-        return self.linear
+        return self.fc
 
 
 def resnet18(num_classes: int = 10, **kwargs) -> ResNet:

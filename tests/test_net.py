@@ -94,8 +94,8 @@ def test_wide_resnet_defaults_match_the_original():
 def test_sn_layers_cover_all_convolutions_but_not_the_classifier():
     model = small_model("resnet18", spectral_normalization=True)
     assert not any(isinstance(m, torch.nn.Conv2d) for m in model.modules())
-    assert isinstance(model.linear, torch.nn.Linear)
-    assert "linear.weight" in model.state_dict()
+    assert isinstance(model.fc, torch.nn.Linear)
+    assert "fc.weight" in model.state_dict()
 
 
 def _load_fill_rule():
@@ -219,3 +219,12 @@ def test_bf16_autocast_close_to_fp32():
     assert low.dtype == torch.bfloat16
     scale = reference.abs().max()
     assert ((low.float() - reference).abs().max() / scale).item() < 0.05
+
+
+def test_classifier_named_linear_or_fc_loads_either_way():
+    """ResNet checkpoints may name the classifier `fc` or `linear` (pytorch-cifar's name); both load."""
+    source = small_model("resnet18")
+    renamed = {k.replace("fc.", "linear.", 1) if k.startswith("fc.") else k: v for k, v in source.state_dict().items()}
+    target = small_model("resnet18")
+    net.load_state_dict(target, renamed)
+    assert torch.equal(target.fc.weight, source.fc.weight)
