@@ -170,6 +170,10 @@ def main(args: argparse.Namespace) -> dict:
     device = select_device(args.no_gpu)
     evaluator = Evaluator(args, device)
 
+    info = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    # Runs finished so far are kept in a side file while the command runs, so an interruption loses at most
+    # the run in progress; the final file only ever holds all runs.
+    partial = output.with_name(output.name + ".partial")
     per_run: list[dict | None] = []
     failed: list[dict] = []
     for run in progress_bar(range(1, args.runs + 1), desc=f"evaluating {args.model_type}", unit="run"):
@@ -179,10 +183,12 @@ def main(args: argparse.Namespace) -> dict:
             per_run.append(None)
             failed.append({"run": run, "reason": str(err)})
             log.error("run %d failed: %s", run, err)
-    info = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+        if run < args.runs:
+            atomic_write_json(partial, {**aggregate(per_run, info), "failed_runs": failed, "runs_done": run})
     result = aggregate(per_run, info)
     result["failed_runs"] = failed
     atomic_write_json(output, result)
+    partial.unlink(missing_ok=True)
     summary = ", ".join(
         f"{key} {result['mean'][key]:.4f}" for key in ("accuracy", "ece", "m1_auroc", "m2_auroc")
         if result["mean"].get(key) is not None

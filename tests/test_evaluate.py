@@ -635,3 +635,19 @@ def test_mismatched_flags_under_the_original_ensemble_naming_name_the_flag(
     err = user_error(capsys, args)
     assert hint in err and "resnet18_1_1.model" in err
     assert no_results(tmp_path)
+
+
+def test_an_interrupted_evaluation_keeps_the_finished_runs(layouts, tmp_path, monkeypatch):
+    real_run = evaluate.evaluate_run
+
+    def interrupt_on_run_two(evaluator, args, run):
+        if run == 2:
+            raise KeyboardInterrupt
+        return real_run(evaluator, args, run)
+
+    monkeypatch.setattr(evaluate, "evaluate_run", interrupt_on_run_two)
+    with pytest.raises(KeyboardInterrupt):
+        evaluate.main(eval_args(layouts["single"], tmp_path, model_type="softmax"))
+    assert not (tmp_path / "res_lenet_1_softmax_digits_digits_ood.json").exists()
+    partial = strict_json(tmp_path / "res_lenet_1_softmax_digits_digits_ood.json.partial")
+    assert partial["runs_done"] == 1 and len(partial["values"]["accuracy"]) == 1
