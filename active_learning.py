@@ -26,7 +26,6 @@ from pathlib import Path
 
 import torch
 
-import data
 import net
 from utils import active_learning as AL
 from utils import training as T
@@ -43,42 +42,88 @@ NUM_CLASSES = 10
 
 # Arguments that define the experiment: a resume with any of them changed would mix two experiments.
 RESUME_MUST_MATCH = (
-    "seed", "model", "sn", "mod", "coeff", "al_type", "mi", "ambiguous", "subsample", "num_ensemble",
-    "num_initial_samples", "max_training_samples", "acquisition_batch_size", "epochs", "train_batch_size",
-    "samples_per_epoch", "max_pool", "depth", "widen_factor", "base_width", "width_divisor", "threshold",
+    "seed",
+    "model",
+    "sn",
+    "mod",
+    "coeff",
+    "al_type",
+    "mi",
+    "ambiguous",
+    "subsample",
+    "num_ensemble",
+    "num_initial_samples",
+    "max_training_samples",
+    "acquisition_batch_size",
+    "epochs",
+    "train_batch_size",
+    "samples_per_epoch",
+    "max_pool",
+    "depth",
+    "widen_factor",
+    "base_width",
+    "width_divisor",
+    "threshold",
 )
 
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, parents=[model_parser("resnet18")]
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        parents=[model_parser("resnet18")],
     )
     parser.add_argument("--seed", type=int, required=True, help="run r uses seed + r")
-    parser.add_argument("-ambiguous", "--ambiguous", dest="ambiguous", action="store_true",
-                        help="Dirty-MNIST pool: --subsample MNIST digits plus Ambiguous-MNIST")
-    parser.add_argument("--dataset-root", default="./", help="folder with MNIST (and amnist_*.pt), as the original")
-    parser.add_argument("--trained-model", default="resnet18", choices=net.list_models(),
-                        help="architecture of the pretrained Dirty-MNIST model that tells ambiguous samples")
+    parser.add_argument(
+        "-ambiguous",
+        "--ambiguous",
+        dest="ambiguous",
+        action="store_true",
+        help="Dirty-MNIST pool: --subsample MNIST digits plus Ambiguous-MNIST",
+    )
+    parser.add_argument(
+        "--dataset-root", default="./", help="folder with MNIST (and amnist_*.pt), as the original"
+    )
+    parser.add_argument(
+        "--trained-model",
+        default="resnet18",
+        choices=net.list_models(),
+        help="architecture of the pretrained Dirty-MNIST model that tells ambiguous samples",
+    )
     parser.add_argument("-tsn", "--tsn", dest="tsn", action="store_true", help="that model uses -sn")
     parser.add_argument("--tcoeff", type=float, default=3.0, help="that model's --coeff")
     parser.add_argument("-tmod", "--tmod", dest="tmod", action="store_true", help="that model uses -mod")
     parser.add_argument("--saved-model-path", default="", help="folder of the pretrained Dirty-MNIST model")
     parser.add_argument("--saved-model-name", default="", help="file name of that model's checkpoint")
-    parser.add_argument("--threshold", type=float, default=1.0, help="softmax entropy above which a sample is ambiguous")
+    parser.add_argument(
+        "--threshold", type=float, default=1.0, help="softmax entropy above which a sample is ambiguous"
+    )
     parser.add_argument("--subsample", type=int, default=1000, help="MNIST digits in the Dirty-MNIST pool")
-    parser.add_argument("--al-type", default="softmax", choices=["softmax", "ensemble", "gmm"], help="acquisition")
-    parser.add_argument("-mi", "--mi", dest="mi", action="store_true", help="ensemble: mutual information, not PE")
+    parser.add_argument(
+        "--al-type", default="softmax", choices=["softmax", "ensemble", "gmm"], help="acquisition"
+    )
+    parser.add_argument(
+        "-mi", "--mi", dest="mi", action="store_true", help="ensemble: mutual information, not PE"
+    )
     parser.add_argument("--num-ensemble", type=int, default=5, help="ensemble members")
-    parser.add_argument("--num-initial-samples", type=int, default=20, help="class-balanced initial labelled set")
-    parser.add_argument("--max-training-samples", type=int, default=300, help="stop at this labelled-set size")
+    parser.add_argument(
+        "--num-initial-samples", type=int, default=20, help="class-balanced initial labelled set"
+    )
+    parser.add_argument(
+        "--max-training-samples", type=int, default=300, help="stop at this labelled-set size"
+    )
     parser.add_argument("--acquisition-batch-size", type=int, default=5, help="samples acquired per step")
     parser.add_argument("--epochs", type=int, default=20, help="training epochs per step")
     parser.add_argument("-b", "--train-batch-size", dest="train_batch_size", type=int, default=64)
     parser.add_argument("-tb", "--test-batch-size", dest="test_batch_size", type=int, default=512)
     parser.add_argument("-sb", "--scoring-batch-size", dest="scoring_batch_size", type=int, default=128)
-    parser.add_argument("--samples-per-epoch", type=int, default=5056, help="labelled set resampled to this length")
+    parser.add_argument(
+        "--samples-per-epoch", type=int, default=5056, help="labelled set resampled to this length"
+    )
     parser.add_argument("--runs", type=int, default=5, help="independent runs (hard-coded 5 in the original)")
-    parser.add_argument("--max-pool", type=int, default=None, help="cap the pool size (quick runs; not in the original)")
+    parser.add_argument(
+        "--max-pool", type=int, default=None, help="cap the pool size (quick runs; not in the original)"
+    )
     parser.add_argument("--no-gpu", action="store_true", help="run on the CPU")
     parser.add_argument("--precision", default=None, choices=["fp32", "bf16"], help="default: bf16 on a GPU")
     parser.add_argument("--output-dir", default=".", help="where the JSON files go")
@@ -101,16 +146,26 @@ def output_names(args: argparse.Namespace) -> dict[str, str]:
 
 def load_ambiguity_model(args: argparse.Namespace, device: torch.device):
     if not args.saved_model_name:
-        raise UserError("-ambiguous needs the pretrained Dirty-MNIST model: pass --saved-model-path and --saved-model-name")
-    model = net.create_model(args.trained_model, num_classes=NUM_CLASSES, spectral_normalization=args.tsn,
-                             mod=args.tmod, coeff=args.tcoeff, mnist=True)
+        raise UserError(
+            "-ambiguous needs the pretrained Dirty-MNIST model: pass --saved-model-path and --saved-model-name"
+        )
+    model = net.create_model(
+        args.trained_model,
+        num_classes=NUM_CLASSES,
+        spectral_normalization=args.tsn,
+        mod=args.tmod,
+        coeff=args.tcoeff,
+        mnist=True,
+    )
     net.load_state_dict(model, Path(args.saved_model_path) / args.saved_model_name)
     return model.to(device).eval()
 
 
 def _check_args(args: argparse.Namespace) -> None:
     if args.num_initial_samples % NUM_CLASSES or args.num_initial_samples < NUM_CLASSES:
-        raise UserError(f"--num-initial-samples must be a positive multiple of {NUM_CLASSES}, got {args.num_initial_samples}")
+        raise UserError(
+            f"--num-initial-samples must be a positive multiple of {NUM_CLASSES}, got {args.num_initial_samples}"
+        )
     if args.max_training_samples < args.num_initial_samples:
         raise UserError("--max-training-samples must be at least --num-initial-samples")
     for name in ("acquisition_batch_size", "epochs", "runs", "num_ensemble", "samples_per_epoch"):
@@ -122,8 +177,13 @@ def run_experiment(args: argparse.Namespace) -> dict:
     _check_args(args)
     device = select_device(args.no_gpu)
     precision = args.precision or ("bf16" if device.type == "cuda" else "fp32")
-    settings = T.TrainSettings(device=device, precision=precision, channels_last=device.type == "cuda",
-                               progress=False, log_interval=10**9)
+    settings = T.TrainSettings(
+        device=device,
+        precision=precision,
+        channels_last=device.type == "cuda",
+        progress=False,
+        log_interval=10**9,
+    )
     out_dir = check_writable_dir(Path(args.output_dir), "output folder (--output-dir)")
     names = output_names(args)
     state_path = out_dir / names["state"]
@@ -133,12 +193,16 @@ def run_experiment(args: argparse.Namespace) -> dict:
         state = read_json(state_path)
         differ = [k for k in RESUME_MUST_MATCH if state["args"].get(k) != experiment[k]]
         if differ:
-            raise UserError(f"cannot resume {state_path}: these arguments differ from the interrupted run: {', '.join(differ)}")
+            raise UserError(
+                f"cannot resume {state_path}: these arguments differ from the interrupted run: {', '.join(differ)}"
+            )
     elif state_path.is_file() and not args.resume:
         log.warning("%s exists; starting over (pass --resume to continue it)", state_path)
 
     ambiguity_model = load_ambiguity_model(args, device) if args.ambiguous else None
-    num_steps = (args.max_training_samples - args.num_initial_samples + args.acquisition_batch_size - 1) // args.acquisition_batch_size + 1
+    num_steps = (
+        args.max_training_samples - args.num_initial_samples + args.acquisition_batch_size - 1
+    ) // args.acquisition_batch_size + 1
 
     def make_model():
         return build_model(args, NUM_CLASSES, mnist=True)
@@ -148,26 +212,47 @@ def run_experiment(args: argparse.Namespace) -> dict:
         atomic_write_json(out_dir / names["test_accs"], {r: runs[r]["test_accs"] for r in runs})
         if args.ambiguous:
             atomic_write_json(out_dir / names["ambiguous"], {r: runs[r]["ambiguous_fraction"] for r in runs})
-            atomic_write_json(out_dir / names["entropies"], {r: {str(i): e for i, e in enumerate(runs[r]["entropies"])} for r in runs})
+            atomic_write_json(
+                out_dir / names["entropies"],
+                {r: {str(i): e for i, e in enumerate(runs[r]["entropies"])} for r in runs},
+            )
         atomic_write_json(state_path, state)
 
     total_bar = progress_bar(total=args.runs * num_steps, desc="active learning", unit="step")
     for run in range(args.runs):
         key, run_seed = str(run), args.seed + run
-        pool, validation, test = AL.build_pool(args.dataset_root, ambiguous=args.ambiguous, subsample=args.subsample,
-                                               seed=run_seed, device=device, max_pool=args.max_pool)
+        pool, validation, test = AL.build_pool(
+            args.dataset_root,
+            ambiguous=args.ambiguous,
+            subsample=args.subsample,
+            seed=run_seed,
+            device=device,
+            max_pool=args.max_pool,
+        )
         if len(pool) < args.max_training_samples:
-            raise UserError(f"the pool has {len(pool)} samples (after the 10% validation hold-out), fewer than "
-                            f"--max-training-samples {args.max_training_samples}; lower it or raise --max-pool")
+            raise UserError(
+                f"the pool has {len(pool)} samples (after the 10% validation hold-out), fewer than "
+                f"--max-training-samples {args.max_training_samples}; lower it or raise --max-pool"
+            )
         record = state["runs"].get(key)
         if record is None:
             generator = torch.Generator().manual_seed(run_seed)
             try:
-                labelled = AL.balanced_initial_indices(pool.y, args.num_initial_samples, NUM_CLASSES, generator)
+                labelled = AL.balanced_initial_indices(
+                    pool.y, args.num_initial_samples, NUM_CLASSES, generator
+                )
             except ValueError as err:
-                raise UserError(f"{err} for the class-balanced initial set; lower --num-initial-samples "
-                                "or raise --max-pool") from None
-            record = {"labelled": labelled, "test_accs": [], "ambiguous_fraction": [], "entropies": [], "done": False}
+                raise UserError(
+                    f"{err} for the class-balanced initial set; lower --num-initial-samples "
+                    "or raise --max-pool"
+                ) from None
+            record = {
+                "labelled": labelled,
+                "test_accs": [],
+                "ambiguous_fraction": [],
+                "entropies": [],
+                "done": False,
+            }
             state["runs"][key] = record
         total_bar.update(len(record["test_accs"]))
         while not record["done"]:
@@ -178,10 +263,17 @@ def run_experiment(args: argparse.Namespace) -> dict:
             seed_everything(step_seed)
             members = args.num_ensemble if args.al_type == "ensemble" else 1
             models = [
-                AL.train_best_model(make_model, labelled, validation, epochs=args.epochs,
-                                    batch_size=args.train_batch_size, test_batch_size=args.test_batch_size,
-                                    samples_per_epoch=args.samples_per_epoch, settings=settings,
-                                    seed=step_seed * 10 + m)
+                AL.train_best_model(
+                    make_model,
+                    labelled,
+                    validation,
+                    epochs=args.epochs,
+                    batch_size=args.train_batch_size,
+                    test_batch_size=args.test_batch_size,
+                    samples_per_epoch=args.samples_per_epoch,
+                    settings=settings,
+                    seed=step_seed * 10 + m,
+                )
                 for m in range(members)
             ]
             if len(models) == 1:
@@ -199,16 +291,25 @@ def run_experiment(args: argparse.Namespace) -> dict:
                 mask = torch.ones(len(pool), dtype=torch.bool, device=device)
                 mask[labelled_idx] = False
                 candidates = torch.nonzero(mask).flatten()
-                scores = AL.acquisition_scores(args.al_type, models, pool.take(candidates), labelled,
-                                               mutual_information=args.mi, batch_size=args.scoring_batch_size,
-                                               device=device, precision=precision)
+                scores = AL.acquisition_scores(
+                    args.al_type,
+                    models,
+                    pool.take(candidates),
+                    labelled,
+                    mutual_information=args.mi,
+                    batch_size=args.scoring_batch_size,
+                    device=device,
+                    precision=precision,
+                )
                 chosen = AL.select_top(scores, candidates, args.acquisition_batch_size)
                 record["labelled"] = record["labelled"] + chosen.tolist()
             write_outputs()
             total_bar.update(1)
             total_bar.set_postfix(run=run, labelled=len(labelled), acc=f"{accuracy:.2f}")
             if not progress_enabled():
-                log.info("run %d step %d: %d labelled, test accuracy %.2f%%", run, step, len(labelled), accuracy)
+                log.info(
+                    "run %d step %d: %d labelled, test accuracy %.2f%%", run, step, len(labelled), accuracy
+                )
     total_bar.close()
     write_outputs()
     return state

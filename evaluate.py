@@ -40,22 +40,32 @@ log = logging.getLogger("evaluate")
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, parents=[model_parser("resnet50")]
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        parents=[model_parser("resnet50")],
     )
     parser.add_argument("--seed", type=int, default=1, help="seed of the first run's model")
     parser.add_argument("--dataset", default="cifar10", help="in-distribution data set")
-    parser.add_argument("--ood_dataset", "--ood-dataset", dest="ood_dataset", default="svhn", help="OoD data set")
+    parser.add_argument(
+        "--ood_dataset", "--ood-dataset", dest="ood_dataset", default="svhn", help="OoD data set"
+    )
     parser.add_argument(
         "--dataset-root", default="./", help="folder holding the data sets (default ./, as the original)"
     )
     parser.add_argument("--load-path", required=True, help="folder with Run1/, Run2/, ... of checkpoints")
     parser.add_argument("--runs", type=int, default=5, help="number of runs to evaluate and average")
-    parser.add_argument("--ensemble", type=int, default=5, help="members per ensemble (--model-type ensemble)")
+    parser.add_argument(
+        "--ensemble", type=int, default=5, help="members per ensemble (--model-type ensemble)"
+    )
     parser.add_argument(
         "--model-type", default="softmax", choices=["softmax", "ensemble", "gmm"], help="uncertainty method"
     )
-    parser.add_argument("--epoch", type=int, default=350, help="which checkpoint epoch to load ({name}_{epoch}.model)")
-    parser.add_argument("-b", "--batch-size", dest="batch_size", type=int, default=512, help="evaluation batch size")
+    parser.add_argument(
+        "--epoch", type=int, default=350, help="which checkpoint epoch to load ({name}_{epoch}.model)"
+    )
+    parser.add_argument(
+        "-b", "--batch-size", dest="batch_size", type=int, default=512, help="evaluation batch size"
+    )
     parser.add_argument("--no-gpu", action="store_true", help="run on the CPU even if a GPU is available")
     parser.add_argument("--output-dir", default=".", help="where the result JSON goes")
     parser.add_argument(
@@ -96,8 +106,14 @@ class Evaluator:
         if val_seed not in self._split_cache:
             self._split_cache = {
                 val_seed: data.get_train_valid_loader(
-                    self.args.dataset, self.args.dataset_root, self.args.batch_size, augment=False,
-                    val_seed=val_seed, device=self.device, loader=self.args.loader, shuffle=False,
+                    self.args.dataset,
+                    self.args.dataset_root,
+                    self.args.batch_size,
+                    augment=False,
+                    val_seed=val_seed,
+                    device=self.device,
+                    loader=self.args.loader,
+                    shuffle=False,
                 )
             }
         return self._split_cache[val_seed]
@@ -118,7 +134,8 @@ class Evaluator:
         if self.clean_size is not None:
             test, n = out["test"], self.clean_size
             out["parts"] = tuple(
-                Outputs(test.logits[part], test.features[part], test.labels[part]) for part in (slice(0, n), slice(n, None))
+                Outputs(test.logits[part], test.features[part], test.labels[part])
+                for part in (slice(0, n), slice(n, None))
             )
         return out
 
@@ -133,7 +150,10 @@ def evaluate_run(evaluator: Evaluator, args: argparse.Namespace, run: int) -> di
             members.append(evaluator.outputs(evaluator.load(path), seed, need_train=False))
         parts = [m["parts"] for m in members] if evaluator.clean_size is not None else None
         return ensemble_run(
-            [m["test"] for m in members], [m["ood"] for m in members], [m["val"] for m in members], parts=parts
+            [m["test"] for m in members],
+            [m["ood"] for m in members],
+            [m["val"] for m in members],
+            parts=parts,
         )
     (seed,) = run_seeds(args.seed, run)
     path = locate_checkpoint(args.load_path, run, seed=seed, **checkpoint)
@@ -142,8 +162,12 @@ def evaluate_run(evaluator: Evaluator, args: argparse.Namespace, run: int) -> di
     if args.model_type == "softmax":
         return softmax_run(out["test"], out["ood"], out["val"], train=out["train"], **common)
     return gmm_run(
-        out["test"], out["ood"], out["val"], out["train"],
-        weight_by_class_frequency=args.weight_by_class_frequency, **common,
+        out["test"],
+        out["ood"],
+        out["val"],
+        out["train"],
+        weight_by_class_frequency=args.weight_by_class_frequency,
+        **common,
     )
 
 
@@ -190,12 +214,16 @@ def main(args: argparse.Namespace) -> dict:
     atomic_write_json(output, result)
     partial.unlink(missing_ok=True)
     summary = ", ".join(
-        f"{key} {result['mean'][key]:.4f}" for key in ("accuracy", "ece", "m1_auroc", "m2_auroc")
+        f"{key} {result['mean'][key]:.4f}"
+        for key in ("accuracy", "ece", "m1_auroc", "m2_auroc")
         if result["mean"].get(key) is not None
     )
     print(f"wrote {output}: {summary}", flush=True)
     if failed:
-        print(f"error: {len(failed)} of {args.runs} runs failed (see 'failed_runs' in {output})", file=sys.stderr)
+        print(
+            f"error: {len(failed)} of {args.runs} runs failed (see 'failed_runs' in {output})",
+            file=sys.stderr,
+        )
         raise SystemExit(1)
     return result
 

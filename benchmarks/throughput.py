@@ -11,7 +11,6 @@ normalisation on and off, so the cost of SN can be read off directly.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 
 import torch
@@ -22,17 +21,23 @@ from utils.device import autocast_context, select_device
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--model", default="wide_resnet", choices=net.list_models())
     parser.add_argument("-mod", "--mod", action="store_true", help="leaky ReLU + average-pool shortcuts")
     parser.add_argument("--coeff", type=float, default=3.0)
     parser.add_argument("--num-classes", type=int, default=10)
     parser.add_argument("--mnist", action="store_true", help="1x28x28 inputs")
     parser.add_argument("--depth", type=int, default=None, help="Wide-ResNet depth (default 28)")
-    parser.add_argument("--widen-factor", type=int, default=None, help="Wide-ResNet widen factor (default 10)")
+    parser.add_argument(
+        "--widen-factor", type=int, default=None, help="Wide-ResNet widen factor (default 10)"
+    )
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--steps", type=int, default=30, help="timed steps per configuration")
-    parser.add_argument("--warmup", type=int, default=5, help="untimed steps first (compilation happens here)")
+    parser.add_argument(
+        "--warmup", type=int, default=5, help="untimed steps first (compilation happens here)"
+    )
     parser.add_argument("--compile", action="store_true", help="also measure bf16 + channels_last + compile")
     parser.add_argument("--no-gpu", action="store_true")
     parser.add_argument("--json", default=None, help="also write the results to this JSON file")
@@ -81,8 +86,13 @@ def main(args: argparse.Namespace) -> list[dict]:
         for label, fast, compiled in configs:
             torch.manual_seed(0)
             model = net.create_model(
-                args.model, num_classes=args.num_classes, spectral_normalization=sn, mod=args.mod,
-                coeff=args.coeff, mnist=args.mnist, **arch,
+                args.model,
+                num_classes=args.num_classes,
+                spectral_normalization=sn,
+                mod=args.mod,
+                coeff=args.coeff,
+                mnist=args.mnist,
+                **arch,
             ).to(device)
             inputs = x
             if fast:
@@ -90,12 +100,20 @@ def main(args: argparse.Namespace) -> list[dict]:
                 inputs = x.to(memory_format=torch.channels_last)
             runner = torch.compile(model) if compiled else model
             rate = measure(runner, inputs, y, args.steps, args.warmup, "bf16" if fast else "fp32", device)
-            row = dict(model=args.model, sn=sn, mod=args.mod, config=label, batch=args.batch_size,
-                       images_per_s=round(rate, 1), device=torch.cuda.get_device_name(device)
-                       if device.type == "cuda" else "cpu")
+            row = dict(
+                model=args.model,
+                sn=sn,
+                mod=args.mod,
+                config=label,
+                batch=args.batch_size,
+                images_per_s=round(rate, 1),
+                device=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+            )
             results.append(row)
-            print(f"{args.model:12s} sn={str(sn):5s} {label:28s} batch {args.batch_size:4d}: {rate:10.1f} images/s",
-                  flush=True)
+            print(
+                f"{args.model:12s} sn={str(sn):5s} {label:28s} batch {args.batch_size:4d}: {rate:10.1f} images/s",
+                flush=True,
+            )
     by_key = {(r["sn"], r["config"]): r["images_per_s"] for r in results}
     for label, _, _ in configs:
         print(f"SN cost ({label}): {by_key[(False, label)] / by_key[(True, label)]:.2f}x slower with SN")

@@ -9,7 +9,6 @@ the user gets one sentence naming the expected path and how to place the files.
 from __future__ import annotations
 
 import json
-
 import logging
 import os
 import socket

@@ -1,8 +1,8 @@
 """DDU networks: Wide-ResNet-28-10, ResNet-18/50, VGG-16 and LeNet, with soft spectral normalisation.
 
-    model = net.create_model("wide_resnet", num_classes=10, spectral_normalization=True, mod=True, coeff=3.0)
-    features = model.forward_features(x)   # (B, model.num_features)
-    logits = model(x)                      # the classifier applied to those features
+model = net.create_model("wide_resnet", num_classes=10, spectral_normalization=True, mod=True, coeff=3.0)
+features = model.forward_features(x)   # (B, model.num_features)
+logits = model(x)                      # the classifier applied to those features
 """
 
 from net.checkpoint import load_state_dict, read_checkpoint

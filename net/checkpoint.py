@@ -50,7 +50,9 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Read a state dict from `path` (a plain state dict, or a dict holding one under 'model')."""
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"checkpoint '{path}' does not exist; check --load-path / --saved-model-path and the epoch")
+        raise UserError(
+            f"checkpoint '{path}' does not exist; check --load-path / --saved-model-path and the epoch"
+        )
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # truncated zip, pickle garbage, wrong file type, ...
@@ -80,11 +82,15 @@ def _likely_flags(
     elif any(k.endswith(sn_markers) for k in missing) and not any(k.endswith(sn_markers) for k in unexpected):
         hints.append("the checkpoint was trained without -sn; drop -sn")
     if any(".shortcut." in k for k in unexpected):
-        hints.append("the checkpoint has convolutional shortcuts, i.e. it was trained without -mod; drop -mod")
+        hints.append(
+            "the checkpoint has convolutional shortcuts, i.e. it was trained without -mod; drop -mod"
+        )
     elif any(".shortcut." in k for k in missing):
         hints.append("the checkpoint has no convolutional shortcuts, i.e. it was trained with -mod; add -mod")
     if any(k.endswith("weight_v") or k.startswith("conv1.") for k in mismatched):
-        hints.append("input shapes differ: check the mnist setting (1x28x28) versus CIFAR (3x32x32) / --dataset")
+        hints.append(
+            "input shapes differ: check the mnist setting (1x28x28) versus CIFAR (3x32x32) / --dataset"
+        )
     if any(k.split(".")[0] in ("linear", "fc", "fc3", "classifier") for k in mismatched):
         hints.append("the number of classes differs: check --dataset")
     if len(missing) + len(unexpected) > 0 and not hints:
@@ -111,10 +117,9 @@ def load_state_dict(model: nn.Module, state_dict_or_path, *, source: str | None 
 
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
-    mismatched = [
-        k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)
-    ]
+    mismatched = [k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
     if missing or unexpected or mismatched:
+
         def show(keys):
             return ", ".join(keys[:6]) + (f" (+{len(keys) - 6} more)" if len(keys) > 6 else "")
 

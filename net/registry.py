@@ -21,7 +21,9 @@ def _wide_resnet(num_classes, **kwargs) -> DDUNetwork:
     return WideResNet(num_classes, **kwargs)
 
 
-def _lenet(num_classes, *, spectral_normalization, mod, coeff, n_power_iterations, mnist, **kwargs) -> DDUNetwork:
+def _lenet(
+    num_classes, *, spectral_normalization, mod, coeff, n_power_iterations, mnist, **kwargs
+) -> DDUNetwork:
     if spectral_normalization or mod:
         log.warning("LeNet has no spectral normalisation or -mod variant (as in the original); ignoring them")
     return LeNet(num_classes, mnist=mnist, **kwargs)

@@ -241,7 +241,9 @@ def conv_factory(spectral_normalization: bool, coeff: float = 3.0, n_power_itera
     """`conv(input_size, in_channels, out_channels, kernel_size, stride)`, the original's `wrapped_conv`
     with the normalisation settings of one network bound."""
 
-    def conv(input_size: int, in_channels: int, out_channels: int, kernel_size: int, stride: int) -> nn.Module:
+    def conv(
+        input_size: int, in_channels: int, out_channels: int, kernel_size: int, stride: int
+    ) -> nn.Module:
         return make_conv(
             in_channels,
             out_channels,
@@ -258,4 +260,6 @@ def conv_factory(spectral_normalization: bool, coeff: float = 3.0, n_power_itera
 
 def conv_weight(module: nn.Module) -> torch.Tensor:
     """The trainable weight tensor of a plain or spectrally normalised convolution (for initialisation)."""
-    return module.weight_orig if isinstance(module, (SpectralNormConv2d, SpectralNormLinear)) else module.weight
+    return (
+        module.weight_orig if isinstance(module, (SpectralNormConv2d, SpectralNormLinear)) else module.weight
+    )

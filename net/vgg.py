@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from net.layers import DDUNetwork, LEAKY_RELU_SLOPE
+from net.layers import LEAKY_RELU_SLOPE, DDUNetwork
 from net.spectral_norm import conv_factory
 
 VGG16_LAYOUT = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M")

@@ -30,7 +30,9 @@ class WideBasic(nn.Module):
         self.conv2 = conv(math.ceil(input_size / stride), out_c, out_c, 3, 1)
         self.dropout = nn.Dropout(p=dropout_rate) if dropout_rate > 0 else nn.Identity()
         if stride != 1 or in_c != out_c:
-            self.shortcut = AvgPoolShortcut(stride, in_c, out_c) if mod else conv(input_size, in_c, out_c, 1, stride)
+            self.shortcut = (
+                AvgPoolShortcut(stride, in_c, out_c) if mod else conv(input_size, in_c, out_c, 1, stride)
+            )
         else:
             self.shortcut = nn.Identity()
 
@@ -76,7 +78,14 @@ class WideResNet(DDUNetwork):
             for block_stride in [strides[index + 1]] + [1] * (n - 1):
                 blocks.append(
                     WideBasic(
-                        conv, input_size, in_c, stages[index + 1], block_stride, dropout_rate, mod, batchnorm_momentum
+                        conv,
+                        input_size,
+                        in_c,
+                        stages[index + 1],
+                        block_stride,
+                        dropout_rate,
+                        mod,
+                        batchnorm_momentum,
                     )
                 )
                 in_c, input_size = stages[index + 1], math.ceil(input_size / block_stride)

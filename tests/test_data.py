@@ -6,9 +6,8 @@ formats (pickles, .mat, IDX raw and gzipped, .pt, a JPEG folder) without any dow
 
 from __future__ import annotations
 
-import json
-
 import gzip
+import json
 import math
 import pickle
 import struct
@@ -521,7 +520,10 @@ def test_crop_flip_matches_pil_reference():
 
 def test_determinism_per_seed_and_epoch(cifar_root):
     root, _ = cifar_root
-    make = lambda seed: data.get_train_valid_loader("cifar10", root, 32, seed=seed)[0]
+
+    def make(seed):
+        return data.get_train_valid_loader("cifar10", root, 32, seed=seed)[0]
+
     a, b = make(7), make(7)
     first = [collect(a) for _ in range(3)]  # epochs 0, 1, 2 without set_epoch
     b.set_epoch(2)

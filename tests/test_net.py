@@ -117,7 +117,9 @@ def test_parity_with_original_logits(fixture):
     name = {"wrn": "wide_resnet"}.get(spec["factory"], spec["factory"])
     model = net.create_model(name, **kwargs)
     # Same parameters and buffers, same shapes, same order as the original.
-    assert [(k, list(v.shape)) for k, v in model.state_dict().items()] == [(k, s) for k, s, _ in spec["layout"]]
+    assert [(k, list(v.shape)) for k, v in model.state_dict().items()] == [
+        (k, s) for k, s, _ in spec["layout"]
+    ]
     net.load_state_dict(model, {"module." + k: v for k, v in state.items()})  # DataParallel prefix
     model.eval()
     with torch.no_grad():
@@ -190,7 +192,9 @@ def test_deepcopy_and_channels_last_agree():
     x = torch.randn(3, 3, 32, 32)
     clone = copy.deepcopy(model).to(memory_format=torch.channels_last)
     with torch.no_grad():
-        torch.testing.assert_close(clone(x.to(memory_format=torch.channels_last)), model(x), rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(
+            clone(x.to(memory_format=torch.channels_last)), model(x), rtol=1e-4, atol=1e-4
+        )
 
 
 def test_train_mode_channels_last_matches_fp32_power_iteration():
@@ -224,7 +228,10 @@ def test_bf16_autocast_close_to_fp32():
 def test_classifier_named_linear_or_fc_loads_either_way():
     """ResNet checkpoints may name the classifier `fc` or `linear` (pytorch-cifar's name); both load."""
     source = small_model("resnet18")
-    renamed = {k.replace("fc.", "linear.", 1) if k.startswith("fc.") else k: v for k, v in source.state_dict().items()}
+    renamed = {
+        k.replace("fc.", "linear.", 1) if k.startswith("fc.") else k: v
+        for k, v in source.state_dict().items()
+    }
     target = small_model("resnet18")
     net.load_state_dict(target, renamed)
     assert torch.equal(target.fc.weight, source.fc.weight)

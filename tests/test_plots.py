@@ -229,7 +229,9 @@ def test_demo_runs_end_to_end_and_reports_both_scores(tmp_path, capsys):
     """`make demo` in miniature: real train.py + evaluate.py on the embedded set, JSONs, PNG and table."""
     from utils import demo
 
-    result = demo.main(demo.get_args_parser().parse_args(["--out", str(tmp_path), "--epochs", "2", "--no-gpu"]))
+    result = demo.main(
+        demo.get_args_parser().parse_args(["--out", str(tmp_path), "--epochs", "2", "--no-gpu"])
+    )
     assert (tmp_path / "fig1_demo.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert {p.name for p in tmp_path.glob("res_*.json")} == {
         "res_resnet18_sn_3.0_mod_1_softmax_digits_digits_ood.json",

@@ -33,7 +33,9 @@ def test_conv_estimate_converges_to_operator_norm(stride, input_size):
     x = torch.randn(1, 3, input_size, input_size)
     for _ in range(300):
         layer(x)
-    truth = exact_norm(dense_conv_operator(layer.weight_orig.detach(), stride, 1, (3, input_size, input_size)))
+    truth = exact_norm(
+        dense_conv_operator(layer.weight_orig.detach(), stride, 1, (3, input_size, input_size))
+    )
     assert layer.weight_sigma.item() == pytest.approx(truth, rel=1e-3)
     # The operator norm of the conv differs from the norm of the reshaped weight matrix.
     matrix_norm = exact_norm(layer.weight_orig.detach().double().reshape(4, -1))
@@ -48,8 +50,12 @@ def test_one_by_one_conv_and_linear_use_the_matrix_norm():
         conv(torch.randn(1, 5, 8, 8))
         linear(torch.randn(1, 6))
     assert conv.weight_u.numel() == 3 and conv.weight_v.numel() == 5
-    assert conv.weight_sigma.item() == pytest.approx(exact_norm(conv.weight_orig.detach().double().view(3, 5)), rel=1e-4)
-    assert linear.weight_sigma.item() == pytest.approx(exact_norm(linear.weight_orig.detach().double()), rel=1e-4)
+    assert conv.weight_sigma.item() == pytest.approx(
+        exact_norm(conv.weight_orig.detach().double().view(3, 5)), rel=1e-4
+    )
+    assert linear.weight_sigma.item() == pytest.approx(
+        exact_norm(linear.weight_orig.detach().double()), rel=1e-4
+    )
 
 
 @pytest.mark.parametrize("coeff", [0.5, 1.0, 3.0])
@@ -84,7 +90,9 @@ def test_eval_mode_does_not_update_and_train_mode_does():
         assert torch.equal(value, before[key]), key
     model.train()
     model(x)
-    changed = [k for k, v in model.state_dict().items() if k.endswith("weight_u") and not torch.equal(v, before[k])]
+    changed = [
+        k for k, v in model.state_dict().items() if k.endswith("weight_u") and not torch.equal(v, before[k])
+    ]
     assert changed
 
 
@@ -123,7 +131,9 @@ def test_bf16_autocast_keeps_the_estimate_in_float32():
 @pytest.mark.slow
 def test_torch_compile_runs_a_training_step():
     torch.manual_seed(0)
-    model = net.create_model("wide_resnet", num_classes=10, spectral_normalization=True, mod=True, depth=10, widen_factor=1)
+    model = net.create_model(
+        "wide_resnet", num_classes=10, spectral_normalization=True, mod=True, depth=10, widen_factor=1
+    )
     compiled = torch.compile(model)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     x, y = torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,))

@@ -76,10 +76,16 @@ def build_pool(
     full = Split(x, y)
     test_images, test_labels = data.load_split("mnist", root, "test")
     test = Split(_normalised(test_images, device), test_labels.to(device))
-    return full.take(torch.as_tensor(train_idx, device=device)), full.take(torch.as_tensor(val_idx, device=device)), test
+    return (
+        full.take(torch.as_tensor(train_idx, device=device)),
+        full.take(torch.as_tensor(val_idx, device=device)),
+        test,
+    )
 
 
-def balanced_initial_indices(labels: torch.Tensor, total: int, num_classes: int, generator: torch.Generator) -> list[int]:
+def balanced_initial_indices(
+    labels: torch.Tensor, total: int, num_classes: int, generator: torch.Generator
+) -> list[int]:
     """`total / num_classes` random indices of each class (the original's class-balanced initial set)."""
     per_class = total // num_classes
     cpu_labels = labels.cpu()
@@ -194,7 +200,9 @@ def acquisition_scores(
         gaussians = metrics.fit_class_gaussians(
             train.features, train.labels, num_classes, weight_by_class_frequency=True
         )
-        density = metrics.ddu_scores(metrics.class_log_densities(gaussians, pool_out[0].features))["log_density"]
+        density = metrics.ddu_scores(metrics.class_log_densities(gaussians, pool_out[0].features))[
+            "log_density"
+        ]
         return -density
     raise ValueError(f"unknown acquisition type {al_type!r}")
 
@@ -206,7 +214,9 @@ def select_top(scores: torch.Tensor, candidates: torch.Tensor, k: int) -> torch.
 
 
 @torch.no_grad()
-def sample_entropies(model, split: Split, batch_size: int, device: torch.device, precision: str = "fp32") -> torch.Tensor:
+def sample_entropies(
+    model, split: Split, batch_size: int, device: torch.device, precision: str = "fp32"
+) -> torch.Tensor:
     """Softmax entropy of every sample in `split` under `model` (used to tell ambiguous samples)."""
     entropies = []
     model.eval()

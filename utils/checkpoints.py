@@ -43,7 +43,9 @@ def locate_checkpoint(
             "check --load-path and --runs"
         )
     existing = sorted(p.name for p in folder.glob("*.model"))
-    shown = ", ".join(existing[:10]) + (" ..." if len(existing) > 10 else "") if existing else "no .model files"
+    shown = (
+        ", ".join(existing[:10]) + (" ..." if len(existing) > 10 else "") if existing else "no .model files"
+    )
     raise UserError(
         f"expected checkpoint '{candidates[0]}' but it does not exist (that folder has: {shown}); "
         "check --model, -sn, -mod, --coeff, --seed and --epoch"

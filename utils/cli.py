@@ -18,18 +18,26 @@ def model_parser(default_model: str = "resnet50") -> argparse.ArgumentParser:
     """`--model`, `-sn`, `--coeff`, `-mod` and the optional size overrides of the architecture."""
     parser = argparse.ArgumentParser(add_help=False)
     group = parser.add_argument_group("network")
-    group.add_argument("--model", default=default_model, choices=net.list_models(), help="network architecture")
+    group.add_argument(
+        "--model", default=default_model, choices=net.list_models(), help="network architecture"
+    )
     group.add_argument(
         "-sn", "--sn", dest="sn", action="store_true", help="soft spectral normalisation of every convolution"
     )
     group.add_argument("--coeff", type=float, default=3.0, help="Lipschitz bound per layer for -sn")
     group.add_argument(
-        "-mod", "--mod", dest="mod", action="store_true", help="leaky ReLU and average-pool shortcuts (the paper's)"
+        "-mod",
+        "--mod",
+        dest="mod",
+        action="store_true",
+        help="leaky ReLU and average-pool shortcuts (the paper's)",
     )
     group.add_argument("--depth", type=int, default=None, help="Wide-ResNet depth (default 28)")
     group.add_argument("--widen-factor", type=int, default=None, help="Wide-ResNet widen factor (default 10)")
     group.add_argument("--base-width", type=int, default=None, help="ResNet stem width (default 64)")
-    group.add_argument("--width-divisor", type=int, default=None, help="divide VGG widths by this (default 1)")
+    group.add_argument(
+        "--width-divisor", type=int, default=None, help="divide VGG widths by this (default 1)"
+    )
     return parser
 
 
@@ -62,7 +70,9 @@ def create_from_config(config: Mapping[str, Any]) -> net.DDUNetwork:
         given = [f"--{k.replace('_', '-')}" for k in ARCH_FLAGS if k in config]
         if not given:
             raise
-        raise UserError(f"{' / '.join(given)} does not fit --model {name} ({err}); drop or change it") from None
+        raise UserError(
+            f"{' / '.join(given)} does not fit --model {name} ({err}); drop or change it"
+        ) from None
 
 
 def build_model(args: argparse.Namespace, num_classes: int, mnist: bool) -> net.DDUNetwork:

@@ -30,7 +30,9 @@ DATASET, OOD = "digits", "digits_ood"
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--out", default="demo", help="output folder (checkpoints, JSON, PNG)")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--model", default="resnet18")
@@ -48,7 +50,10 @@ def _auroc(positive, negative) -> float:
 def separation_table(scores: dict) -> dict[str, dict[str, float]]:
     """AUROCs from `utils.plots.dirty_scores` output. Entropy: higher = more uncertain; log-density: lower."""
     table = {}
-    for key, label, sign in (("entropy", "softmax entropy", 1.0), ("log_density", "feature density (DDU)", -1.0)):
+    for key, label, sign in (
+        ("entropy", "softmax entropy", 1.0),
+        ("log_density", "feature density (DDU)", -1.0),
+    ):
         clean, ambiguous, ood = (
             sign * torch.as_tensor(scores[g][key], dtype=torch.float64) for g in ("clean", "ambiguous", "ood")
         )
@@ -72,12 +77,31 @@ def main(args: argparse.Namespace) -> dict:
     model_flags = ["--model", args.model, "-sn", "-mod", "--base-width", str(args.base_width)]
     device_flags = ["--no-gpu"] if args.no_gpu else []
     milestones = [str(max(1, args.epochs * 3 // 5)), str(max(2, args.epochs * 4 // 5))]
-    print(f"[demo] 1/4 training {args.model} -sn -mod on the embedded dirty-digits set ({args.epochs} epochs)")
+    print(
+        f"[demo] 1/4 training {args.model} -sn -mod on the embedded dirty-digits set ({args.epochs} epochs)"
+    )
     train.main(
         train.get_args_parser().parse_args(
-            ["--seed", str(args.seed), "--dataset", DATASET, "-e", str(args.epochs), "-b", str(args.batch_size),
-             "--save-path", str(run_dir), "--save-interval", str(args.epochs), "--first-milestone", milestones[0],
-             "--second-milestone", milestones[1], *model_flags, *device_flags]
+            [
+                "--seed",
+                str(args.seed),
+                "--dataset",
+                DATASET,
+                "-e",
+                str(args.epochs),
+                "-b",
+                str(args.batch_size),
+                "--save-path",
+                str(run_dir),
+                "--save-interval",
+                str(args.epochs),
+                "--first-milestone",
+                milestones[0],
+                "--second-milestone",
+                milestones[1],
+                *model_flags,
+                *device_flags,
+            ]
         )
     )
     results = {}
@@ -85,28 +109,55 @@ def main(args: argparse.Namespace) -> dict:
         print(f"[demo] 2/4 evaluate.py --model-type {model_type}")
         results[model_type] = evaluate.main(
             evaluate.get_args_parser().parse_args(
-                ["--seed", str(args.seed), "--dataset", DATASET, "--ood_dataset", OOD, "--load-path", str(out / "runs"),
-                 "--runs", "1", "--epoch", str(args.epochs), "--model-type", model_type, "--output-dir", str(out),
-                 *model_flags, *device_flags]
+                [
+                    "--seed",
+                    str(args.seed),
+                    "--dataset",
+                    DATASET,
+                    "--ood_dataset",
+                    OOD,
+                    "--load-path",
+                    str(out / "runs"),
+                    "--runs",
+                    "1",
+                    "--epoch",
+                    str(args.epochs),
+                    "--model-type",
+                    model_type,
+                    "--output-dir",
+                    str(out),
+                    *model_flags,
+                    *device_flags,
+                ]
             )
         )
     print("[demo] 3/4 Fig.-1-style plot")
     info = data.get_info(DATASET)
-    model = net.create_model(args.model, num_classes=info.num_classes, spectral_normalization=True, mod=True,
-                             mnist=True, base_width=args.base_width)
+    model = net.create_model(
+        args.model,
+        num_classes=info.num_classes,
+        spectral_normalization=True,
+        mod=True,
+        mnist=True,
+        base_width=args.base_width,
+    )
     checkpoint = run_dir / f"{args.model}_sn_3.0_mod_{args.seed}_{args.epochs}.model"
     net.load_state_dict(model, checkpoint)
     scores = dirty_scores(model, DATASET, OOD, None)
     figure = out / "fig1_demo.png"
-    plot_fig1({f"{args.model}+SN (demo)": scores},
-              group_names={"clean": "clean digits", "ambiguous": "ambiguous blends", "ood": "photo patches (OoD)"},
-              out=figure)
+    plot_fig1(
+        {f"{args.model}+SN (demo)": scores},
+        group_names={"clean": "clean digits", "ambiguous": "ambiguous blends", "ood": "photo patches (OoD)"},
+        out=figure,
+    )
     table = separation_table(scores)
 
     print("[demo] 4/4 results")
     softmax_mean = results["softmax"]["mean"]
-    print(f"\naccuracy {softmax_mean['accuracy']:.3f}   ECE {softmax_mean['ece']:.3f}   "
-          f"ECE after temperature scaling {softmax_mean['t_ece']:.3f}")
+    print(
+        f"\naccuracy {softmax_mean['accuracy']:.3f}   ECE {softmax_mean['ece']:.3f}   "
+        f"ECE after temperature scaling {softmax_mean['t_ece']:.3f}"
+    )
     columns = ["ambiguous vs clean", "OoD vs clean", "OoD vs clean+ambiguous"]
     print(f"\nAUROC of each score{'':7s}" + "".join(f"{c:>26s}" for c in columns))
     for label, row in table.items():
@@ -114,17 +165,23 @@ def main(args: argparse.Namespace) -> dict:
     entropy, density = table["softmax entropy"], table["feature density (DDU)"]
     print()
     if density["OoD vs clean+ambiguous"] > entropy["OoD vs clean+ambiguous"]:
-        print("As in the paper: feature density separates OoD from in-distribution data (ambiguous included) "
-              f"better than softmax entropy ({density['OoD vs clean+ambiguous']:.3f} vs "
-              f"{entropy['OoD vs clean+ambiguous']:.3f}).")
+        print(
+            "As in the paper: feature density separates OoD from in-distribution data (ambiguous included) "
+            f"better than softmax entropy ({density['OoD vs clean+ambiguous']:.3f} vs "
+            f"{entropy['OoD vs clean+ambiguous']:.3f})."
+        )
     else:
-        print("Unlike the paper, feature density did NOT beat softmax entropy at telling OoD from "
-              f"in-distribution data here ({density['OoD vs clean+ambiguous']:.3f} vs "
-              f"{entropy['OoD vs clean+ambiguous']:.3f}); try more --epochs.")
+        print(
+            "Unlike the paper, feature density did NOT beat softmax entropy at telling OoD from "
+            f"in-distribution data here ({density['OoD vs clean+ambiguous']:.3f} vs "
+            f"{entropy['OoD vs clean+ambiguous']:.3f}); try more --epochs."
+        )
     if entropy["ambiguous vs clean"] > density["ambiguous vs clean"]:
-        print("Softmax entropy flags the ambiguous blends (aleatoric uncertainty) "
-              f"(AUROC {entropy['ambiguous vs clean']:.3f}); feature density treats them as in-distribution "
-              f"({density['ambiguous vs clean']:.3f}).")
+        print(
+            "Softmax entropy flags the ambiguous blends (aleatoric uncertainty) "
+            f"(AUROC {entropy['ambiguous vs clean']:.3f}); feature density treats them as in-distribution "
+            f"({density['ambiguous vs clean']:.3f})."
+        )
     print(f"\nwrote {figure} and the result JSONs in {out}/ ({time.perf_counter() - started:.0f} s)")
     return {"results": results, "table": table}
 

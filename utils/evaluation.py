@@ -30,7 +30,9 @@ def _detection(prefix: str, in_scores, out_scores, higher_is_in_distribution: bo
     return {f"{prefix}_{key}": float(value) for key, value in result.items()}
 
 
-def _classification(prefix: str, probs: torch.Tensor, logits_or_none, labels: torch.Tensor) -> dict[str, float]:
+def _classification(
+    prefix: str, probs: torch.Tensor, logits_or_none, labels: torch.Tensor
+) -> dict[str, float]:
     out = {f"{prefix}ece": metrics.expected_calibration_error(probs, labels)}
     if logits_or_none is not None:
         out[f"{prefix}nll"] = metrics.negative_log_likelihood(logits_or_none, labels)
@@ -94,10 +96,20 @@ def softmax_run(
     result, temperature = calibration_block(test, val)
     for prefix, t in (("", 1.0), ("t_", temperature)):
         result.update(
-            _detection(f"{prefix}m1", metrics.logsumexp_score(test.logits / t), metrics.logsumexp_score(ood.logits / t), True)
+            _detection(
+                f"{prefix}m1",
+                metrics.logsumexp_score(test.logits / t),
+                metrics.logsumexp_score(ood.logits / t),
+                True,
+            )
         )
         result.update(
-            _detection(f"{prefix}m2", metrics.softmax_entropy(test.logits / t), metrics.softmax_entropy(ood.logits / t), False)
+            _detection(
+                f"{prefix}m2",
+                metrics.softmax_entropy(test.logits / t),
+                metrics.softmax_entropy(ood.logits / t),
+                False,
+            )
         )
     result.update(extra_detectors(test, ood, train, num_classes))
     if parts is not None:
@@ -174,9 +186,7 @@ def ensemble_run(
             )
         )
         if not prefix:
-            result.update(
-                _detection("msp", mean_probs.max(1).values, ood_probs.mean(0).max(1).values, True)
-            )
+            result.update(_detection("msp", mean_probs.max(1).values, ood_probs.mean(0).max(1).values, True))
     result["temperature"] = float(sum(temperatures) / len(temperatures))
     if parts is not None:
         clean = torch.stack([p[0].logits.softmax(1) for p in parts])

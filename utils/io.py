@@ -26,7 +26,9 @@ def _atomic_write(path: Path, write_fn) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as err:
-        raise UserError(f"cannot write to '{path.parent}' ({err.strerror}); choose a writable folder") from None
+        raise UserError(
+            f"cannot write to '{path.parent}' ({err.strerror}); choose a writable folder"
+        ) from None
     try:
         with os.fdopen(fd, "wb") as handle:
             write_fn(handle)
@@ -62,7 +64,9 @@ def check_writable_dir(path: Path, what: str = "output folder") -> Path:
         probe = tempfile.NamedTemporaryFile(dir=path, prefix=".write-probe-", delete=True)
         probe.close()
     except OSError as err:
-        raise UserError(f"the {what} '{path}' is not writable ({err.strerror}); pass a folder you can write to")
+        raise UserError(
+            f"the {what} '{path}' is not writable ({err.strerror}); pass a folder you can write to"
+        )
     return path
 
 
@@ -73,4 +77,6 @@ def read_json(path: Path) -> Any:
     except FileNotFoundError:
         raise UserError(f"expected the JSON file '{path}', but it does not exist") from None
     except json.JSONDecodeError as err:
-        raise UserError(f"'{path}' is not valid JSON ({err.msg} at line {err.lineno}); was it truncated?") from None
+        raise UserError(
+            f"'{path}' is not valid JSON ({err.msg} at line {err.lineno}); was it truncated?"
+        ) from None

@@ -24,5 +24,7 @@ def run_name(model: str, seed: int | None, spectral_normalization: bool, mod: bo
     return name
 
 
-def checkpoint_name(model: str, seed: int, spectral_normalization: bool, mod: bool, coeff: float, epoch: int) -> str:
+def checkpoint_name(
+    model: str, seed: int, spectral_normalization: bool, mod: bool, coeff: float, epoch: int
+) -> str:
     return f"{run_name(model, seed, spectral_normalization, mod, coeff)}_{epoch}.model"
