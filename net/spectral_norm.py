@@ -132,12 +132,25 @@ class SpectralNormConv2d(nn.Module):
         return self.weight_u.clone(), self.weight_v.clone()
 
     def sigma(self, weight: torch.Tensor, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """`u . W v`: the current singular-value estimate, differentiable in `W`."""
-        if self.acts_on_input_shape:
-            wv = self._conv(v.view(1, self.in_channels, self.input_size, self.input_size), weight).flatten()
-        else:
-            wv = torch.mv(weight.reshape(self.out_channels, -1), v)
-        return torch.dot(u, wv)
+        """`u . W v`: the current singular-value estimate, differentiable in `W`.
+
+        The map is linear in `W`, so `u . W v = <W, G>` with `G = d(u . W v) / dW`: for a convolution the
+        weight gradient of `conv2d(v)` for the output gradient `u`, for a matrix `u v^T`. `G` needs no
+        autograd graph, so the estimate costs one weight-gradient convolution instead of a forward
+        convolution plus its backward, and the gradient of `sigma` is exactly `G`, as before.
+        """
+        with torch.no_grad():
+            if self.acts_on_input_shape:
+                direction = torch.nn.grad.conv2d_weight(
+                    v.view(1, self.in_channels, self.input_size, self.input_size),
+                    weight.shape,
+                    u.view(1, self.out_channels, self.output_size, self.output_size),
+                    self.stride,
+                    self.padding,
+                )
+            else:
+                direction = torch.outer(u, v).view(weight.shape)
+        return (weight * direction).sum()
 
     def normalized_weight(self, update: bool | None = None) -> torch.Tensor:
         """The weight the forward pass uses; `update` (default: `self.training`) refines the estimate first."""

@@ -145,3 +145,23 @@ def test_torch_compile_runs_a_training_step():
         optimizer.step()
     assert torch.isfinite(loss)
     assert not torch.equal(model.conv1.weight_u, u_before)
+
+
+@pytest.mark.parametrize("kernel_size, stride", [(3, 1), (3, 2), (1, 2)])
+def test_sigma_value_and_gradient_equal_u_dot_conv_v(kernel_size, stride):
+    """sigma = <W, G> must equal u . conv(v, W) in value and in its gradient with respect to W."""
+    torch.manual_seed(0)
+    layer = SpectralNormConv2d(3, 5, kernel_size, stride, kernel_size // 2, input_size=7, coeff=1.0)
+    u, v = layer.weight_u, layer.weight_v
+    weight = layer.weight_orig.detach().clone().requires_grad_(True)
+    sigma = layer.sigma(weight, u, v)
+    (grad,) = torch.autograd.grad(sigma, weight)
+    reference_weight = weight.detach().clone().requires_grad_(True)
+    if kernel_size > 1:
+        out = F.conv2d(v.view(1, 3, 7, 7), reference_weight, None, stride, kernel_size // 2).flatten()
+    else:
+        out = torch.mv(reference_weight.view(5, -1), v)
+    reference = torch.dot(u, out)
+    (reference_grad,) = torch.autograd.grad(reference, reference_weight)
+    torch.testing.assert_close(sigma, reference, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(grad, reference_grad, rtol=1e-5, atol=1e-6)
