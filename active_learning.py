@@ -279,7 +279,9 @@ def run_experiment(args: argparse.Namespace) -> dict:
             if len(models) == 1:
                 accuracy = AL.test_accuracy_percent(models[0], test, args.test_batch_size, settings)
             else:
-                accuracy = _ensemble_accuracy(models, test, args.test_batch_size, device, precision)
+                accuracy = AL.ensemble_test_accuracy_percent(
+                    models, test, args.test_batch_size, device, precision
+                )
             record["test_accs"].append(accuracy)
             if ambiguity_model is not None:
                 entropies = AL.sample_entropies(ambiguity_model, labelled, args.scoring_batch_size, device)
@@ -313,18 +315,6 @@ def run_experiment(args: argparse.Namespace) -> dict:
     total_bar.close()
     write_outputs()
     return state
-
-
-@torch.no_grad()
-def _ensemble_accuracy(models, test, batch_size, device, precision) -> float:
-    from utils.device import autocast_context
-
-    correct = 0
-    for x, y in AL.split_batches(test, batch_size):
-        with autocast_context(device, precision):
-            probs = torch.stack([m(x).float().softmax(1) for m in models]).mean(0)
-        correct += int((probs.argmax(1) == y).sum())
-    return 100.0 * correct / len(test)
 
 
 @exit_on_user_error

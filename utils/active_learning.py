@@ -28,7 +28,6 @@ import data
 import metrics
 from data.transforms import normalize
 from utils import training as T
-from utils.device import autocast_context
 from utils.features import collect_outputs
 
 
@@ -213,14 +212,19 @@ def select_top(scores: torch.Tensor, candidates: torch.Tensor, k: int) -> torch.
     return candidates[torch.topk(scores.to(torch.float64), k).indices.to(candidates.device)]
 
 
-@torch.no_grad()
 def sample_entropies(
     model, split: Split, batch_size: int, device: torch.device, precision: str = "fp32"
 ) -> torch.Tensor:
     """Softmax entropy of every sample in `split` under `model` (used to tell ambiguous samples)."""
-    entropies = []
-    model.eval()
-    for x, _ in split_batches(split, batch_size):
-        with autocast_context(device, precision):
-            entropies.append(metrics.softmax_entropy(model(x).float()))
-    return torch.cat(entropies)
+    return metrics.softmax_entropy(
+        collect_outputs(model, _SplitLoader(split, batch_size), device, precision).logits
+    )
+
+
+def ensemble_test_accuracy_percent(
+    models: list, test: Split, batch_size: int, device: torch.device, precision: str = "fp32"
+) -> float:
+    """Test accuracy (%) of the mean of the members' softmaxes."""
+    loader = _SplitLoader(test, batch_size)
+    probs = torch.stack([collect_outputs(m, loader, device, precision).logits.softmax(1) for m in models])
+    return 100.0 * metrics.accuracy(probs.mean(0), test.y)

@@ -247,6 +247,17 @@ def _check_progress(
         bar.set_postfix(loss=f"{loss_sum / max(samples, 1):.4f}", img_s=f"{speed:,.0f}", refresh=False)
 
 
+def _forward(model: nn.Module, x: torch.Tensor, y: torch.Tensor, settings: TrainSettings):
+    """Move a batch to the device in the settings' memory layout and run `model` under their precision."""
+    x = x.to(settings.device, non_blocking=True)
+    y = y.to(settings.device, non_blocking=True)
+    if settings.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    with autocast_context(settings.device, settings.precision):
+        logits = model(x)
+    return x, y, logits
+
+
 def train_one_epoch(
     model: nn.Module,
     loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
@@ -287,12 +298,7 @@ def train_one_epoch(
     started = time.perf_counter()
     try:
         for x, y in bar:
-            x = x.to(device, non_blocking=True)
-            y = y.to(device, non_blocking=True)
-            if settings.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            with autocast_context(device, settings.precision):
-                logits = model(x)
+            x, y, logits = _forward(model, x, y, settings)
             loss = loss_fn(logits.float(), y)
             # The original divides the (already mean) loss by the batch size once more under --loss-mean.
             objective = loss / (len(y) * settings.world_size) if settings.loss_mean else loss
@@ -349,12 +355,7 @@ def evaluate_accuracy(
     correct = torch.zeros((), dtype=torch.float64, device=device)
     total = 0
     for x, y in loader:
-        x = x.to(device, non_blocking=True)
-        y = y.to(device, non_blocking=True)
-        if settings.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with autocast_context(device, settings.precision):
-            logits = model(x)
+        x, y, logits = _forward(model, x, y, settings)
         correct += (logits.argmax(dim=1) == y).sum()
         total += len(y)
     model.train(was_training)
