@@ -38,10 +38,56 @@ def _normalize(x: torch.Tensor, eps: float) -> torch.Tensor:
     return F.normalize(x, dim=0, eps=eps)
 
 
-def _soft_scale(weight: torch.Tensor, sigma: torch.Tensor, coeff: float, divisor_eps: float) -> torch.Tensor:
-    """`W / (max(1, sigma / coeff) + divisor_eps)`: shrink only layers whose norm exceeds `coeff`."""
-    factor = torch.clamp(sigma / coeff, min=1.0)
-    return weight / (factor + divisor_eps)
+def _normalize_into(vector: torch.Tensor, out: torch.Tensor, eps: float) -> torch.Tensor:
+    """`out <- vector / max(||vector||, eps)`, written straight into the persistent buffer `out`.
+
+    Returns `||vector||`. After the second half-step of a power iteration, `u = W v / ||W v||`, so this norm
+    is exactly the estimate `u . W v` (Miyato et al. 2018, Alg. 1) and needs no further product.
+    """
+    norm = torch.linalg.vector_norm(vector)
+    torch.div(vector, norm.clamp_min(eps), out=out)
+    return norm
+
+
+class _SoftSpectralScale(torch.autograd.Function):
+    """`W / d` with `d = max(1, sigma / coeff) + divisor_eps`, where `sigma = <W, G>` is given (its value)
+    together with its gradient `G = d sigma / dW` (the direction, see `SpectralNormConv2d.sigma_direction`).
+
+    The gradient is the one autograd would derive for the same formula, written out so that a training
+    step dispatches a handful of kernels per layer instead of two dozen:
+
+        dL/dW = (g - [sigma >= coeff] * <g, W> / (coeff * d) * G) / d,   with g = dL/d(W / d)
+
+    (`clamp`'s convention: the bound passes the gradient where `sigma / coeff >= 1`).
+    """
+
+    @staticmethod
+    def forward(ctx, weight, direction, sigma, coeff, divisor_eps):
+        divisor = (sigma / coeff).clamp_min(1.0)
+        if divisor_eps:
+            divisor.add_(divisor_eps)
+        ctx.save_for_backward(weight, direction, sigma, divisor)
+        ctx.coeff = coeff
+        return weight / divisor
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        weight, direction, sigma, divisor = ctx.saved_tensors
+        inner = (grad_output * weight).sum()
+        through_divisor = torch.where(sigma >= ctx.coeff, inner / (divisor * ctx.coeff), 0.0)
+        grad_weight = torch.addcmul(grad_output, direction, through_divisor, value=-1.0).div_(divisor)
+        return grad_weight, None, None, None, None
+
+
+def soft_spectral_scale(
+    weight: torch.Tensor, direction: torch.Tensor, sigma: torch.Tensor, coeff: float, divisor_eps: float
+) -> torch.Tensor:
+    """`W / (max(1, sigma / coeff) + divisor_eps)`: shrink only layers whose norm exceeds `coeff`.
+
+    `sigma` is the value of `<W, direction>` (a detached scalar); the result is differentiable in `W`
+    through both `W` and `sigma` (see `_SoftSpectralScale`).
+    """
+    return _SoftSpectralScale.apply(weight, direction, sigma.detach(), float(coeff), float(divisor_eps))
 
 
 class SpectralNormConv2d(nn.Module):
@@ -111,61 +157,63 @@ class SpectralNormConv2d(nn.Module):
     def _conv_transpose(self, u: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         return F.conv_transpose2d(u, weight, None, self.stride, self.padding, self.output_padding)
 
-    def _power_iteration(self, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _power_iteration(self, weight: torch.Tensor) -> torch.Tensor | None:
+        """Refine the buffers `weight_u`, `weight_v` in place by `n_power_iterations` steps (no autograd).
+
+        Returns the new estimate `u . W v` (None when no step was taken).
+        """
         u, v = self.weight_u, self.weight_v
+        sigma = None
         with torch.no_grad():
             if self.acts_on_input_shape:
                 out_shape = (1, self.out_channels, self.output_size, self.output_size)
                 in_shape = (1, self.in_channels, self.input_size, self.input_size)
                 for _ in range(self.n_power_iterations):
-                    v = _normalize(self._conv_transpose(u.view(out_shape), weight).flatten(), self.eps)
-                    u = _normalize(self._conv(v.view(in_shape), weight).flatten(), self.eps)
+                    _normalize_into(self._conv_transpose(u.view(out_shape), weight).flatten(), v, self.eps)
+                    sigma = _normalize_into(self._conv(v.view(in_shape), weight).flatten(), u, self.eps)
             else:
                 matrix = weight.reshape(self.out_channels, -1)
                 for _ in range(self.n_power_iterations):
-                    v = _normalize(torch.mv(matrix.t(), u), self.eps)
-                    u = _normalize(torch.mv(matrix, v), self.eps)
-            if self.n_power_iterations > 0:
-                self.weight_u.copy_(u)
-                self.weight_v.copy_(v)
-        # Clones keep the autograd graph independent of later in-place refreshes of the buffers.
-        return self.weight_u.clone(), self.weight_v.clone()
+                    _normalize_into(torch.mv(matrix.t(), u), v, self.eps)
+                    sigma = _normalize_into(torch.mv(matrix, v), u, self.eps)
+        return sigma
 
-    def sigma(self, weight: torch.Tensor, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """`u . W v`: the current singular-value estimate, differentiable in `W`.
-
-        The map is linear in `W`, so `u . W v = <W, G>` with `G = d(u . W v) / dW`: for a convolution the
-        weight gradient of `conv2d(v)` for the output gradient `u`, for a matrix `u v^T`. `G` needs no
-        autograd graph, so the estimate costs one weight-gradient convolution instead of a forward
-        convolution plus its backward, and the gradient of `sigma` is exactly `G`, as before.
-        """
+    def sigma_direction(self, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """`G = d(u . W v) / dW`, a constant: for a convolution the weight gradient of `conv2d(v)` for the
+        output gradient `u`, for a matrix `u v^T`. The estimate `u . W v` is linear in `W`, so it equals
+        `<W, G>`: one weight-gradient convolution instead of a forward convolution plus its backward."""
         with torch.no_grad():
             if self.acts_on_input_shape:
-                direction = torch.nn.grad.conv2d_weight(
+                return torch.nn.grad.conv2d_weight(
                     v.view(1, self.in_channels, self.input_size, self.input_size),
-                    weight.shape,
+                    self.weight_orig.shape,
                     u.view(1, self.out_channels, self.output_size, self.output_size),
                     self.stride,
                     self.padding,
                 )
-            else:
-                direction = torch.outer(u, v).view(weight.shape)
-        return (weight * direction).sum()
+            return torch.outer(u, v).view(self.weight_orig.shape)
+
+    def sigma(self, weight: torch.Tensor, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """`u . W v`: the singular-value estimate, differentiable in `W`, as `<W, G>` (`sigma_direction`)."""
+        return (weight * self.sigma_direction(u, v)).sum()
 
     def normalized_weight(self, update: bool | None = None) -> torch.Tensor:
-        """The weight the forward pass uses; `update` (default: `self.training`) refines the estimate first."""
+        """The weight the forward pass uses; `update` (default: `self.training`) refines the estimate first
+        and records it in `weight_sigma`."""
         update = self.training if update is None else update
         weight = self.weight_orig.float()
-        if update:
-            u, v = self._power_iteration(weight.detach())
-        else:
-            u, v = self.weight_u, self.weight_v
-        sigma = self.sigma(weight, u, v)
+        sigma = self._power_iteration(weight.detach()) if update else None
+        # u and v enter only the constant direction, so the in-place refreshes cannot touch autograd.
+        direction = self.sigma_direction(self.weight_u, self.weight_v)
+        if sigma is None:
+            sigma = (weight.detach() * direction).sum()
         if update:
             with torch.no_grad():
-                self.weight_sigma.copy_(sigma.detach())
+                self.weight_sigma.copy_(sigma)
         divisor_eps = CONV_DIVISOR_EPS if self.acts_on_input_shape else 0.0
-        return _soft_scale(weight, sigma, self.coeff, divisor_eps).to(self.weight_orig.dtype)
+        return soft_spectral_scale(weight, direction, sigma, self.coeff, divisor_eps).to(
+            self.weight_orig.dtype
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         with torch.autocast(device_type=x.device.type, enabled=False):
@@ -197,23 +245,25 @@ class SpectralNormLinear(nn.Module):
         self.register_buffer("weight_sigma", torch.ones(1))
 
     def normalized_weight(self, update: bool | None = None) -> torch.Tensor:
+        """The weight the forward pass uses (as `SpectralNormConv2d.normalized_weight`, matrix norm)."""
         update = self.training if update is None else update
         weight = self.weight_orig.float()
         u, v = self.weight_u, self.weight_v
+        sigma = None
         if update and self.n_power_iterations > 0:
             with torch.no_grad():
                 w = weight.detach()
                 for _ in range(self.n_power_iterations):
-                    v = _normalize(torch.mv(w.t(), u), self.eps)
-                    u = _normalize(torch.mv(w, v), self.eps)
-                self.weight_u.copy_(u)
-                self.weight_v.copy_(v)
-            u, v = self.weight_u.clone(), self.weight_v.clone()
-        sigma = torch.dot(u, torch.mv(weight, v))
+                    _normalize_into(torch.mv(w.t(), u), v, self.eps)
+                    sigma = _normalize_into(torch.mv(w, v), u, self.eps)
+        # sigma = u . W v = <W, u v^T>.
+        direction = torch.outer(u, v)
+        if sigma is None:
+            sigma = torch.dot(u, torch.mv(weight.detach(), v))
         if update:
             with torch.no_grad():
-                self.weight_sigma.copy_(sigma.detach())
-        return _soft_scale(weight, sigma, self.coeff, 0.0).to(self.weight_orig.dtype)
+                self.weight_sigma.copy_(sigma)
+        return soft_spectral_scale(weight, direction, sigma, self.coeff, 0.0).to(self.weight_orig.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         with torch.autocast(device_type=x.device.type, enabled=False):

@@ -165,3 +165,103 @@ def test_sigma_value_and_gradient_equal_u_dot_conv_v(kernel_size, stride):
     (reference_grad,) = torch.autograd.grad(reference, reference_weight)
     torch.testing.assert_close(sigma, reference, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(grad, reference_grad, rtol=1e-5, atol=1e-6)
+
+
+def reference_soft_sn_step(layer, weight, x):
+    """The textbook soft SN forward (Behrmann et al. 2019 / the original DDU code), by plain autograd:
+    one power-iteration step on detached copies of the buffers, `sigma = u . W v`, then `W / d` with
+    `d = max(1, sigma / coeff) + eps`. Returns the layer output and the new `(u, v, sigma)`."""
+    u, v = layer.weight_u.clone(), layer.weight_v.clone()
+    conv = isinstance(layer, SpectralNormConv2d) and layer.acts_on_input_shape
+    with torch.no_grad():
+        if conv:
+            out_shape = (1, layer.out_channels, layer.output_size, layer.output_size)
+            in_shape = (1, layer.in_channels, layer.input_size, layer.input_size)
+            v = F.normalize(layer._conv_transpose(u.view(out_shape), weight).flatten(), dim=0, eps=1e-12)
+            u = F.normalize(layer._conv(v.view(in_shape), weight).flatten(), dim=0, eps=1e-12)
+        else:
+            matrix = weight.detach().reshape(weight.shape[0], -1)
+            v = F.normalize(torch.mv(matrix.t(), u), dim=0, eps=1e-12)
+            u = F.normalize(torch.mv(matrix, v), dim=0, eps=1e-12)
+    if conv:
+        sigma = torch.dot(u, layer._conv(v.view(in_shape), weight).flatten())
+    else:
+        sigma = torch.dot(u, torch.mv(weight.reshape(weight.shape[0], -1), v))
+    scaled = weight / (torch.clamp(sigma / layer.coeff, min=1.0) + (1e-5 if conv else 0.0))
+    if isinstance(layer, SpectralNormLinear):
+        out = F.linear(x, scaled, layer.bias)
+    else:
+        out = F.conv2d(x, scaled, layer.bias, layer.stride, layer.padding)
+    return out, (u, v, sigma.detach())
+
+
+@pytest.mark.parametrize("kind", ["conv3x3", "conv3x3_stride2", "conv1x1", "linear"])
+@pytest.mark.parametrize("bound_active", [True, False])
+def test_training_steps_match_the_plain_autograd_formula(kind, bound_active):
+    """The fused scale (`_SoftSpectralScale`) and the in-place buffer refresh give the same outputs, input and
+    weight gradients and buffers as the textbook formula differentiated by autograd, step after step."""
+    torch.manual_seed(3)
+    coeff = 0.5 if bound_active else 50.0
+    if kind == "linear":
+        layer = SpectralNormLinear(6, 5, coeff=coeff)
+        x = torch.randn(4, 6)
+    else:
+        k, stride = (1, 2) if kind == "conv1x1" else (3, 2 if kind.endswith("stride2") else 1)
+        layer = SpectralNormConv2d(3, 5, k, stride, k // 2, bias=True, input_size=7, coeff=coeff)
+        x = torch.randn(4, 3, 7, 7)
+    layer.train()
+    weight = layer.weight_orig.detach().clone().requires_grad_(True)
+    for _ in range(3):
+        expected, (u, v, sigma) = reference_soft_sn_step(layer, weight, x.requires_grad_(True))
+        target = torch.randn_like(expected)
+        ref_grad_w, ref_grad_x = torch.autograd.grad((expected * target).sum(), (weight, x))
+        layer.zero_grad(set_to_none=True)
+        x.grad = None
+        out = layer(x)
+        (out * target).sum().backward()
+        assert (sigma.item() >= coeff) == bound_active
+        torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(layer.weight_orig.grad, ref_grad_w, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(x.grad, ref_grad_x, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(layer.weight_u, u, rtol=1e-5, atol=1e-7)
+        torch.testing.assert_close(layer.weight_v, v, rtol=1e-5, atol=1e-7)
+        torch.testing.assert_close(layer.weight_sigma, sigma.view(1), rtol=1e-5, atol=1e-7)
+        with torch.no_grad():  # an SGD step on both copies of the weight
+            layer.weight_orig.sub_(0.1 * layer.weight_orig.grad)
+            weight.sub_(0.1 * ref_grad_w)
+            x = x.detach()
+
+
+def test_two_forwards_before_one_backward_keep_each_graph_intact():
+    """The buffers are refreshed in place on every training forward; a graph built earlier must still
+    backpropagate (gradient accumulation, or a second forward for a regulariser)."""
+    torch.manual_seed(0)
+    layer = SpectralNormConv2d(2, 3, 3, 1, 1, input_size=5, coeff=0.5).train()
+    x = torch.randn(2, 2, 5, 5)
+    first = layer(x).square().sum()
+    second = layer(x).square().sum()
+    (first + second).backward()
+    assert torch.isfinite(layer.weight_orig.grad).all()
+
+
+@pytest.mark.parametrize("kernel_size", [3, 1])
+def test_a_training_step_dispatches_few_extra_operations(kernel_size):
+    """Host overhead bounds an eager GPU step with SN (see benchmarks/dispatch.py): one SN convolution may add
+    at most 24 kernel-launching operations (forward, backward) to a plain convolution's step; the
+    straightforward autograd version took 33."""
+    from benchmarks.dispatch import OperationCounter
+
+    def count(layer):
+        x = torch.randn(2, 4, 8, 8, requires_grad=True)
+        layer.train()
+        layer(x).sum().backward()
+        with OperationCounter() as counter:
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                out = layer(x)
+            out.float().sum().backward()
+        return counter.total
+
+    padding = kernel_size // 2
+    plain = count(torch.nn.Conv2d(4, 4, kernel_size, 1, padding, bias=False))
+    normalised = count(SpectralNormConv2d(4, 4, kernel_size, 1, padding, input_size=8))
+    assert normalised - plain <= 24, normalised - plain
