@@ -41,7 +41,7 @@ from utils import training as T
 from utils.cli import model_parser
 from utils.device import select_device
 from utils.errors import UserError, exit_on_user_error
-from utils.io import check_writable_dir
+from utils.io import BackgroundWriter, check_writable_dir, cpu_snapshot
 from utils.naming import run_name
 from utils.progress import progress_enabled
 from utils.seed import seed_everything, set_deterministic
@@ -341,29 +341,38 @@ def _train(args: argparse.Namespace, device: torch.device, dist_info: distribute
         max_steps=args.steps_per_epoch,
     )
 
+    # Checkpoints are written on a background thread from a CPU copy, overlapping the next epoch (a resume
+    # file of WRN-28-10 is about 300 MB); its errors surface at the next epoch's end or at the latest below.
+    writer = BackgroundWriter()
+
     def on_epoch_end(stats: T.EpochStats) -> None:
         history.append(stats)
         done = stats.epoch + 1
         rng_states = distributed.all_gather_objects(T.capture_rng_state())  # a collective: every rank
         if not dist_info.is_main:
             return
-        if done % args.save_interval == 0 or done == args.epoch:
-            files.save_model(model, done)
-        T.save_resume_state(
-            files.resume,
-            {
-                "epoch": done,
-                "model": model.state_dict(),
-                "model_config": config,
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "grad_scaler": None,  # bf16 keeps fp32's exponent range: no loss scaling needed
-                "args": saved_args,
-                "rng": rng_states,
-                "history": [h.to_json() for h in history],
-            },
+        model_state = cpu_snapshot(model.state_dict())
+        state = {
+            "epoch": done,
+            "model": model_state,
+            "model_config": config,
+            "optimizer": cpu_snapshot(optimizer.state_dict()),
+            "scheduler": scheduler.state_dict(),
+            "grad_scaler": None,  # bf16 keeps fp32's exponent range: no loss scaling needed
+            "args": saved_args,
+            "rng": rng_states,
+            "history": [h.to_json() for h in history],
+        }
+        save_model = done % args.save_interval == 0 or done == args.epoch
+        snapshot = list(history)
+        writer.submit(
+            lambda: files.write_epoch(
+                state,
+                snapshot,
+                model_state=model_state if save_model else None,
+                model_epoch=done,
+            )
         )
-        files.write_logs(history)
         val = "" if stats.val_accuracy is None else f", validation accuracy {stats.val_accuracy:.4f}"
         log.info(
             "epoch %d/%d: loss %.4f, accuracy %.4f, lr %g, %.0f images/s, %.1f s%s",
@@ -378,18 +387,19 @@ def _train(args: argparse.Namespace, device: torch.device, dist_info: distribute
         )
 
     try:
-        T.train_epochs(
-            train_model,
-            train_loader,
-            optimizer,
-            scheduler,
-            settings,
-            epochs=args.epoch,
-            start_epoch=start_epoch,
-            valid_loader=valid_loader,
-            validate_every=args.validate_every,
-            on_epoch_end=on_epoch_end,
-        )
+        with writer:
+            T.train_epochs(
+                train_model,
+                train_loader,
+                optimizer,
+                scheduler,
+                settings,
+                epochs=args.epoch,
+                start_epoch=start_epoch,
+                valid_loader=valid_loader,
+                validate_every=args.validate_every,
+                on_epoch_end=on_epoch_end,
+            )
     except T.NonFiniteLossError as err:
         kept = (
             f"the last good state is {files.resume} (after epoch {len(history)}), which --resume continues"

@@ -221,6 +221,30 @@ def test_nan_loss_stops_and_keeps_the_last_good_state(tmp_path, capsys, monkeypa
     assert state["epoch"] == 1 and all(torch.isfinite(v).all() for v in state["model"].values())
 
 
+def test_checkpoints_are_written_in_the_background_and_complete_at_the_end(tmp_path):
+    """Each epoch's files come from a snapshot: the resume file after epoch 1 holds epoch 1's weights, not
+    the ones training went on to change while it was being written."""
+    result = train.main(tiny_args(tmp_path, "--save-interval", "1", epochs=2))
+    final = result["model"].state_dict()
+    first, last = (torch.load(tmp_path / f"lenet_1_{e}.model", weights_only=True) for e in (1, 2))
+    assert all(torch.equal(last[k], final[k]) for k in final)
+    assert not all(torch.equal(first[k], final[k]) for k in final)
+    state = T.load_resume_state(tmp_path / "lenet_1_resume.pt")
+    assert state["epoch"] == 2 and all(torch.equal(state["model"][k], final[k]) for k in final)
+    assert [line["epoch"] for line in read_jsonl(tmp_path / "lenet_1_log.jsonl")] == [0, 1]
+
+
+def test_a_checkpoint_that_cannot_be_written_ends_the_run_with_one_sentence(tmp_path, capsys):
+    from tests.test_io import file_size_limit
+
+    # The LeNet resume file (weights + momentum, about 360 kB) cannot be written; the run stops at the next
+    # epoch's end, when the background write's error is collected.
+    with file_size_limit(256 * 1024):
+        err = one_line_error(capsys, tiny_args(tmp_path, epochs=3))
+    assert "could not write" in err and "lenet_1_resume.pt" in err and "File too large" in err
+    assert not (tmp_path / "lenet_1_resume.pt").exists()
+
+
 def test_exploding_learning_rate_is_caught(tmp_path, capsys):
     args = tiny_args(tmp_path, "--lr", "1e30", "--log-interval", "1")
     args.steps_per_epoch = 6

@@ -4,14 +4,19 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
+import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from utils.errors import UserError
+
+log = logging.getLogger(__name__)
 
 
 def _current_umask() -> int:
@@ -20,7 +25,35 @@ def _current_umask() -> int:
     return mask
 
 
+def _write_error(path: Path, err: OSError) -> UserError:
+    return UserError(
+        f"could not write '{path}' ({err.strerror or err}); the previous version of that file is intact: "
+        "free some space or choose another folder, then resume"
+    )
+
+
+class _RecordingFile:
+    """A file wrapper that remembers the `OSError` a `write` raised: `torch.save` turns it into an opaque
+    `RuntimeError` ("enforce fail ... unexpected pos"), and the cause is what the user needs to hear."""
+
+    def __init__(self, handle) -> None:
+        self._handle = handle
+        self.error: OSError | None = None
+
+    def write(self, data) -> int:
+        try:
+            return self._handle.write(data)
+        except OSError as err:
+            self.error = err
+            raise
+
+    def __getattr__(self, name: str):
+        return getattr(self._handle, name)
+
+
 def _atomic_write(path: Path, write_fn) -> None:
+    """Write through `write_fn(handle)` into a temporary file beside `path`, flush it to disk, then move it
+    into place; failures leave the previous `path` untouched and become a `UserError`."""
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -29,16 +62,21 @@ def _atomic_write(path: Path, write_fn) -> None:
         raise UserError(
             f"cannot write to '{path.parent}' ({err.strerror}); choose a writable folder"
         ) from None
+    recorder = None
     try:
         with os.fdopen(fd, "wb") as handle:
-            write_fn(handle)
+            recorder = _RecordingFile(handle)
+            write_fn(recorder)
             handle.flush()
             os.fsync(handle.fileno())
         os.chmod(tmp_name, 0o666 & ~_current_umask())  # mkstemp creates 0600; give the usual permissions
         os.replace(tmp_name, path)
-    except BaseException:
+    except BaseException as err:
         if os.path.exists(tmp_name):
             os.unlink(tmp_name)
+        cause = err if isinstance(err, OSError) else getattr(recorder, "error", None)
+        if cause is not None:  # a full disk, a lost mount: the user's to fix, in one sentence
+            raise _write_error(path, cause) from None
         raise
 
 
@@ -54,6 +92,67 @@ def atomic_write_json(path: Path, obj: Any, indent: int | None = 2) -> None:
 def atomic_torch_save(obj: Any, path: Path) -> None:
     """`torch.save` to `path` atomically."""
     _atomic_write(path, lambda handle: torch.save(obj, handle))
+
+
+def cpu_snapshot(obj: Any) -> Any:
+    """A copy of `obj` (nested dicts, lists, tuples) with every tensor copied to the CPU and detached, so
+    that later in-place updates of the originals (the next training step) cannot change it."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return type(obj)((key, cpu_snapshot(value)) for key, value in obj.items())
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(cpu_snapshot(value) for value in obj)
+    return obj
+
+
+class BackgroundWriter:
+    """Runs write jobs one at a time on a background thread, so that saving a checkpoint (hundreds of MB,
+    flushed to disk) overlaps with the next epoch's training instead of stalling it.
+
+    `submit(job)` first waits for the previous job, then starts `job()`; a job's exception is raised in the
+    caller at the next `submit` or `wait`. Used as a context manager, the exit waits for the last job (also
+    on Ctrl-C or an error, so the newest state reaches the disk); the thread is not a daemon, so even an
+    interpreter that is shutting down finishes the write. Jobs must only touch data nothing else modifies
+    (see `cpu_snapshot`).
+    """
+
+    def __init__(self, name: str = "checkpoint-writer") -> None:
+        self.name = name
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    def _run(self, job: Callable[[], None]) -> None:
+        try:
+            job()
+        except BaseException as err:  # surfaced in the submitting thread by wait()
+            self._error = err
+
+    def wait(self) -> None:
+        """Block until the pending job is done; raise its exception, if any."""
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
+    def submit(self, job: Callable[[], None]) -> None:
+        self.wait()
+        self._thread = threading.Thread(target=self._run, args=(job,), name=self.name, daemon=False)
+        self._thread.start()
+
+    def __enter__(self) -> BackgroundWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.wait()
+            return
+        try:  # an exception is already on its way: finish the write, but do not mask the exception
+            self.wait()
+        except BaseException as err:
+            log.error("the last checkpoint write failed too: %s", err)
 
 
 def check_writable_dir(path: Path, what: str = "output folder") -> Path:

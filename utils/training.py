@@ -497,7 +497,8 @@ class RunFiles:
     `{name}_resume.pt` (everything `--resume` needs).
 
     `write_epoch` writes the resume file before the logs, each atomically: after a crash the logs are never
-    ahead of the state a resume starts from, and both logs are rewritten in full from the history.
+    ahead of the state a resume starts from, and both logs are rewritten in full from the history. It only
+    reads what it is given, so train.py runs it on a `utils.io.BackgroundWriter` with a `cpu_snapshot`.
     """
 
     def __init__(self, save_dir: Path, name: str) -> None:
@@ -523,6 +524,21 @@ class RunFiles:
         path = self.model(epoch)
         atomic_torch_save(net.unwrap_model(model).state_dict(), path)
         return path
+
+    def write_epoch(
+        self,
+        state: Mapping[str, Any],
+        history: Sequence[EpochStats],
+        *,
+        model_state: Mapping[str, torch.Tensor] | None = None,
+        model_epoch: int | None = None,
+    ) -> None:
+        """The end-of-epoch files in a crash-safe order: `{name}_{model_epoch}.model` from `model_state` (when
+        given), then the resume file from `state`, then the logs."""
+        if model_state is not None:
+            atomic_torch_save(dict(model_state), self.model(model_epoch))
+        save_resume_state(self.resume, state)
+        self.write_logs(history)
 
     def write_logs(self, history: Sequence[EpochStats]) -> None:
         # The original's train-loss file: {"0": loss, "1": loss, ...} with its own loss definition.
