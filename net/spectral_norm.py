@@ -193,10 +193,6 @@ class SpectralNormConv2d(nn.Module):
                 )
             return torch.outer(u, v).view(self.weight_orig.shape)
 
-    def sigma(self, weight: torch.Tensor, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """`u . W v`: the singular-value estimate, differentiable in `W`, as `<W, G>` (`sigma_direction`)."""
-        return (weight * self.sigma_direction(u, v)).sum()
-
     def normalized_weight(self, update: bool | None = None) -> torch.Tensor:
         """The weight the forward pass uses; `update` (default: `self.training`) refines the estimate first
         and records it in `weight_sigma`."""
