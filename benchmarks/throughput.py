@@ -1,4 +1,6 @@
-"""Training-step throughput (images/s) of a registered network on a device-resident batch.
+"""Training-step throughput (images/s) of a registered network on a device-resident batch, and the
+arithmetic rate that achieves (TFLOP/s, from an exact count of the step's floating-point operations), to set
+against the GPU's measured ceiling.
 
 Measures fp32, bf16 autocast + channels_last, and optionally + torch.compile, each with spectral
 normalisation on and off, so the cost of SN can be read off directly.
@@ -42,6 +44,26 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-gpu", action="store_true")
     parser.add_argument("--json", default=None, help="also write the results to this JSON file")
     return parser
+
+
+def training_flops(model, x, y) -> tuple[float, float]:
+    """`(per_image, per_step)` floating-point operations of one training step (forward and backward;
+    `torch.utils.flop_counter` counts a multiply-add as 2): the cost of a step of batch B is
+    `B * per_image + per_step`, where `per_step` is the batch-independent part (SN's power iteration).
+    Counted with batches of 2 and 4 (BatchNorm needs two samples); the network's state is restored."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    def count(batch: int) -> int:
+        with FlopCounterMode(display=False) as counter:
+            F.cross_entropy(model(x[:batch]), y[:batch]).backward()
+        model.zero_grad(set_to_none=True)
+        return counter.get_total_flops()
+
+    state = {k: v.clone() for k, v in model.state_dict().items()}  # the power iteration refreshes buffers
+    two, four = count(2), count(4)
+    model.load_state_dict(state)
+    per_image = (four - two) / 2
+    return float(per_image), float(two - 2 * per_image)
 
 
 def measure(model, x, y, steps, warmup, precision, device) -> float:
@@ -98,8 +120,11 @@ def main(args: argparse.Namespace) -> list[dict]:
             if fast:
                 model = model.to(memory_format=torch.channels_last)
                 inputs = x.to(memory_format=torch.channels_last)
+            if label == "fp32":  # the same network in every configuration: count once per SN setting
+                per_image, per_step = training_flops(model, inputs, y)
             runner = torch.compile(model) if compiled else model
             rate = measure(runner, inputs, y, args.steps, args.warmup, "bf16" if fast else "fp32", device)
+            tflops = (per_image * rate + per_step * rate / args.batch_size) / 1e12
             row = dict(
                 model=args.model,
                 sn=sn,
@@ -107,11 +132,14 @@ def main(args: argparse.Namespace) -> list[dict]:
                 config=label,
                 batch=args.batch_size,
                 images_per_s=round(rate, 1),
+                gflop_per_image=round(per_image / 1e9, 3),
+                achieved_tflop_s=round(tflops, 2),
                 device=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
             )
             results.append(row)
             print(
-                f"{args.model:12s} sn={str(sn):5s} {label:28s} batch {args.batch_size:4d}: {rate:10.1f} images/s",
+                f"{args.model:12s} sn={str(sn):5s} {label:28s} batch {args.batch_size:4d}: {rate:10.1f} images/s"
+                f" = {tflops:7.2f} TFLOP/s",
                 flush=True,
             )
     by_key = {(r["sn"], r["config"]): r["images_per_s"] for r in results}

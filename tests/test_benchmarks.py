@@ -26,7 +26,42 @@ def test_network_throughput_measures_every_configuration(tmp_path):
     assert {(r["sn"], r["config"]) for r in rows} == {
         (sn, config) for sn in (True, False) for config in ("fp32", "bf16+channels_last")
     }
-    assert all(r["images_per_s"] > 0 for r in rows)
+    assert all(r["images_per_s"] > 0 and r["achieved_tflop_s"] > 0 for r in rows)
+    assert len({r["gflop_per_image"] for r in rows}) == 1 and rows[0]["gflop_per_image"] > 0
+
+
+def test_wide_resnet_28_10_costs_the_published_flops():
+    """WRN-28-10 on 32x32 inputs takes about 5.25 GMAC per image forward (Zagoruyko & Komodakis 2016):
+    a training step (forward + twice that backward) is about 3 x 2 x 5.25 = 31.5 GFLOP per image."""
+    import torch
+
+    import net
+
+    model = net.create_model("wide_resnet", num_classes=10, mod=True)
+    x, y = torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,))
+    per_image, per_step = throughput.training_flops(model, x, y)
+    assert per_image == pytest.approx(31.5e9, rel=0.03) and per_step == 0
+
+
+def test_training_flops_split_per_image_and_per_step_work():
+    """SN's power iteration is per step, not per image; the counts must not depend on the batch."""
+    import torch
+
+    import net
+
+    torch.manual_seed(0)
+    x, y = torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,))
+    plain = net.create_model("wide_resnet", num_classes=10, depth=10, widen_factor=1, mod=True)
+    normalised = net.create_model(
+        "wide_resnet", num_classes=10, depth=10, widen_factor=1, mod=True, spectral_normalization=True
+    )
+    before = {k: v.clone() for k, v in normalised.state_dict().items()}
+    image_plain, step_plain = throughput.training_flops(plain, x, y)
+    image_sn, step_sn = throughput.training_flops(normalised, x, y)
+    assert image_plain == image_sn and step_plain == 0
+    # conv_transpose2d + conv2d + weight gradient on one input-sized vector: about one image's training step.
+    assert 0.5 * image_sn < step_sn < 2 * image_sn
+    assert all(torch.equal(v, before[k]) for k, v in normalised.state_dict().items())
 
 
 def test_training_throughput_compares_the_project_with_the_original_pipeline(tmp_path):
