@@ -31,7 +31,7 @@ from utils import active_learning as AL
 from utils import training as T
 from utils.cli import build_model, model_parser
 from utils.device import select_device
-from utils.errors import UserError, exit_on_user_error
+from utils.errors import Interrupted, UserError, exit_on_user_error
 from utils.io import atomic_write_json, check_writable_dir, read_json
 from utils.naming import run_name
 from utils.progress import progress_bar, progress_enabled
@@ -321,7 +321,14 @@ def run_experiment(args: argparse.Namespace) -> dict:
 def main(args: argparse.Namespace) -> dict:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     print("active_learning.py " + " ".join(f"{k}={v}" for k, v in sorted(vars(args).items())), flush=True)
-    return run_experiment(args)
+    try:
+        return run_experiment(args)
+    except KeyboardInterrupt:
+        state = Path(args.output_dir) / output_names(args)["state"]
+        raise Interrupted(
+            f"interrupted; the finished acquisition steps are in {state}: rerun the same command with --resume "
+            "to continue"
+        ) from None
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ import net
 from utils.checkpoints import locate_checkpoint, run_seeds
 from utils.cli import build_model, model_parser
 from utils.device import select_device
-from utils.errors import UserError, exit_on_user_error
+from utils.errors import Interrupted, UserError, exit_on_user_error
 from utils.evaluation import ensemble_run, gmm_run, softmax_run
 from utils.features import Outputs, collect_outputs
 from utils.io import atomic_write_json, check_writable_dir
@@ -203,6 +203,11 @@ def main(args: argparse.Namespace) -> dict:
     for run in progress_bar(range(1, args.runs + 1), desc=f"evaluating {args.model_type}", unit="run"):
         try:
             per_run.append(evaluate_run(evaluator, args, run))
+        except KeyboardInterrupt:
+            kept = f"the finished runs are in {partial}" if run > 1 else "no run had finished"
+            raise Interrupted(
+                f"interrupted during run {run} of {args.runs}; {kept}; rerun the command to evaluate all runs"
+            ) from None
         except metrics.GaussianFitError as err:
             per_run.append(None)
             failed.append({"run": run, "reason": str(err)})

@@ -40,7 +40,7 @@ from utils import distributed
 from utils import training as T
 from utils.cli import model_parser
 from utils.device import select_device
-from utils.errors import UserError, exit_on_user_error
+from utils.errors import Interrupted, UserError, exit_on_user_error
 from utils.io import BackgroundWriter, check_writable_dir, cpu_snapshot
 from utils.naming import run_name
 from utils.progress import progress_enabled
@@ -400,6 +400,14 @@ def _train(args: argparse.Namespace, device: torch.device, dist_info: distribute
                 validate_every=args.validate_every,
                 on_epoch_end=on_epoch_end,
             )
+    except KeyboardInterrupt:
+        kept = (
+            f"the state after epoch {len(history)} is in {files.resume}: rerun the same command with --resume "
+            "to continue"
+            if history
+            else "no epoch had finished, so nothing was saved"
+        )
+        raise Interrupted(f"interrupted during epoch {len(history) + 1}; {kept}") from None
     except T.NonFiniteLossError as err:
         kept = (
             f"the last good state is {files.resume} (after epoch {len(history)}), which --resume continues"

@@ -432,7 +432,7 @@ def test_ambiguous_run_records_ambiguity_of_the_labelled_set(
 
 @pytest.mark.parametrize("interrupt_at", [2, 4], ids=["run0-step2", "run1-step1"])
 def test_resume_continues_to_the_same_results_as_an_uninterrupted_run(
-    data_root, tmp_path, monkeypatch, interrupt_at
+    data_root, tmp_path, monkeypatch, capsys, interrupt_at
 ):
     reference_dir, resumed_dir = tmp_path / "reference", tmp_path / "resumed"
     active_learning.main(tiny_args(data_root, reference_dir, runs=2))
@@ -441,8 +441,12 @@ def test_resume_continues_to_the_same_results_as_an_uninterrupted_run(
     reference_state = read(reference_dir / "al_state_lenet_1_gmm_mnist.json")
 
     record_training(monkeypatch, interrupt_at=interrupt_at)
-    with pytest.raises(KeyboardInterrupt):
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as info:  # Ctrl-C: one sentence that says how to continue, status 130
         active_learning.main(tiny_args(data_root, resumed_dir, runs=2))
+    assert info.value.code == 130
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: interrupted;") and "\n" not in err and "--resume" in err
     partial = read(resumed_dir / name)  # what finished before the interruption is kept
     if interrupt_at <= 3:
         assert partial == {"0": reference["0"][:interrupt_at]}

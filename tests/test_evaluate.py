@@ -637,7 +637,7 @@ def test_mismatched_flags_under_the_original_ensemble_naming_name_the_flag(
     assert no_results(tmp_path)
 
 
-def test_an_interrupted_evaluation_keeps_the_finished_runs(layouts, tmp_path, monkeypatch):
+def test_an_interrupted_evaluation_keeps_the_finished_runs(layouts, tmp_path, monkeypatch, capsys):
     real_run = evaluate.evaluate_run
 
     def interrupt_on_run_two(evaluator, args, run):
@@ -646,8 +646,13 @@ def test_an_interrupted_evaluation_keeps_the_finished_runs(layouts, tmp_path, mo
         return real_run(evaluator, args, run)
 
     monkeypatch.setattr(evaluate, "evaluate_run", interrupt_on_run_two)
-    with pytest.raises(KeyboardInterrupt):
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as info:
         evaluate.main(eval_args(layouts["single"], tmp_path, model_type="softmax"))
+    assert info.value.code == 130
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: interrupted during run 2 of ") and "\n" not in err
+    assert "res_lenet_1_softmax_digits_digits_ood.json.partial" in err
     assert not (tmp_path / "res_lenet_1_softmax_digits_digits_ood.json").exists()
     partial = strict_json(tmp_path / "res_lenet_1_softmax_digits_digits_ood.json.partial")
     assert partial["runs_done"] == 1 and len(partial["values"]["accuracy"]) == 1

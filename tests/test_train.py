@@ -245,6 +245,28 @@ def test_a_checkpoint_that_cannot_be_written_ends_the_run_with_one_sentence(tmp_
     assert not (tmp_path / "lenet_1_resume.pt").exists()
 
 
+def test_ctrl_c_ends_in_one_sentence_and_the_run_resumes(tmp_path, capsys, monkeypatch):
+    calls = {"n": 0}
+
+    def interrupted_in_epoch_2(logits, labels):
+        calls["n"] += 1
+        if calls["n"] == 3:  # epoch 1 is 2 steps
+            raise KeyboardInterrupt
+        return F.cross_entropy(logits, labels)
+
+    monkeypatch.setitem(T.LOSSES, "cross_entropy", interrupted_in_epoch_2)
+    with pytest.raises(SystemExit) as info:
+        train.main(tiny_args(tmp_path, epochs=3))
+    assert info.value.code == 130
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: interrupted during epoch 2;") and "\n" not in err and "Traceback" not in err
+    assert "lenet_1_resume.pt" in err and "--resume" in err
+    assert T.load_resume_state(tmp_path / "lenet_1_resume.pt")["epoch"] == 1
+    monkeypatch.setitem(T.LOSSES, "cross_entropy", F.cross_entropy)
+    result = train.main(tiny_args(tmp_path, "--resume", epochs=3))
+    assert [s.epoch for s in result["history"]] == [0, 1, 2]
+
+
 def test_exploding_learning_rate_is_caught(tmp_path, capsys):
     args = tiny_args(tmp_path, "--lr", "1e30", "--log-interval", "1")
     args.steps_per_epoch = 6
