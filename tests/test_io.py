@@ -69,6 +69,13 @@ def test_cpu_snapshot_is_independent_of_later_in_place_updates():
     assert snapshot["optimizer"]["lr"] == [0.1] and isinstance(snapshot["optimizer"]["lr"], list)
 
 
+def test_cpu_snapshot_of_a_state_dict_keeps_its_layer_versions():
+    state = torch.nn.BatchNorm2d(3).state_dict()
+    snapshot = cpu_snapshot(state)
+    assert type(snapshot) is type(state) and list(snapshot) == list(state)
+    assert snapshot._metadata == state._metadata and snapshot._metadata[""]["version"] == 2
+
+
 def test_background_writer_runs_jobs_in_order_one_at_a_time():
     events, running = [], threading.Lock()
 

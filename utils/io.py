@@ -100,7 +100,10 @@ def cpu_snapshot(obj: Any) -> Any:
     if isinstance(obj, torch.Tensor):
         return obj.detach().to("cpu", copy=True)
     if isinstance(obj, dict):
-        return type(obj)((key, cpu_snapshot(value)) for key, value in obj.items())
+        copy = type(obj)((key, cpu_snapshot(value)) for key, value in obj.items())
+        if hasattr(obj, "_metadata"):  # a module's state dict: keep the layer versions `load_state_dict` reads
+            copy._metadata = obj._metadata
+        return copy
     if isinstance(obj, (list, tuple)):
         return type(obj)(cpu_snapshot(value) for value in obj)
     return obj

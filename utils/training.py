@@ -536,7 +536,7 @@ class RunFiles:
         """The end-of-epoch files in a crash-safe order: `{name}_{model_epoch}.model` from `model_state` (when
         given), then the resume file from `state`, then the logs."""
         if model_state is not None:
-            atomic_torch_save(dict(model_state), self.model(model_epoch))
+            atomic_torch_save(model_state, self.model(model_epoch))
         save_resume_state(self.resume, state)
         self.write_logs(history)
 
