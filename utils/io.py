@@ -101,9 +101,8 @@ def cpu_snapshot(obj: Any) -> Any:
         return obj.detach().to("cpu", copy=True)
     if isinstance(obj, dict):
         copy = type(obj)((key, cpu_snapshot(value)) for key, value in obj.items())
-        if hasattr(
-            obj, "_metadata"
-        ):  # a module's state dict: keep the layer versions `load_state_dict` reads
+        # A module's state dict: keep the layer versions that `load_state_dict` reads.
+        if hasattr(obj, "_metadata"):
             copy._metadata = obj._metadata
         return copy
     if isinstance(obj, (list, tuple)):
