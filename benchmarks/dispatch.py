@@ -20,11 +20,10 @@ import argparse
 import collections
 
 import torch
-import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import net
-from utils.device import autocast_context
+from benchmarks.throughput import training_step
 
 
 class OperationCounter(TorchDispatchMode):
@@ -42,15 +41,6 @@ class OperationCounter(TorchDispatchMode):
     @property
     def total(self) -> int:
         return sum(self.counts.values())
-
-
-def training_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, x, y, precision: str) -> None:
-    """One step as `utils.training.train_one_epoch` runs it: forward under autocast, fp32 loss, SGD."""
-    optimizer.zero_grad(set_to_none=True)
-    with autocast_context(x.device, precision):
-        logits = model(x)
-    F.cross_entropy(logits.float(), y).backward()
-    optimizer.step()
 
 
 def count_step_operations(

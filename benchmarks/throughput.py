@@ -66,24 +66,25 @@ def training_flops(model, x, y) -> tuple[float, float]:
     return float(per_image), float(two - 2 * per_image)
 
 
+def training_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, x, y, precision: str) -> None:
+    """One step as `utils.training.train_one_epoch` runs it: forward under autocast, fp32 loss, update."""
+    optimizer.zero_grad(set_to_none=True)
+    with autocast_context(x.device, precision):
+        logits = model(x)
+    F.cross_entropy(logits.float(), y).backward()
+    optimizer.step()
+
+
 def measure(model, x, y, steps, warmup, precision, device) -> float:
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
     model.train()
-
-    def step():
-        optimizer.zero_grad(set_to_none=True)
-        with autocast_context(device, precision):
-            loss = F.cross_entropy(model(x), y)
-        loss.backward()
-        optimizer.step()
-
     for _ in range(warmup):
-        step()
+        training_step(model, optimizer, x, y, precision)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     start = time.perf_counter()
     for _ in range(steps):
-        step()
+        training_step(model, optimizer, x, y, precision)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     return steps * x.shape[0] / (time.perf_counter() - start)

@@ -49,6 +49,19 @@ def _normalize_into(vector: torch.Tensor, out: torch.Tensor, eps: float) -> torc
     return norm
 
 
+def _matrix_power_iteration(
+    matrix: torch.Tensor, u: torch.Tensor, v: torch.Tensor, steps: int, eps: float
+) -> torch.Tensor | None:
+    """`steps` power-iteration steps on `matrix (out, in)`, refreshing the buffers `u (out,)` and `v (in,)` in
+    place (no autograd); returns the estimate `u . W v`, or None when `steps` is 0."""
+    sigma = None
+    with torch.no_grad():
+        for _ in range(steps):
+            _normalize_into(torch.mv(matrix.t(), u), v, eps)
+            sigma = _normalize_into(torch.mv(matrix, v), u, eps)
+    return sigma
+
+
 class _SoftSpectralScale(torch.autograd.Function):
     """`W / d` with `d = max(1, sigma / coeff) + divisor_eps`, where `sigma = <W, G>` is given (its value)
     together with its gradient `G = d sigma / dW` (the direction, see `SpectralNormConv2d.sigma_direction`).
@@ -173,9 +186,7 @@ class SpectralNormConv2d(nn.Module):
                     sigma = _normalize_into(self._conv(v.view(in_shape), weight).flatten(), u, self.eps)
             else:
                 matrix = weight.reshape(self.out_channels, -1)
-                for _ in range(self.n_power_iterations):
-                    _normalize_into(torch.mv(matrix.t(), u), v, self.eps)
-                    sigma = _normalize_into(torch.mv(matrix, v), u, self.eps)
+                sigma = _matrix_power_iteration(matrix, u, v, self.n_power_iterations, self.eps)
         return sigma
 
     def sigma_direction(self, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -245,13 +256,8 @@ class SpectralNormLinear(nn.Module):
         update = self.training if update is None else update
         weight = self.weight_orig.float()
         u, v = self.weight_u, self.weight_v
-        sigma = None
-        if update and self.n_power_iterations > 0:
-            with torch.no_grad():
-                w = weight.detach()
-                for _ in range(self.n_power_iterations):
-                    _normalize_into(torch.mv(w.t(), u), v, self.eps)
-                    sigma = _normalize_into(torch.mv(w, v), u, self.eps)
+        steps = self.n_power_iterations if update else 0
+        sigma = _matrix_power_iteration(weight.detach(), u, v, steps, self.eps)
         # sigma = u . W v = <W, u v^T>.
         direction = torch.outer(u, v)
         if sigma is None:
