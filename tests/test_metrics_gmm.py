@@ -17,6 +17,7 @@ from metrics import (
     fit_shared_mahalanobis,
     mahalanobis_score,
 )
+from metrics.gmm import _sound_factors
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
@@ -145,14 +146,32 @@ def test_singular_cases_fit_with_recorded_jitter(kind):
     assert torch.isfinite(mahalanobis_score(shared, features)).all()
 
 
-def test_linear_combination_case_passes_plain_cholesky():
-    # Why the pivot check exists: LAPACK reports success on this rank-deficient covariance.
+def test_linear_combination_case_is_caught_by_the_pivot_check():
+    # Why the pivot check exists: a rank-deficient covariance can come out of LAPACK with `info == 0` and a
+    # last pivot at round-off level (or with `info > 0`: which one depends on the BLAS, the CPU and the
+    # threads). What holds everywhere is asserted here.
     features, labels, num_classes = _singular_case("linear_combination")
     for c in range(num_classes):
         z = features[labels == c]
         z = z - z.mean(dim=0)
-        _, info = torch.linalg.cholesky_ex(z.T @ z / (z.shape[0] - 1))
-        assert int(info) == 0
+        covariance = z.T @ z / (z.shape[0] - 1)
+        eigenvalues = torch.linalg.eigvalsh(covariance)
+        # Numerically singular: the smallest eigenvalue is rounding noise next to the largest.
+        assert eigenvalues[0].abs() < 1e-10 * eigenvalues[-1]
+        factor, info = torch.linalg.cholesky_ex(covariance)
+        # Whatever LAPACK says, the factor is not accepted as it stands.
+        assert not bool(_sound_factors(factor[None], info[None], covariance[None]))
+    # The same check on a factor built by hand: `info == 0`, finite, and a tiny positive last pivot, as some
+    # LAPACK builds return for this matrix. Without the pivot check it would pass.
+    factor = torch.eye(3, dtype=torch.float64)
+    factor[2, 2] = 1e-9
+    matrix = factor @ factor.T
+    info = torch.zeros(1, dtype=torch.int32)
+    assert not bool(_sound_factors(factor[None], info, matrix[None]))
+    healthy = torch.eye(3, dtype=torch.float64)
+    assert bool(_sound_factors(healthy[None], info, healthy[None]))
+    # And the fit regularises it with a recorded jitter.
+    assert fit_class_gaussians(features, labels, num_classes).jitter > 0
 
 
 def test_jitter_is_scaled_to_the_covariance():
