@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import os
 
-# One thread per process: the tests use tiny networks, where a second OpenMP thread brings no speed, and on a
-# busy 2-core machine (or with the DDP test's two processes) oversubscribed threads slow torch down 10-50x.
-# Set before torch is imported so that subprocesses (torchrun, notebook kernels, CLI runs) inherit it.
-os.environ.setdefault("OMP_NUM_THREADS", "1")
-os.environ.setdefault("MKL_NUM_THREADS", "1")
+# One thread per process by default: the tests use tiny networks, where a second OpenMP thread brings no
+# speed, and on a busy 2-core machine (or with the DDP test's two processes) oversubscribed threads slow
+# torch down 10-50x. `DDU_TEST_THREADS=2 make test` runs the suite with two threads instead (the suite
+# must pass with either). Set before torch is imported so that subprocesses (torchrun, notebook kernels,
+# CLI runs) inherit it.
+os.environ.setdefault("OMP_NUM_THREADS", os.environ.get("DDU_TEST_THREADS", "1"))
+os.environ.setdefault("MKL_NUM_THREADS", os.environ.get("DDU_TEST_THREADS", "1"))
 
-import fcntl
 import subprocess
 import sys
 import tempfile
@@ -18,8 +19,18 @@ from pathlib import Path
 
 import pytest
 import torch
+from filelock import FileLock
 
-torch.set_num_threads(1)
+TEST_THREADS = int(os.environ["OMP_NUM_THREADS"])
+torch.set_num_threads(TEST_THREADS)
+
+# Operation counts per training step (benchmarks/dispatch.py) depend on how a torch release decomposes
+# autograd and autocast; the bounds in the tests were checked on these releases, and are skipped on others.
+COUNTED_TORCH_RELEASES = ("2.11", "2.14")
+requires_counted_torch = pytest.mark.skipif(
+    ".".join(torch.__version__.split(".")[:2]) not in COUNTED_TORCH_RELEASES,
+    reason=f"operation counts were checked on torch {', '.join(COUNTED_TORCH_RELEASES)}, not {torch.__version__}",
+)
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 
@@ -36,7 +47,6 @@ def real_data_root() -> Path:
         pytest.skip(f"real data needs {prepare} (the shared folder beside the repository), which is absent")
     root = Path(tempfile.gettempdir()) / "ddu_real_data"
     root.mkdir(parents=True, exist_ok=True)
-    with open(root.parent / "ddu_real_data.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with FileLock(str(root.parent / "ddu_real_data.lock")):  # portable (no fcntl)
         subprocess.run([sys.executable, str(prepare), str(root)], check=True, stdout=subprocess.DEVNULL)
     return root

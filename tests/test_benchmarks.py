@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from conftest import requires_counted_torch
 
 from benchmarks import dispatch, loader, throughput, train_throughput
 
@@ -84,6 +85,7 @@ def test_loader_benchmark_streams_both_loaders(capsys):
     assert all(line["images_per_s"] > 0 for line in lines)
 
 
+@requires_counted_torch
 def test_dispatch_counts_the_extra_operations_of_spectral_normalisation(tmp_path):
     out = tmp_path / "ops.json"
     args = dispatch.get_args_parser().parse_args(f"--model wide_resnet -mod --json {out}".split())

@@ -7,6 +7,7 @@ import io
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import requires_counted_torch
 
 import net
 from net.spectral_norm import SpectralNormConv2d, SpectralNormLinear
@@ -244,6 +245,7 @@ def test_two_forwards_before_one_backward_keep_each_graph_intact():
     assert torch.isfinite(layer.weight_orig.grad).all()
 
 
+@requires_counted_torch
 @pytest.mark.parametrize("kernel_size", [3, 1])
 def test_a_training_step_dispatches_few_extra_operations(kernel_size):
     """Host overhead bounds an eager GPU step with SN (see benchmarks/dispatch.py): one SN convolution may add
