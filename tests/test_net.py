@@ -98,31 +98,55 @@ def test_sn_layers_cover_all_convolutions_but_not_the_classifier():
     assert "fc.weight" in model.state_dict()
 
 
-def _load_fill_rule():
-    spec = importlib.util.spec_from_file_location("fill_rule", PARITY_DIR / "fill_rule.py")
+# Parity fixtures: this repository's own (tests/fixtures/parity, written from the original code by
+# tests/fixtures/make_parity_fixtures.py) and, where present, the shared ones beside the repository. Each
+# folder brings the fill_rule.py its fixtures were made with.
+REPO_PARITY_DIR = Path(__file__).resolve().parent / "fixtures" / "parity"
+PARITY_FIXTURES = [
+    pytest.param(
+        path, id=f"{folder_name}-{path.stem}", marks=[pytest.mark.slow] if "vgg16" in path.stem else []
+    )
+    for folder_name, folder in (("repo", REPO_PARITY_DIR), ("shared", PARITY_DIR))
+    for path in (sorted(folder.glob("*.json")) if folder.is_dir() else [])
+]
+
+
+def _load_fill_rule(folder: Path):
+    spec = importlib.util.spec_from_file_location(f"fill_rule_{folder.parent.name}", folder / "fill_rule.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
-@pytest.mark.skipif(not PARITY_DIR.is_dir(), reason="../shared/fixtures/parity is not beside the repository")
-@pytest.mark.parametrize("fixture", ["lenet_mnist", "wide_resnet_small_sn_mod"])
+def _original_layout_model(spec):
+    """Our network for a fixture's original factory and kwargs."""
+    name = {"wrn": "wide_resnet"}.get(spec["factory"], spec["factory"])
+    return net.create_model(name, **spec["kwargs"])
+
+
+def test_repository_parity_fixtures_are_present():
+    names = {path.stem for path in REPO_PARITY_DIR.glob("*.json")}
+    assert {"vgg16_mnist", "vgg16_mnist_sn", "vgg16_mnist_sn_mod", "vgg16_mnist_sn_power_iteration"} <= names
+
+
+@pytest.mark.parametrize("fixture", PARITY_FIXTURES)
 def test_parity_with_original_logits(fixture):
-    fill_rule = _load_fill_rule()
-    spec = json.loads((PARITY_DIR / f"{fixture}.json").read_text())
+    fill_rule = _load_fill_rule(fixture.parent)
+    spec = json.loads(fixture.read_text())
     rng = np.random.default_rng(spec["seed"])
     state = {k: torch.from_numpy(np.asarray(v)) for k, v in fill_rule.fill_state(spec["layout"], rng).items()}
     x = torch.from_numpy(fill_rule.make_input(rng, spec["input_shape"], spec["batch"]))
-    kwargs = dict(spec["kwargs"])
-    name = {"wrn": "wide_resnet"}.get(spec["factory"], spec["factory"])
-    model = net.create_model(name, **kwargs)
+    model = _original_layout_model(spec)
     # Same parameters and buffers, same shapes, same order as the original.
     assert [(k, list(v.shape)) for k, v in model.state_dict().items()] == [
         (k, s) for k, s, _ in spec["layout"]
     ]
     net.load_state_dict(model, {"module." + k: v for k, v in state.items()})  # DataParallel prefix
-    model.eval()
     with torch.no_grad():
+        model.train()
+        for _ in range(spec.get("train_passes", 0)):  # power iteration + BatchNorm statistics, as recorded
+            model(x)
+        model.eval()
         logits = model(x).double()
         features = model.forward_features(x).double()
     reference = torch.tensor(spec["logits"], dtype=torch.float64)
@@ -130,6 +154,37 @@ def test_parity_with_original_logits(fixture):
     assert features.shape[1] == spec["features_dim"]
     np.testing.assert_allclose(features.sum(1).numpy(), spec["features_sum"], rtol=1e-4)
     np.testing.assert_allclose(features[:, :8].numpy(), spec["features_head"], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("sn", [False, True])
+def test_mnist_vgg16_has_the_original_layout(sn):
+    """The original's MNIST VGG-16 leaves out the first pool: 4 convolutions at 28x28, 3 at 14x14, 3 at 7x7,
+    3 at 3x3, then a pool to 512x1x1. Its state dict (the fixture's layout) loads key for key, and each
+    spectral-norm vector has the size of its convolution's input (v) and output (u) at those resolutions."""
+    spec = json.loads((REPO_PARITY_DIR / ("vgg16_mnist_sn.json" if sn else "vgg16_mnist.json")).read_text())
+    with torch.device("meta"):
+        model = _original_layout_model(spec)
+    assert spec["kwargs"]["mnist"] and spec["kwargs"]["spectral_normalization"] == sn
+    assert {(k, tuple(v.shape)) for k, v in model.state_dict().items()} == {
+        (k, tuple(s)) for k, s, _ in spec["layout"]
+    }
+    assert model.num_features == spec["features_dim"] == 512
+    sizes = [28] * 4 + [14] * 3 + [7] * 3 + [3] * 3
+    widths = [64, 64, 128, 128, 256, 256, 256, 512, 512, 512, 512, 512, 512]
+    layout = dict((k, s) for k, s, _ in spec["layout"])
+    convs = sorted(
+        {int(k.split(".")[1]) for k, s, _ in spec["layout"] if len(s) == 4}, key=int
+    )  # features.<index>.weight(_orig), in order
+    assert len(convs) == 13
+    in_widths = [1] + widths[:-1]
+    for index, size, c_in, c_out in zip(convs, sizes, in_widths, widths):
+        key = f"features.{index}.weight" + ("_orig" if sn else "")
+        assert layout[key] == [c_out, c_in, 3, 3]
+        if sn:
+            assert layout[f"features.{index}.weight_v"] == [c_in * size * size]
+            assert layout[f"features.{index}.weight_u"] == [c_out * size * size]
+    pools = [i for i, m in enumerate(model.features) if isinstance(m, torch.nn.MaxPool2d)]
+    assert pools == [convs[3] + 3, convs[6] + 3, convs[9] + 3, convs[12] + 3]
 
 
 def _roundtrip_state(model):
