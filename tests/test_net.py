@@ -172,9 +172,8 @@ def test_mnist_vgg16_has_the_original_layout(sn):
     sizes = [28] * 4 + [14] * 3 + [7] * 3 + [3] * 3
     widths = [64, 64, 128, 128, 256, 256, 256, 512, 512, 512, 512, 512, 512]
     layout = dict((k, s) for k, s, _ in spec["layout"])
-    convs = sorted(
-        {int(k.split(".")[1]) for k, s, _ in spec["layout"] if len(s) == 4}, key=int
-    )  # features.<index>.weight(_orig), in order
+    # The module index of each convolution, from its 4-d weight `features.<index>.weight(_orig)`.
+    convs = sorted({int(k.split(".")[1]) for k, s, _ in spec["layout"] if len(s) == 4})
     assert len(convs) == 13
     in_widths = [1] + widths[:-1]
     for index, size, c_in, c_out in zip(convs, sizes, in_widths, widths):
