@@ -129,6 +129,21 @@ def test_repository_parity_fixtures_are_present():
     assert {"vgg16_mnist", "vgg16_mnist_sn", "vgg16_mnist_sn_mod", "vgg16_mnist_sn_power_iteration"} <= names
 
 
+@pytest.mark.skipif(not PARITY_DIR.is_dir(), reason="../shared/fixtures/parity is not beside the repository")
+def test_repository_fill_rule_draws_as_the_shared_one():
+    ours, shared = _load_fill_rule(REPO_PARITY_DIR), _load_fill_rule(PARITY_DIR)
+    layout = json.loads((REPO_PARITY_DIR / "vgg16_mnist_sn.json").read_text())["layout"]
+    layout = layout[:12] + json.loads((PARITY_DIR / "lenet_mnist.json").read_text())["layout"]
+    rng_ours, rng_shared = np.random.default_rng(5), np.random.default_rng(5)
+    a, b = ours.fill_state(layout, rng_ours), shared.fill_state(layout, rng_shared)
+    assert list(a) == list(b)
+    for key in a:
+        assert a[key].dtype == b[key].dtype and np.array_equal(a[key], b[key]), key
+    np.testing.assert_array_equal(
+        ours.make_input(rng_ours, [1, 4, 4], 2), shared.make_input(rng_shared, [1, 4, 4], 2)
+    )
+
+
 @pytest.mark.parametrize("fixture", PARITY_FIXTURES)
 def test_parity_with_original_logits(fixture):
     fill_rule = _load_fill_rule(fixture.parent)
@@ -159,7 +174,7 @@ def test_parity_with_original_logits(fixture):
 @pytest.mark.parametrize("sn", [False, True])
 def test_mnist_vgg16_has_the_original_layout(sn):
     """The original's MNIST VGG-16 leaves out the first pool: 4 convolutions at 28x28, 3 at 14x14, 3 at 7x7,
-    3 at 3x3, then a pool to 512x1x1. Its state dict (the fixture's layout) loads key for key, and each
+    3 at 3x3, then a pool to 512x1x1. Ours has its state-dict keys and shapes (the fixture's layout), and each
     spectral-norm vector has the size of its convolution's input (v) and output (u) at those resolutions."""
     spec = json.loads((REPO_PARITY_DIR / ("vgg16_mnist_sn.json" if sn else "vgg16_mnist.json")).read_text())
     with torch.device("meta"):
@@ -171,7 +186,7 @@ def test_mnist_vgg16_has_the_original_layout(sn):
     assert model.num_features == spec["features_dim"] == 512
     sizes = [28] * 4 + [14] * 3 + [7] * 3 + [3] * 3
     widths = [64, 64, 128, 128, 256, 256, 256, 512, 512, 512, 512, 512, 512]
-    layout = dict((k, s) for k, s, _ in spec["layout"])
+    layout = {k: s for k, s, _ in spec["layout"]}
     # The module index of each convolution, from its 4-d weight `features.<index>.weight(_orig)`.
     convs = sorted({int(k.split(".")[1]) for k, s, _ in spec["layout"] if len(s) == 4})
     assert len(convs) == 13
