@@ -91,6 +91,24 @@ def test_wide_resnet_defaults_match_the_original():
     assert len(dropouts) == 12 and all(d.p == 0.3 for d in dropouts)
 
 
+@pytest.mark.parametrize("num_classes", [10, 100])
+@pytest.mark.parametrize("mod", [False, True])
+def test_wide_resnet_classifier_init_is_the_originals_fan_out(num_classes, mod):
+    """The original draws the classifier weight with kaiming_normal_(mode="fan_out"): std sqrt(2 / C), zero
+    bias (fan-in would give sqrt(2 / 640) = 0.056). With the mean known to be 0, n * mean(w^2) / std^2 is
+    chi-square with n = 640 C degrees of freedom, so the sample std has relative spread sqrt(1 / (2n)) (0.9%
+    for C = 10); the tolerance is 6 of those."""
+    torch.manual_seed(0)
+    model = net.create_model("wide_resnet", num_classes=num_classes, depth=10, widen_factor=10, mod=mod)
+    weight = model.get_classifier().weight.detach().double()
+    assert weight.shape == (num_classes, 640)
+    n, expected = weight.numel(), (2.0 / num_classes) ** 0.5
+    sample_std = weight.square().mean().sqrt().item()
+    assert abs(sample_std / expected - 1) < 6 * (1 / (2 * n)) ** 0.5
+    assert abs(weight.mean().item()) < 6 * expected / n**0.5
+    assert torch.equal(model.get_classifier().bias, torch.zeros(num_classes))
+
+
 def test_sn_layers_cover_all_convolutions_but_not_the_classifier():
     model = small_model("resnet18", spectral_normalization=True)
     assert not any(isinstance(m, torch.nn.Conv2d) for m in model.modules())
