@@ -1,11 +1,18 @@
-"""VGG-16 with BatchNorm (Simonyan & Zisserman 2015) in the CIFAR form DDU uses: 13 3x3 convolutions
-(no bias, each followed by BatchNorm and the activation), five 2x2 max-pools, and one linear classifier on
-the 512 pooled features. With `spectral_normalization` every convolution is softly normalised; `mod` switches
-to leaky ReLUs (VGG has no residual connections, so it cannot gain the sensitivity `mod` gives ResNets,
-which is the point of the paper's comparison).
+"""VGG-16 with BatchNorm (Simonyan & Zisserman 2015) in the forms DDU uses: 13 3x3 convolutions (no bias,
+each followed by BatchNorm and the activation), max-pools that bring the map to 512x1x1, and one linear
+classifier on those 512 features. With `spectral_normalization` every convolution is softly normalised (its
+power iteration runs on the layer's actual input shape); `mod` switches to leaky ReLUs (VGG has no residual
+connections, so it cannot gain the sensitivity `mod` gives ResNets, which is the point of the paper's
+comparison).
 
-MNIST (`mnist=True`, 1x28x28): four pools already reduce 28 to 1 (28, 14, 7, 3, 1), so the fifth pool is
-left out and the feature map is 512x1x1, as for CIFAR.
+CIFAR (3x32x32): the standard layout, five 2x2 pools after the blocks of 2, 2, 3, 3 and 3 convolutions
+(32, 16, 8, 4, 2, 1).
+
+MNIST (`mnist=True`, 1x28x28): DDU's own layout leaves out the *first* pool, so the first two blocks run
+together at full resolution: 4 convolutions (64, 64, 128, 128 channels) at 28x28, 3 at 14x14, 3 at 7x7 and
+3 at 3x3, then the last pool to 1x1 (floor division: 28, 14, 7, 3, 1). The original then applies a 1x1
+average pool, an identity left out here. Channel widths, and so the parameter count, are those of the CIFAR
+network; the compute is not: 845M multiply-adds per 28x28 image against 313M per 32x32 one.
 """
 
 from __future__ import annotations
@@ -16,10 +23,16 @@ import torch.nn as nn
 from net.layers import LEAKY_RELU_SLOPE, DDUNetwork
 from net.spectral_norm import conv_factory
 
+MAX_POOL = "M"
 VGG16_LAYOUT = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M")
+# The original's MNIST layout: the CIFAR one without its first pool.
+VGG16_MNIST_LAYOUT = (64, 64, 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M")
 
 
 class VGG(DDUNetwork):
+    """`features` is one `nn.Sequential` of (conv, BatchNorm, activation) triples and max-pools, in the order
+    of `layout`, so the state-dict keys (`features.<index>.*`, `classifier.*`) are the original's."""
+
     def __init__(
         self,
         layout=VGG16_LAYOUT,
@@ -37,9 +50,7 @@ class VGG(DDUNetwork):
         in_channels, size = (1, 28) if mnist else (3, 32)
         layers: list[nn.Module] = []
         for item in layout:
-            if item == "M":
-                if size == 1:  # MNIST: nothing left to pool
-                    continue
+            if item == MAX_POOL:
                 layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
                 size //= 2
                 continue
@@ -61,5 +72,6 @@ class VGG(DDUNetwork):
         return self.classifier
 
 
-def vgg16(num_classes: int = 10, **kwargs) -> VGG:
-    return VGG(VGG16_LAYOUT, num_classes, **kwargs)
+def vgg16(num_classes: int = 10, *, mnist: bool = False, **kwargs) -> VGG:
+    """VGG-16 in DDU's CIFAR layout, or in its MNIST layout (first pool left out) with `mnist=True`."""
+    return VGG(VGG16_MNIST_LAYOUT if mnist else VGG16_LAYOUT, num_classes, mnist=mnist, **kwargs)

@@ -96,14 +96,16 @@ class WideResNet(DDUNetwork):
         self.num_features, self.num_classes = stages[3], num_classes
         self.linear = nn.Linear(stages[3], num_classes)
 
-        # The original's initialisation (after Zagoruyko's WRN code): Kaiming normal, fan-out for convolutions.
+        # The original's initialisation (after Zagoruyko's WRN code): Kaiming normal in fan-out mode for the
+        # convolutions and for the classifier too, whose weight so has std sqrt(2 / num_classes) (the gain is
+        # sqrt(2) for leaky ReLU as well: kaiming_normal_'s slope argument is 0); zero classifier bias.
         nonlinearity = "leaky_relu" if mod else "relu"
         for module in self.modules():
             if isinstance(module, nn.BatchNorm2d):
                 nn.init.ones_(module.weight)
                 nn.init.zeros_(module.bias)
             elif isinstance(module, nn.Linear):
-                nn.init.kaiming_normal_(module.weight, mode="fan_in", nonlinearity=nonlinearity)
+                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity=nonlinearity)
                 nn.init.zeros_(module.bias)
             elif hasattr(module, "weight_orig") or isinstance(module, nn.Conv2d):
                 nn.init.kaiming_normal_(conv_weight(module), mode="fan_out", nonlinearity=nonlinearity)

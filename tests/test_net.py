@@ -91,6 +91,24 @@ def test_wide_resnet_defaults_match_the_original():
     assert len(dropouts) == 12 and all(d.p == 0.3 for d in dropouts)
 
 
+@pytest.mark.parametrize("num_classes", [10, 100])
+@pytest.mark.parametrize("mod", [False, True])
+def test_wide_resnet_classifier_init_is_the_originals_fan_out(num_classes, mod):
+    """The original draws the classifier weight with kaiming_normal_(mode="fan_out"): std sqrt(2 / C), zero
+    bias (fan-in would give sqrt(2 / 640) = 0.056). With the mean known to be 0, n * mean(w^2) / std^2 is
+    chi-square with n = 640 C degrees of freedom, so the sample std has relative spread sqrt(1 / (2n)) (0.9%
+    for C = 10); the tolerance is 6 of those."""
+    torch.manual_seed(0)
+    model = net.create_model("wide_resnet", num_classes=num_classes, depth=10, widen_factor=10, mod=mod)
+    weight = model.get_classifier().weight.detach().double()
+    assert weight.shape == (num_classes, 640)
+    n, expected = weight.numel(), (2.0 / num_classes) ** 0.5
+    sample_std = weight.square().mean().sqrt().item()
+    assert abs(sample_std / expected - 1) < 6 * (1 / (2 * n)) ** 0.5
+    assert abs(weight.mean().item()) < 6 * expected / n**0.5
+    assert torch.equal(model.get_classifier().bias, torch.zeros(num_classes))
+
+
 def test_sn_layers_cover_all_convolutions_but_not_the_classifier():
     model = small_model("resnet18", spectral_normalization=True)
     assert not any(isinstance(m, torch.nn.Conv2d) for m in model.modules())
@@ -98,31 +116,70 @@ def test_sn_layers_cover_all_convolutions_but_not_the_classifier():
     assert "fc.weight" in model.state_dict()
 
 
-def _load_fill_rule():
-    spec = importlib.util.spec_from_file_location("fill_rule", PARITY_DIR / "fill_rule.py")
+# Parity fixtures: this repository's own (tests/fixtures/parity, written from the original code by
+# tests/fixtures/make_parity_fixtures.py) and, where present, the shared ones beside the repository. Each
+# folder brings the fill_rule.py its fixtures were made with.
+REPO_PARITY_DIR = Path(__file__).resolve().parent / "fixtures" / "parity"
+PARITY_FIXTURES = [
+    pytest.param(
+        path, id=f"{folder_name}-{path.stem}", marks=[pytest.mark.slow] if "vgg16" in path.stem else []
+    )
+    for folder_name, folder in (("repo", REPO_PARITY_DIR), ("shared", PARITY_DIR))
+    for path in (sorted(folder.glob("*.json")) if folder.is_dir() else [])
+]
+
+
+def _load_fill_rule(folder: Path):
+    spec = importlib.util.spec_from_file_location(f"fill_rule_{folder.parent.name}", folder / "fill_rule.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
+def _original_layout_model(spec):
+    """Our network for a fixture's original factory and kwargs."""
+    name = {"wrn": "wide_resnet"}.get(spec["factory"], spec["factory"])
+    return net.create_model(name, **spec["kwargs"])
+
+
+def test_repository_parity_fixtures_are_present():
+    names = {path.stem for path in REPO_PARITY_DIR.glob("*.json")}
+    assert {"vgg16_mnist", "vgg16_mnist_sn", "vgg16_mnist_sn_mod", "vgg16_mnist_sn_power_iteration"} <= names
+
+
 @pytest.mark.skipif(not PARITY_DIR.is_dir(), reason="../shared/fixtures/parity is not beside the repository")
-@pytest.mark.parametrize("fixture", ["lenet_mnist", "wide_resnet_small_sn_mod"])
+def test_repository_fill_rule_draws_as_the_shared_one():
+    ours, shared = _load_fill_rule(REPO_PARITY_DIR), _load_fill_rule(PARITY_DIR)
+    layout = json.loads((REPO_PARITY_DIR / "vgg16_mnist_sn.json").read_text())["layout"]
+    layout = layout[:12] + json.loads((PARITY_DIR / "lenet_mnist.json").read_text())["layout"]
+    rng_ours, rng_shared = np.random.default_rng(5), np.random.default_rng(5)
+    a, b = ours.fill_state(layout, rng_ours), shared.fill_state(layout, rng_shared)
+    assert list(a) == list(b)
+    for key in a:
+        assert a[key].dtype == b[key].dtype and np.array_equal(a[key], b[key]), key
+    np.testing.assert_array_equal(
+        ours.make_input(rng_ours, [1, 4, 4], 2), shared.make_input(rng_shared, [1, 4, 4], 2)
+    )
+
+
+@pytest.mark.parametrize("fixture", PARITY_FIXTURES)
 def test_parity_with_original_logits(fixture):
-    fill_rule = _load_fill_rule()
-    spec = json.loads((PARITY_DIR / f"{fixture}.json").read_text())
+    fill_rule = _load_fill_rule(fixture.parent)
+    spec = json.loads(fixture.read_text())
     rng = np.random.default_rng(spec["seed"])
     state = {k: torch.from_numpy(np.asarray(v)) for k, v in fill_rule.fill_state(spec["layout"], rng).items()}
     x = torch.from_numpy(fill_rule.make_input(rng, spec["input_shape"], spec["batch"]))
-    kwargs = dict(spec["kwargs"])
-    name = {"wrn": "wide_resnet"}.get(spec["factory"], spec["factory"])
-    model = net.create_model(name, **kwargs)
+    model = _original_layout_model(spec)
     # Same parameters and buffers, same shapes, same order as the original.
     assert [(k, list(v.shape)) for k, v in model.state_dict().items()] == [
         (k, s) for k, s, _ in spec["layout"]
     ]
     net.load_state_dict(model, {"module." + k: v for k, v in state.items()})  # DataParallel prefix
-    model.eval()
     with torch.no_grad():
+        model.train()
+        for _ in range(spec.get("train_passes", 0)):  # power iteration + BatchNorm statistics, as recorded
+            model(x)
+        model.eval()
         logits = model(x).double()
         features = model.forward_features(x).double()
     reference = torch.tensor(spec["logits"], dtype=torch.float64)
@@ -130,6 +187,36 @@ def test_parity_with_original_logits(fixture):
     assert features.shape[1] == spec["features_dim"]
     np.testing.assert_allclose(features.sum(1).numpy(), spec["features_sum"], rtol=1e-4)
     np.testing.assert_allclose(features[:, :8].numpy(), spec["features_head"], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("sn", [False, True])
+def test_mnist_vgg16_has_the_original_layout(sn):
+    """The original's MNIST VGG-16 leaves out the first pool: 4 convolutions at 28x28, 3 at 14x14, 3 at 7x7,
+    3 at 3x3, then a pool to 512x1x1. Ours has its state-dict keys and shapes (the fixture's layout), and each
+    spectral-norm vector has the size of its convolution's input (v) and output (u) at those resolutions."""
+    spec = json.loads((REPO_PARITY_DIR / ("vgg16_mnist_sn.json" if sn else "vgg16_mnist.json")).read_text())
+    with torch.device("meta"):
+        model = _original_layout_model(spec)
+    assert spec["kwargs"]["mnist"] and spec["kwargs"]["spectral_normalization"] == sn
+    assert {(k, tuple(v.shape)) for k, v in model.state_dict().items()} == {
+        (k, tuple(s)) for k, s, _ in spec["layout"]
+    }
+    assert model.num_features == spec["features_dim"] == 512
+    sizes = [28] * 4 + [14] * 3 + [7] * 3 + [3] * 3
+    widths = [64, 64, 128, 128, 256, 256, 256, 512, 512, 512, 512, 512, 512]
+    layout = {k: s for k, s, _ in spec["layout"]}
+    # The module index of each convolution, from its 4-d weight `features.<index>.weight(_orig)`.
+    convs = sorted({int(k.split(".")[1]) for k, s, _ in spec["layout"] if len(s) == 4})
+    assert len(convs) == 13
+    in_widths = [1] + widths[:-1]
+    for index, size, c_in, c_out in zip(convs, sizes, in_widths, widths):
+        key = f"features.{index}.weight" + ("_orig" if sn else "")
+        assert layout[key] == [c_out, c_in, 3, 3]
+        if sn:
+            assert layout[f"features.{index}.weight_v"] == [c_in * size * size]
+            assert layout[f"features.{index}.weight_u"] == [c_out * size * size]
+    pools = [i for i, m in enumerate(model.features) if isinstance(m, torch.nn.MaxPool2d)]
+    assert pools == [convs[3] + 3, convs[6] + 3, convs[9] + 3, convs[12] + 3]
 
 
 def _roundtrip_state(model):
