@@ -17,7 +17,8 @@ from utils.errors import UserError
 
 PARITY_DIR = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "parity"
 
-# Reduced sizes keep the suite fast; the architecture code paths are the same as at full size.
+# Reduced sizes keep the suite fast; the architecture code paths are the same as at full size. A model
+# registered later without an entry here is tested at its full size.
 SMALL = {
     "wide_resnet": dict(depth=10, widen_factor=1),
     "resnet18": dict(base_width=4),
@@ -42,24 +43,30 @@ def test_unknown_model_names_valid_ones():
         net.create_model("resnet1000", num_classes=10)
 
 
-@pytest.mark.parametrize("name", list(SMALL))
+@pytest.mark.parametrize("name", net.list_models())
 @pytest.mark.parametrize("sn", [False, True])
 @pytest.mark.parametrize("mod", [False, True])
 @pytest.mark.parametrize("mnist", [False, True])
-def test_shapes_and_gradients(name, sn, mod, mnist):
+def test_every_registered_model_shapes_gradients_and_head(name, sn, mod, mnist):
+    """As timm's test_models.py, for each registered network: a batch of 2 gives `(2, num_features)`
+    features and `(2, num_classes)` logits, all finite; every parameter gets a finite gradient; `forward`
+    is `forward_head(forward_features)`; nothing is stored on the module during forward."""
     torch.manual_seed(0)
     model = small_model(name, spectral_normalization=sn, mod=mod, mnist=mnist, num_classes=7)
     x = torch.randn(2, *((1, 28, 28) if mnist else (3, 32, 32)))
     features = model.forward_features(x)
     logits = model(x)
     assert features.shape == (2, model.num_features)
-    assert logits.shape == (2, 7)
+    assert logits.shape == (2, 7) and model.num_classes == 7
     assert torch.isfinite(logits).all() and torch.isfinite(features).all()
     logits.square().sum().backward()
     for pname, param in model.named_parameters():
         assert param.grad is not None, f"{pname} got no gradient"
         assert torch.isfinite(param.grad).all()
     assert not any(isinstance(v, torch.Tensor) for v in vars(model).values()), "forward stored a tensor"
+    model.eval()  # no dropout, no power-iteration step: two passes compute the same thing
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), model.forward_head(model.forward_features(x)))
 
 
 # Known full-size parameter counts (CIFAR, 10 classes).
@@ -73,6 +80,10 @@ FULL_PARAMS = {
     ("vgg16", False): (14_724_042, 512),
     ("lenet", False): (62_006, 84),
 }
+
+
+def test_every_registered_model_has_a_known_parameter_count():
+    assert {name for name, _ in FULL_PARAMS} == set(net.list_models())
 
 
 @pytest.mark.parametrize("key", list(FULL_PARAMS))

@@ -17,6 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
+import data
 import net
 import train
 from utils.errors import UserError
@@ -135,8 +136,16 @@ def test_one_epoch_writes_the_original_files(tmp_path, model, sn_mod):
     (line,) = read_jsonl(tmp_path / f"{name}_log.jsonl")
     assert list(losses) == ["0"] and losses["0"] == pytest.approx(line["original_loss"])
     assert line["epoch"] == 0 and line["images"] == 32 and line["lr"] == 0.1
-    assert 0 < line["loss"] < 10 and 0 <= line["accuracy"] <= 1 and line["images_per_s"] > 0
-    assert 0 <= line["val_accuracy"] <= 1  # validated after the last epoch
+    assert 0 < line["loss"] < 10 and line["images_per_s"] > 0
+    assert line["accuracy"] * 32 == pytest.approx(round(line["accuracy"] * 32))  # a count out of 32 images
+    # Validated after the last epoch: the accuracy of the final network on the 10% validation split.
+    cpu = torch.device("cpu")
+    _, valid = data.get_train_valid_loader(
+        "digits", None, 16, val_seed=1, device=cpu, seed=1, test_batch_size=128
+    )
+    assert line["val_accuracy"] == evaluate_accuracy(
+        result["model"], valid, TrainSettings(cpu, progress=False)
+    )
     # The original's "average loss": the sum of the batch-mean losses over the sample count (= loss / B here).
     assert line["original_loss"] == pytest.approx(line["loss"] / 16)
 
