@@ -65,38 +65,6 @@ def separation_table(scores: dict) -> dict[str, dict[str, float]]:
     return table
 
 
-def print_report(softmax_mean: dict[str, float], table: dict[str, dict[str, float]]) -> None:
-    """Accuracy and calibration of the softmax run, the AUROC table, and whether it shows the paper's effect."""
-    print(
-        f"\naccuracy {softmax_mean['accuracy']:.3f}   ECE {softmax_mean['ece']:.3f}   "
-        f"ECE after temperature scaling {softmax_mean['t_ece']:.3f}"
-    )
-    columns = ["ambiguous vs clean", "OoD vs clean", "OoD vs clean+ambiguous"]
-    print(f"\nAUROC of each score{'':7s}" + "".join(f"{c:>26s}" for c in columns))
-    for label, row in table.items():
-        print(f"{label:26s}" + "".join(f"{row[c]:26.3f}" for c in columns))
-    entropy, density = table["softmax entropy"], table["feature density (DDU)"]
-    print()
-    if density["OoD vs clean+ambiguous"] > entropy["OoD vs clean+ambiguous"]:
-        print(
-            "As in the paper: feature density separates OoD from in-distribution data (ambiguous included) "
-            f"better than softmax entropy ({density['OoD vs clean+ambiguous']:.3f} vs "
-            f"{entropy['OoD vs clean+ambiguous']:.3f})."
-        )
-    else:
-        print(
-            "Unlike the paper, feature density did NOT beat softmax entropy at telling OoD from "
-            f"in-distribution data here ({density['OoD vs clean+ambiguous']:.3f} vs "
-            f"{entropy['OoD vs clean+ambiguous']:.3f}); try more --epochs."
-        )
-    if entropy["ambiguous vs clean"] > density["ambiguous vs clean"]:
-        print(
-            "Softmax entropy flags the ambiguous blends (aleatoric uncertainty) "
-            f"(AUROC {entropy['ambiguous vs clean']:.3f}); feature density treats them as in-distribution "
-            f"({density['ambiguous vs clean']:.3f})."
-        )
-
-
 def main(args: argparse.Namespace) -> dict:
     import evaluate
     import train
@@ -176,6 +144,38 @@ def main(args: argparse.Namespace) -> dict:
     print_report(results["softmax"]["mean"], table)
     print(f"\nwrote {figure} and the result JSONs in {out}/ ({time.perf_counter() - started:.0f} s)")
     return {"results": results, "table": table}
+
+
+def print_report(softmax_mean: dict[str, float], table: dict[str, dict[str, float]]) -> None:
+    """Accuracy and calibration of the softmax run, the AUROC table, and whether it shows the paper's effect."""
+    print(
+        f"\naccuracy {softmax_mean['accuracy']:.3f}   ECE {softmax_mean['ece']:.3f}   "
+        f"ECE after temperature scaling {softmax_mean['t_ece']:.3f}"
+    )
+    columns = ["ambiguous vs clean", "OoD vs clean", "OoD vs clean+ambiguous"]
+    print(f"\nAUROC of each score{'':7s}" + "".join(f"{c:>26s}" for c in columns))
+    for label, row in table.items():
+        print(f"{label:26s}" + "".join(f"{row[c]:26.3f}" for c in columns))
+    entropy, density = table["softmax entropy"], table["feature density (DDU)"]
+    print()
+    if density["OoD vs clean+ambiguous"] > entropy["OoD vs clean+ambiguous"]:
+        print(
+            "As in the paper: feature density separates OoD from in-distribution data (ambiguous included) "
+            f"better than softmax entropy ({density['OoD vs clean+ambiguous']:.3f} vs "
+            f"{entropy['OoD vs clean+ambiguous']:.3f})."
+        )
+    else:
+        print(
+            "Unlike the paper, feature density did NOT beat softmax entropy at telling OoD from "
+            f"in-distribution data here ({density['OoD vs clean+ambiguous']:.3f} vs "
+            f"{entropy['OoD vs clean+ambiguous']:.3f}); try more --epochs."
+        )
+    if entropy["ambiguous vs clean"] > density["ambiguous vs clean"]:
+        print(
+            "Softmax entropy flags the ambiguous blends (aleatoric uncertainty) "
+            f"(AUROC {entropy['ambiguous vs clean']:.3f}); feature density treats them as in-distribution "
+            f"({density['ambiguous vs clean']:.3f})."
+        )
 
 
 if __name__ == "__main__":
