@@ -1,9 +1,9 @@
-"""DDU networks: Wide-ResNet-28-10, ResNet-18/50, VGG-16 and LeNet, with soft spectral normalisation.
+"""DDU networks: Wide-ResNet-28-10, ResNet-18/50, VGG-16 and LeNet, with soft spectral normalisation, and
+strict checkpoint loading (`load_state_dict`) that reports a mismatch as data (`StateDictMismatch`).
 
 model = net.create_model("wide_resnet", num_classes=10, spectral_normalization=True, mod=True, coeff=3.0)
 features = model.forward_features(x)   # (B, model.num_features)
 logits = model(x)                      # the classifier applied to those features
-net.load_state_dict(model, "run_350.model")  # strict; a mismatch says which keys and layer families differ
 """
 
 from net.checkpoint import (
