@@ -6,6 +6,9 @@ The original README's commands work as written:
     python active_learning.py --seed 1 --model resnet18 -sn -mod --al-type gmm -ambiguous \
         --trained-model resnet18 -tsn -tmod --saved-model-path runs/ --saved-model-name resnet18_sn_3.0_mod_1_350.model
 
+A pretrained model of reduced size takes its sizes as `--trained-base-width 8` (and `--trained-depth`,
+`--trained-widen-factor`, `--trained-width-divisor`), as train.py's `--base-width` and the rest.
+
 Quick run on the CPU (small model, small pool, two epochs):
 
     python active_learning.py --seed 1 --model lenet --al-type softmax --epochs 2 --max-pool 5000 \
@@ -26,19 +29,37 @@ from pathlib import Path
 
 import torch
 
+import data
 import net
-from utils import active_learning as AL
-from utils import training as T
-from utils.cli import build_model, model_parser
+import utils.active_learning
+from utils.cli import (
+    ARCH_FLAGS,
+    add_arch_flags,
+    build_model,
+    flag_names,
+    load_checkpoint,
+    model_parser,
+)
 from utils.device import select_device
 from utils.errors import Interrupted, UserError, exit_on_user_error
 from utils.io import atomic_write_json, check_writable_dir, read_json
-from utils.naming import run_name
 from utils.progress import progress_bar, progress_enabled
+from utils.run_files import check_resume_compatible, run_name
 from utils.seed import seed_everything
+from utils.training import TrainSettings
 
 log = logging.getLogger("active_learning")
-NUM_CLASSES = 10
+
+# The pretrained model that tells ambiguous samples was trained on Dirty-MNIST; its flags are -tsn, -tmod, ...
+AMBIGUITY_MODEL_DATASET = "dirty_mnist"
+TRAINED_MODEL_FLAGS = {
+    "model": "--trained-model",
+    "sn": "-tsn",
+    "mod": "-tmod",
+    "coeff": "--tcoeff",
+    "dataset": "--saved-model-name (a Dirty-MNIST model)",
+    **{name: f"--trained-{name.replace('_', '-')}" for name in ARCH_FLAGS},  # destinations trained_{name}
+}
 
 # Arguments that define the experiment: a resume with any of them changed would mix two experiments.
 RESUME_MUST_MATCH = (
@@ -59,10 +80,7 @@ RESUME_MUST_MATCH = (
     "train_batch_size",
     "samples_per_epoch",
     "max_pool",
-    "depth",
-    "widen_factor",
-    "base_width",
-    "width_divisor",
+    *ARCH_FLAGS,
     "threshold",
 )
 
@@ -93,6 +111,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("-tsn", "--tsn", dest="tsn", action="store_true", help="that model uses -sn")
     parser.add_argument("--tcoeff", type=float, default=3.0, help="that model's --coeff")
     parser.add_argument("-tmod", "--tmod", dest="tmod", action="store_true", help="that model uses -mod")
+    add_arch_flags(
+        parser.add_argument_group("size of the pretrained Dirty-MNIST model, if reduced"),
+        prefix="trained-",
+        whose="that model's ",
+    )
     parser.add_argument("--saved-model-path", default="", help="folder of the pretrained Dirty-MNIST model")
     parser.add_argument("--saved-model-name", default="", help="file name of that model's checkpoint")
     parser.add_argument(
@@ -144,27 +167,33 @@ def output_names(args: argparse.Namespace) -> dict[str, str]:
     }
 
 
-def load_ambiguity_model(args: argparse.Namespace, device: torch.device):
+def pool_dataset(args: argparse.Namespace) -> str:
+    """The registered data set the pool is drawn from (its class count and input shape fix the network)."""
+    return "dirty_mnist" if args.ambiguous else "mnist"
+
+
+def load_ambiguity_model(args: argparse.Namespace, device: torch.device) -> torch.nn.Module:
+    """The pretrained Dirty-MNIST network of `--trained-model -tsn -tmod --tcoeff` and its size flags."""
     if not args.saved_model_name:
         raise UserError(
             "-ambiguous needs the pretrained Dirty-MNIST model: pass --saved-model-path and --saved-model-name"
         )
-    model = net.create_model(
-        args.trained_model,
-        num_classes=NUM_CLASSES,
-        spectral_normalization=args.tsn,
+    flags = argparse.Namespace(
+        model=args.trained_model,
+        sn=args.tsn,
         mod=args.tmod,
         coeff=args.tcoeff,
-        mnist=True,
+        **{name: getattr(args, f"trained_{name}") for name in ARCH_FLAGS},
     )
-    net.load_state_dict(model, Path(args.saved_model_path) / args.saved_model_name)
+    model = build_model(flags, AMBIGUITY_MODEL_DATASET, flags=TRAINED_MODEL_FLAGS)
+    load_checkpoint(model, Path(args.saved_model_path) / args.saved_model_name, flags=TRAINED_MODEL_FLAGS)
     return model.to(device).eval()
 
 
-def _check_args(args: argparse.Namespace) -> None:
-    if args.num_initial_samples % NUM_CLASSES or args.num_initial_samples < NUM_CLASSES:
+def _check_args(args: argparse.Namespace, num_classes: int) -> None:
+    if args.num_initial_samples % num_classes or args.num_initial_samples < num_classes:
         raise UserError(
-            f"--num-initial-samples must be a positive multiple of {NUM_CLASSES}, got {args.num_initial_samples}"
+            f"--num-initial-samples must be a positive multiple of {num_classes}, got {args.num_initial_samples}"
         )
     if args.max_training_samples < args.num_initial_samples:
         raise UserError("--max-training-samples must be at least --num-initial-samples")
@@ -173,55 +202,136 @@ def _check_args(args: argparse.Namespace) -> None:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
 
 
-def run_experiment(args: argparse.Namespace) -> dict:
-    _check_args(args)
-    device = select_device(args.no_gpu)
-    precision = args.precision or ("bf16" if device.type == "cuda" else "fp32")
-    settings = T.TrainSettings(
+def _load_state(args: argparse.Namespace, state_path: Path) -> dict:
+    """The experiment's state: a fresh one, or with --resume the saved one if its arguments match."""
+    experiment = {k: getattr(args, k) for k in RESUME_MUST_MATCH}
+    if args.resume and state_path.is_file():
+        state = read_json(state_path)
+        check_resume_compatible(
+            state["args"],
+            experiment,
+            keys=RESUME_MUST_MATCH,
+            flag_names=flag_names(get_args_parser()),
+            source=f"'{state_path}'",
+            output_flag="--output-dir",
+        )
+        return state
+    if state_path.is_file():
+        log.warning("%s exists; starting over (pass --resume to continue it)", state_path)
+    return {"args": experiment, "runs": {}}
+
+
+def _new_record(args: argparse.Namespace, pool, run_seed: int, num_classes: int) -> dict:
+    """A run's record before its first step: the class-balanced initial labelled set, no results yet."""
+    generator = torch.Generator().manual_seed(run_seed)
+    try:
+        labelled = utils.active_learning.balanced_initial_indices(
+            pool.y, args.num_initial_samples, num_classes, generator
+        )
+    except ValueError as err:
+        raise UserError(
+            f"{err} for the class-balanced initial set; lower --num-initial-samples or raise --max-pool"
+        ) from None
+    return {"labelled": labelled, "test_accs": [], "ambiguous_fraction": [], "entropies": [], "done": False}
+
+
+def _acquisition_step(args, record: dict, run_seed: int, splits, settings, ambiguity_model, num_classes):
+    """One step of a run: train on the labelled set, record the test accuracy (and the labelled set's
+    ambiguity), then move the top-scoring pool samples into the labelled set. Returns the accuracy."""
+    pool, validation, test = splits
+    device, precision = settings.device, settings.precision
+    step = len(record["test_accs"])
+    labelled_idx = torch.as_tensor(record["labelled"], device=device)
+    labelled = pool.take(labelled_idx)
+    step_seed = run_seed * 1000 + step
+    seed_everything(step_seed)
+    members = args.num_ensemble if args.al_type == "ensemble" else 1
+    models = [
+        utils.active_learning.train_best_model(
+            lambda: build_model(args, pool_dataset(args)),
+            labelled,
+            validation,
+            epochs=args.epochs,
+            batch_size=args.train_batch_size,
+            test_batch_size=args.test_batch_size,
+            samples_per_epoch=args.samples_per_epoch,
+            settings=settings,
+            seed=step_seed * 10 + m,
+        )
+        for m in range(members)
+    ]
+    if len(models) == 1:
+        accuracy = utils.active_learning.test_accuracy_percent(
+            models[0], test, args.test_batch_size, settings
+        )
+    else:
+        accuracy = utils.active_learning.ensemble_test_accuracy_percent(
+            models, test, args.test_batch_size, device, precision
+        )
+    record["test_accs"].append(accuracy)
+    if ambiguity_model is not None:
+        entropies = utils.active_learning.sample_entropies(
+            ambiguity_model, labelled, args.scoring_batch_size, device
+        )
+        record["entropies"].append(entropies.tolist())
+        record["ambiguous_fraction"].append(float((entropies > args.threshold).float().mean()))
+    if len(record["labelled"]) >= args.max_training_samples:
+        record["done"] = True
+        return accuracy
+    mask = torch.ones(len(pool), dtype=torch.bool, device=device)
+    mask[labelled_idx] = False
+    candidates = torch.nonzero(mask).flatten()
+    scores = utils.active_learning.acquisition_scores(
+        args.al_type,
+        models,
+        pool.take(candidates),
+        labelled,
+        mutual_information=args.mi,
+        batch_size=args.scoring_batch_size,
         device=device,
         precision=precision,
+        num_classes=num_classes,
+    )
+    chosen = utils.active_learning.select_top(scores, candidates, args.acquisition_batch_size)
+    record["labelled"] = record["labelled"] + chosen.tolist()
+    return accuracy
+
+
+def _write_outputs(args: argparse.Namespace, state: dict, out_dir: Path, names: dict[str, str]) -> None:
+    runs = state["runs"]
+    atomic_write_json(out_dir / names["test_accs"], {r: runs[r]["test_accs"] for r in runs})
+    if args.ambiguous:
+        atomic_write_json(out_dir / names["ambiguous"], {r: runs[r]["ambiguous_fraction"] for r in runs})
+        atomic_write_json(
+            out_dir / names["entropies"],
+            {r: {str(i): e for i, e in enumerate(runs[r]["entropies"])} for r in runs},
+        )
+    atomic_write_json(out_dir / names["state"], state)
+
+
+def run_experiment(args: argparse.Namespace) -> dict:
+    num_classes = data.get_info(pool_dataset(args)).num_classes
+    _check_args(args, num_classes)
+    device = select_device(args.no_gpu)
+    settings = TrainSettings(
+        device=device,
+        precision=args.precision or ("bf16" if device.type == "cuda" else "fp32"),
         channels_last=device.type == "cuda",
         progress=False,
         log_interval=10**9,
     )
     out_dir = check_writable_dir(Path(args.output_dir), "output folder (--output-dir)")
     names = output_names(args)
-    state_path = out_dir / names["state"]
-    experiment = {k: getattr(args, k) for k in RESUME_MUST_MATCH}
-    state = {"args": experiment, "runs": {}}
-    if args.resume and state_path.is_file():
-        state = read_json(state_path)
-        differ = [k for k in RESUME_MUST_MATCH if state["args"].get(k) != experiment[k]]
-        if differ:
-            raise UserError(
-                f"cannot resume {state_path}: these arguments differ from the interrupted run: {', '.join(differ)}"
-            )
-    elif state_path.is_file() and not args.resume:
-        log.warning("%s exists; starting over (pass --resume to continue it)", state_path)
-
+    state = _load_state(args, out_dir / names["state"])
     ambiguity_model = load_ambiguity_model(args, device) if args.ambiguous else None
     num_steps = (
         args.max_training_samples - args.num_initial_samples + args.acquisition_batch_size - 1
     ) // args.acquisition_batch_size + 1
 
-    def make_model():
-        return build_model(args, NUM_CLASSES, mnist=True)
-
-    def write_outputs():
-        runs = state["runs"]
-        atomic_write_json(out_dir / names["test_accs"], {r: runs[r]["test_accs"] for r in runs})
-        if args.ambiguous:
-            atomic_write_json(out_dir / names["ambiguous"], {r: runs[r]["ambiguous_fraction"] for r in runs})
-            atomic_write_json(
-                out_dir / names["entropies"],
-                {r: {str(i): e for i, e in enumerate(runs[r]["entropies"])} for r in runs},
-            )
-        atomic_write_json(state_path, state)
-
     total_bar = progress_bar(total=args.runs * num_steps, desc="active learning", unit="step")
     for run in range(args.runs):
         key, run_seed = str(run), args.seed + run
-        pool, validation, test = AL.build_pool(
+        splits = utils.active_learning.build_pool(
             args.dataset_root,
             ambiguous=args.ambiguous,
             subsample=args.subsample,
@@ -229,6 +339,7 @@ def run_experiment(args: argparse.Namespace) -> dict:
             device=device,
             max_pool=args.max_pool,
         )
+        pool = splits[0]
         if len(pool) < args.max_training_samples:
             raise UserError(
                 f"the pool has {len(pool)} samples (after the 10% validation hold-out), fewer than "
@@ -236,84 +347,21 @@ def run_experiment(args: argparse.Namespace) -> dict:
             )
         record = state["runs"].get(key)
         if record is None:
-            generator = torch.Generator().manual_seed(run_seed)
-            try:
-                labelled = AL.balanced_initial_indices(
-                    pool.y, args.num_initial_samples, NUM_CLASSES, generator
-                )
-            except ValueError as err:
-                raise UserError(
-                    f"{err} for the class-balanced initial set; lower --num-initial-samples "
-                    "or raise --max-pool"
-                ) from None
-            record = {
-                "labelled": labelled,
-                "test_accs": [],
-                "ambiguous_fraction": [],
-                "entropies": [],
-                "done": False,
-            }
-            state["runs"][key] = record
+            record = state["runs"][key] = _new_record(args, pool, run_seed, num_classes)
         total_bar.update(len(record["test_accs"]))
         while not record["done"]:
             step = len(record["test_accs"])
-            labelled_idx = torch.as_tensor(record["labelled"], device=device)
-            labelled = pool.take(labelled_idx)
-            step_seed = run_seed * 1000 + step
-            seed_everything(step_seed)
-            members = args.num_ensemble if args.al_type == "ensemble" else 1
-            models = [
-                AL.train_best_model(
-                    make_model,
-                    labelled,
-                    validation,
-                    epochs=args.epochs,
-                    batch_size=args.train_batch_size,
-                    test_batch_size=args.test_batch_size,
-                    samples_per_epoch=args.samples_per_epoch,
-                    settings=settings,
-                    seed=step_seed * 10 + m,
-                )
-                for m in range(members)
-            ]
-            if len(models) == 1:
-                accuracy = AL.test_accuracy_percent(models[0], test, args.test_batch_size, settings)
-            else:
-                accuracy = AL.ensemble_test_accuracy_percent(
-                    models, test, args.test_batch_size, device, precision
-                )
-            record["test_accs"].append(accuracy)
-            if ambiguity_model is not None:
-                entropies = AL.sample_entropies(ambiguity_model, labelled, args.scoring_batch_size, device)
-                record["entropies"].append(entropies.tolist())
-                record["ambiguous_fraction"].append(float((entropies > args.threshold).float().mean()))
-            if len(record["labelled"]) >= args.max_training_samples:
-                record["done"] = True
-            else:
-                mask = torch.ones(len(pool), dtype=torch.bool, device=device)
-                mask[labelled_idx] = False
-                candidates = torch.nonzero(mask).flatten()
-                scores = AL.acquisition_scores(
-                    args.al_type,
-                    models,
-                    pool.take(candidates),
-                    labelled,
-                    mutual_information=args.mi,
-                    batch_size=args.scoring_batch_size,
-                    device=device,
-                    precision=precision,
-                )
-                chosen = AL.select_top(scores, candidates, args.acquisition_batch_size)
-                record["labelled"] = record["labelled"] + chosen.tolist()
-            write_outputs()
+            labelled = len(record["labelled"])
+            accuracy = _acquisition_step(
+                args, record, run_seed, splits, settings, ambiguity_model, num_classes
+            )
+            _write_outputs(args, state, out_dir, names)
             total_bar.update(1)
-            total_bar.set_postfix(run=run, labelled=len(labelled), acc=f"{accuracy:.2f}")
+            total_bar.set_postfix(run=run, labelled=labelled, acc=f"{accuracy:.2f}")
             if not progress_enabled():
-                log.info(
-                    "run %d step %d: %d labelled, test accuracy %.2f%%", run, step, len(labelled), accuracy
-                )
+                log.info("run %d step %d: %d labelled, test accuracy %.2f%%", run, step, labelled, accuracy)
     total_bar.close()
-    write_outputs()
+    _write_outputs(args, state, out_dir, names)
     return state
 
 

@@ -23,17 +23,15 @@ import sys
 from pathlib import Path
 
 import data
-import net
-from utils.checkpoints import locate_checkpoint, run_seeds
-from utils.cli import build_model, model_parser
+from utils.cli import build_model, load_checkpoint, model_parser
 from utils.device import select_device
 from utils.errors import Interrupted, UserError, exit_on_user_error
 from utils.evaluation import ensemble_run, gmm_run, softmax_run
 from utils.features import Outputs, collect_outputs
 from utils.io import atomic_write_json, check_writable_dir
-from utils.naming import run_name
 from utils.progress import progress_bar
 from utils.results import aggregate
+from utils.run_files import locate_checkpoint, run_name, run_seeds
 
 log = logging.getLogger("evaluate")
 
@@ -84,7 +82,6 @@ class Evaluator:
     def __init__(self, args: argparse.Namespace, device):
         self.args, self.device = args, device
         self.info = data.get_info(args.dataset)
-        self.mnist = self.info.shape[0] == 1
         root, batch = args.dataset_root, args.batch_size
         self.test_loader = data.get_test_loader(args.dataset, root, batch, device=device, loader=args.loader)
         self.ood_loader = data.get_test_loader(
@@ -119,9 +116,8 @@ class Evaluator:
         return self._split_cache[val_seed]
 
     def load(self, path: Path):
-        model = build_model(self.args, self.info.num_classes, self.mnist)
-        net.load_state_dict(model, path)
-        return model.to(self.device).eval()
+        """The network of the flags with the checkpoint at `path`, on the device, in eval mode."""
+        return load_checkpoint(build_model(self.args), path).to(self.device).eval()
 
     def outputs(self, model, seed: int, need_train: bool) -> dict[str, Outputs]:
         def run(loader):

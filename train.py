@@ -37,18 +37,56 @@ import torch
 import data
 import net
 from utils import distributed
-from utils import training as T
-from utils.cli import model_parser
+from utils.cli import ARCH_FLAGS, build_model, flag_names, model_config, model_parser
 from utils.device import select_device
-from utils.errors import Interrupted, UserError, exit_on_user_error
-from utils.io import BackgroundWriter, check_writable_dir, cpu_snapshot
-from utils.naming import run_name
+from utils.errors import UserError, exit_on_user_error
+from utils.io import BackgroundWriter, check_writable_dir
 from utils.progress import progress_enabled
+from utils.run_files import EpochCheckpointer, RunFiles, resume_training, run_name, sanitize_args
 from utils.seed import seed_everything, set_deterministic
+from utils.training import (
+    LOSSES,
+    OPTIMIZERS,
+    EpochStats,
+    TrainSettings,
+    make_optimizer,
+    make_scheduler,
+    prepare_model,
+    train_epochs,
+)
 
 log = logging.getLogger("train")
 
 DEFAULT_RESUME = "auto"
+
+# Flags that change what is trained; a resume with any of them changed would silently be another run.
+# Flags that only change speed, logging or where files go (epochs, workers, compile, channels_last,
+# loader, dataset root, intervals, device) may differ on resume.
+RESUME_MUST_MATCH = (
+    "seed",
+    "dataset",
+    "data_aug",
+    "val_seed",
+    "model",
+    "sn",
+    "mod",
+    "coeff",
+    *ARCH_FLAGS,
+    "train_batch_size",
+    "per_rank_batch",
+    "learning_rate",
+    "momentum",
+    "nesterov",
+    "weight_decay",
+    "optimiser",
+    "loss_function",
+    "loss_mean",
+    "first_milestone",
+    "second_milestone",
+    "precision",
+    "steps_per_epoch",
+    "world_size",
+)
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
@@ -60,7 +98,13 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         add_help=add_help,
         parents=[model_parser(default_model="resnet50")],  # --model, -sn, --coeff, -mod, size overrides
     )
-    g = parser.add_argument_group("run (original flags)")
+    _add_run_flags(parser.add_argument_group("run (original flags)"))
+    _add_speed_flags(parser.add_argument_group("speed (results do not depend on these except in rounding)"))
+    _add_robustness_flags(parser.add_argument_group("robustness and checks"))
+    return parser
+
+
+def _add_run_flags(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--seed", type=int, required=True, help="seed of the weights, data order and run name")
     g.add_argument(
         "--dataset", default="cifar10", help=f"training set; one of: {', '.join(data.list_datasets())}"
@@ -93,11 +137,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         "--decay", "--weight-decay", dest="weight_decay", type=float, default=5e-4, help="weight decay"
     )
     g.add_argument(
-        "--opt", "--optimiser", dest="optimiser", default="sgd", choices=T.OPTIMIZERS, help="optimiser"
+        "--opt", "--optimiser", dest="optimiser", default="sgd", choices=OPTIMIZERS, help="optimiser"
     )
-    g.add_argument(
-        "--loss", dest="loss_function", default="cross_entropy", choices=list(T.LOSSES), help="loss"
-    )
+    g.add_argument("--loss", dest="loss_function", default="cross_entropy", choices=list(LOSSES), help="loss")
     g.add_argument(
         "--loss-mean",
         action="store_true",
@@ -111,7 +153,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     g.add_argument("--first-milestone", type=int, default=150, help="epoch of the first tenfold lr drop")
     g.add_argument("--second-milestone", type=int, default=250, help="epoch of the second tenfold lr drop")
 
-    g = parser.add_argument_group("speed (results do not depend on these except in rounding)")
+
+def _add_speed_flags(g: argparse._ArgumentGroup) -> None:
     g.add_argument(
         "--precision",
         choices=("bf16", "fp32"),
@@ -138,7 +181,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         help="with torchrun, make -b the batch of each process (global batch: -b x processes)",
     )
 
-    g = parser.add_argument_group("robustness and checks")
+
+def _add_robustness_flags(g: argparse._ArgumentGroup) -> None:
     g.add_argument(
         "--resume",
         nargs="?",
@@ -169,8 +213,6 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         help="cut every epoch after N steps (0: full epochs; smoke tests)",
     )
 
-    return parser
-
 
 def _git_revision() -> str:
     try:
@@ -184,11 +226,6 @@ def _git_revision() -> str:
         return out.stdout.strip() or "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
-
-
-def _flag_names(parser: argparse.ArgumentParser) -> dict[str, str]:
-    """dest -> the flag a user types (the original's spelling first), for messages."""
-    return {a.dest: a.option_strings[0] for a in parser._actions if a.option_strings}
 
 
 def _resolve(
@@ -248,19 +285,10 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
 
 def _train(args: argparse.Namespace, device: torch.device, dist_info: distributed.DistInfo) -> dict[str, Any]:
     args = _resolve(args, device, dist_info)
-    info = data.get_info(args.dataset)
-    name = run_name(args.model, args.seed, args.sn, args.mod, args.coeff)
+    files = RunFiles(Path(args.save_loc), run_name(args.model, args.seed, args.sn, args.mod, args.coeff))
     if dist_info.is_main:
-        log.info(
-            "git revision %s; %s",
-            _git_revision(),
-            f"{dist_info.world_size} processes" if dist_info.enabled else "1 process",
-        )
-        for key, value in sorted(vars(args).items()):
-            log.info("%s: %s", key, value)
-        check_writable_dir(Path(args.save_loc), "save path (--save-path)")
-    files = T.RunFiles(Path(args.save_loc), name)
-
+        _log_run(args, dist_info)
+        check_writable_dir(files.save_dir, "save path (--save-path)")
     if args.deterministic:
         set_deterministic(True)
     elif device.type == "cuda":
@@ -281,11 +309,10 @@ def _train(args: argparse.Namespace, device: torch.device, dist_info: distribute
         test_batch_size=args.test_batch_size,
         num_workers=args.workers,
     )
-
     seed_everything(args.seed)
-    config = T.model_config(args, info)
-    model = T.build_model(config).to(device)
-    optimizer = T.make_optimizer(
+    config = model_config(args)
+    model = build_model(config).to(device)
+    optimizer = make_optimizer(
         model.parameters(),
         args.optimiser,
         lr=args.learning_rate,
@@ -293,43 +320,11 @@ def _train(args: argparse.Namespace, device: torch.device, dist_info: distribute
         weight_decay=args.weight_decay,
         nesterov=args.nesterov,
     )
-    scheduler = T.make_scheduler(optimizer, (args.first_milestone, args.second_milestone))
-    saved_args = T.sanitize_args(args)
+    scheduler = make_scheduler(optimizer, (args.first_milestone, args.second_milestone))
+    saved_args = sanitize_args(args)
+    history, start_epoch = _resume(args, files, model, optimizer, scheduler, saved_args, dist_info)
 
-    history: list[T.EpochStats] = []
-    start_epoch = 0
-    if args.resume is not None:
-        path = files.resume if args.resume == DEFAULT_RESUME else Path(args.resume)
-        if args.resume == DEFAULT_RESUME and not path.is_file():
-            log.info("no resume file at %s; starting from scratch", path)
-        else:
-            state = T.load_resume_state(path)
-            T.check_resume_compatible(
-                state["args"],
-                saved_args,
-                flag_names={**_flag_names(get_args_parser()), "world_size": "the process count"},
-                source=f"'{path}'",
-            )
-            net.load_state_dict(model, state["model"], source=str(path))
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            rng = state["rng"]
-            T.restore_rng_state(rng[dist_info.rank] if dist_info.rank < len(rng) else rng[0])
-            history = [T.EpochStats.from_json(h) for h in state["history"]]
-            start_epoch = int(state["epoch"])
-            if start_epoch > args.epoch:
-                raise UserError(
-                    f"'{path}' is already after epoch {start_epoch}, beyond -e {args.epoch}; pass -e "
-                    f"{start_epoch} or more to continue it"
-                )
-            log.info("resumed from %s after epoch %d", path, start_epoch)
-    elif files.resume.is_file() and dist_info.is_main:
-        log.warning("%s exists and will be overwritten; pass --resume to continue that run", files.resume)
-
-    train_model = T.prepare_model(
-        model, device, channels_last=args.channels_last, compile=args.compile, dist_info=dist_info
-    )
-    settings = T.TrainSettings(
+    settings = TrainSettings(
         device=device,
         precision=args.precision,
         channels_last=args.channels_last,
@@ -340,89 +335,69 @@ def _train(args: argparse.Namespace, device: torch.device, dist_info: distribute
         progress=progress_enabled(dist_info.rank),
         max_steps=args.steps_per_epoch,
     )
+    with files.explain_stops(history), BackgroundWriter() as writer:
+        checkpoint = EpochCheckpointer(
+            files, writer, model, optimizer, scheduler, model_config=config, args=saved_args,
+            history=history, save_interval=args.save_interval, epochs=args.epoch, is_main=dist_info.is_main,
+        )  # fmt: skip
 
-    # Checkpoints are written on a background thread from a CPU copy, overlapping the next epoch (a resume
-    # file of WRN-28-10 is about 300 MB); its errors surface at the next epoch's end or at the latest below.
-    writer = BackgroundWriter()
+        def on_epoch_end(stats: EpochStats) -> None:
+            checkpoint(stats)
+            if dist_info.is_main:
+                log.info(stats.summary(args.epoch))
 
-    def on_epoch_end(stats: T.EpochStats) -> None:
-        history.append(stats)
-        done = stats.epoch + 1
-        rng_states = distributed.all_gather_objects(T.capture_rng_state())  # a collective: every rank
-        if not dist_info.is_main:
-            return
-        model_state = cpu_snapshot(model.state_dict())
-        state = {
-            "epoch": done,
-            "model": model_state,
-            "model_config": config,
-            "optimizer": cpu_snapshot(optimizer.state_dict()),
-            "scheduler": scheduler.state_dict(),
-            "grad_scaler": None,  # bf16 keeps fp32's exponent range: no loss scaling needed
-            "args": saved_args,
-            "rng": rng_states,
-            "history": [h.to_json() for h in history],
-        }
-        save_model = done % args.save_interval == 0 or done == args.epoch
-        snapshot = list(history)
-        writer.submit(
-            lambda: files.write_epoch(
-                state,
-                snapshot,
-                model_state=model_state if save_model else None,
-                model_epoch=done,
-            )
-        )
-        val = "" if stats.val_accuracy is None else f", validation accuracy {stats.val_accuracy:.4f}"
-        log.info(
-            "epoch %d/%d: loss %.4f, accuracy %.4f, lr %g, %.0f images/s, %.1f s%s",
-            done,
-            args.epoch,
-            stats.loss,
-            stats.accuracy,
-            stats.lr,
-            stats.images_per_s,
-            stats.seconds,
-            val,
+        train_epochs(
+            prepare_model(
+                model, device, channels_last=args.channels_last, compile=args.compile, dist_info=dist_info
+            ),
+            train_loader,
+            optimizer,
+            scheduler,
+            settings,
+            epochs=args.epoch,
+            start_epoch=start_epoch,
+            valid_loader=valid_loader,
+            validate_every=args.validate_every,
+            on_epoch_end=on_epoch_end,
         )
 
-    try:
-        with writer:
-            T.train_epochs(
-                train_model,
-                train_loader,
-                optimizer,
-                scheduler,
-                settings,
-                epochs=args.epoch,
-                start_epoch=start_epoch,
-                valid_loader=valid_loader,
-                validate_every=args.validate_every,
-                on_epoch_end=on_epoch_end,
-            )
-    except KeyboardInterrupt:
-        kept = (
-            f"the state after epoch {len(history)} is in {files.resume}: rerun the same command with --resume "
-            "to continue"
-            if history
-            else "no epoch had finished, so nothing was saved"
-        )
-        raise Interrupted(f"interrupted during epoch {len(history) + 1}; {kept}") from None
-    except T.NonFiniteLossError as err:
-        kept = (
-            f"the last good state is {files.resume} (after epoch {len(history)}), which --resume continues"
-            if history
-            else "no checkpoint was written"
-        )
-        raise T.NonFiniteLossError(f"{err}; {kept}") from None
-
-    if start_epoch == args.epoch and dist_info.is_main:
-        log.info("already trained for %d epochs (-e %d); nothing to do", start_epoch, args.epoch)
-        if not files.model(args.epoch).is_file():
-            files.save_model(model, args.epoch)
     if dist_info.is_main:
+        if start_epoch == args.epoch:
+            log.info("already trained for %d epochs (-e %d); nothing to do", start_epoch, args.epoch)
+            if not files.model(args.epoch).is_file():
+                files.save_model(model, args.epoch)
         log.info("Model saved to %s", files.model(args.epoch))
     return {"history": history, "model": model, "files": files}
+
+
+def _log_run(args: argparse.Namespace, dist_info: distributed.DistInfo) -> None:
+    """The git revision, the process count and the sorted arguments, first in the log (as DINO does)."""
+    processes = f"{dist_info.world_size} processes" if dist_info.enabled else "1 process"
+    log.info("git revision %s; %s", _git_revision(), processes)
+    for key, value in sorted(vars(args).items()):
+        log.info("%s: %s", key, value)
+
+
+def _resume(args, files, model, optimizer, scheduler, saved_args, dist_info) -> tuple[list[EpochStats], int]:
+    """The history and epochs done of the run `--resume` continues (none without --resume or its file)."""
+    if args.resume is None:
+        if files.resume.is_file() and dist_info.is_main:
+            log.warning("%s exists and will be overwritten; pass --resume to continue that run", files.resume)
+        return [], 0
+    path = files.resume if args.resume == DEFAULT_RESUME else Path(args.resume)
+    if args.resume == DEFAULT_RESUME and not path.is_file():
+        log.info("no resume file at %s; starting from scratch", path)
+        return [], 0
+    history, done = resume_training(
+        path, model, optimizer, scheduler, saved_args, keys=RESUME_MUST_MATCH, rank=dist_info.rank,
+        flag_names={**flag_names(get_args_parser()), "world_size": "the process count"},
+    )  # fmt: skip
+    if done > args.epoch:
+        raise UserError(
+            f"'{path}' is already after epoch {done}, beyond -e {args.epoch}; pass -e {done} or more to continue it"
+        )
+    log.info("resumed from %s after epoch %d", path, done)
+    return history, done
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import net
 from benchmarks.throughput import training_step
+from utils.cli import build_model
 
 
 class OperationCounter(TorchDispatchMode):
@@ -84,14 +85,8 @@ def main(args: argparse.Namespace) -> list[dict]:
     results = []
     for sn in (False, True):
         torch.manual_seed(0)
-        model = net.create_model(
-            args.model,
-            num_classes=args.num_classes,
-            spectral_normalization=sn,
-            mod=args.mod,
-            mnist=args.mnist,
-            **NARROW.get(args.model, {}),
-        )
+        config = dict(name=args.model, num_classes=args.num_classes, mod=args.mod, mnist=args.mnist)
+        model = build_model({**config, "spectral_normalization": sn, **NARROW.get(args.model, {})})
         counter = count_step_operations(model, x, y, args.precision)
         layers = sum(isinstance(m, (net.SpectralNormConv2d, net.SpectralNormLinear)) for m in model.modules())
         row = dict(

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 import net
+from utils.cli import arch_kwargs, build_model
 from utils.device import autocast_context, select_device
 
 
@@ -96,7 +97,10 @@ def main(args: argparse.Namespace) -> list[dict]:
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    arch = {k: v for k, v in (("depth", args.depth), ("widen_factor", args.widen_factor)) if v is not None}
+    config = dict(
+        name=args.model, num_classes=args.num_classes, mod=args.mod, coeff=args.coeff, mnist=args.mnist
+    )
+    config.update(arch_kwargs(args))
     shape = (1, 28, 28) if args.mnist else (3, 32, 32)
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(args.batch_size, *shape, generator=generator).to(device)
@@ -108,15 +112,7 @@ def main(args: argparse.Namespace) -> list[dict]:
     for sn in (True, False):
         for label, fast, compiled in configs:
             torch.manual_seed(0)
-            model = net.create_model(
-                args.model,
-                num_classes=args.num_classes,
-                spectral_normalization=sn,
-                mod=args.mod,
-                coeff=args.coeff,
-                mnist=args.mnist,
-                **arch,
-            ).to(device)
+            model = build_model({**config, "spectral_normalization": sn}).to(device)
             inputs = x
             if fast:
                 model = model.to(memory_format=torch.channels_last)

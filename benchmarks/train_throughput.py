@@ -29,10 +29,10 @@ from pathlib import Path
 import torch
 
 import data
-from utils import training as T
-from utils.cli import model_parser
+from utils.cli import arch_kwargs, build_model, model_parser
 from utils.device import select_device
 from utils.seed import seed_everything
+from utils.training import TrainSettings, make_optimizer, prepare_model, train_one_epoch
 
 ORIGINAL_BATCH = 128
 ORIGINAL_WORKERS = 4
@@ -92,7 +92,6 @@ def _forever(loader) -> Iterator:
 
 def measure(args: argparse.Namespace, device: torch.device, config: dict) -> dict:
     """Images/s of `args.steps` training steps under one configuration (a fresh model each time)."""
-    info = data.get_info(args.dataset)
     train_loader, _ = data.get_train_valid_loader(
         args.dataset,
         args.dataset_root,
@@ -105,16 +104,17 @@ def measure(args: argparse.Namespace, device: torch.device, config: dict) -> dic
         num_workers=config["workers"],
     )
     seed_everything(0)
-    model = T.build_model(T.model_config(args, info))
-    model = T.prepare_model(model, device, channels_last=config["channels_last"], compile=config["compile"])
-    optimizer = T.make_optimizer(model.parameters(), "sgd", lr=0.1, momentum=0.9, weight_decay=5e-4)
-    settings = T.TrainSettings(
+    model = prepare_model(
+        build_model(args), device, channels_last=config["channels_last"], compile=config["compile"]
+    )
+    optimizer = make_optimizer(model.parameters(), "sgd", lr=0.1, momentum=0.9, weight_decay=5e-4)
+    settings = TrainSettings(
         device=device, precision=config["precision"], channels_last=config["channels_last"], progress=False
     )
     stream = _forever(train_loader)
     if args.warmup:
-        T.train_one_epoch(model, _Steps(stream, args.warmup), optimizer, settings)
-    stats = T.train_one_epoch(model, _Steps(stream, args.steps), optimizer, settings)
+        train_one_epoch(model, _Steps(stream, args.warmup), optimizer, settings)
+    stats = train_one_epoch(model, _Steps(stream, args.steps), optimizer, settings)
     return {**config, "images_per_s": stats.images_per_s, "seconds": stats.seconds, "images": stats.images}
 
 
@@ -151,7 +151,7 @@ def main(args: argparse.Namespace) -> list[dict]:
         if device.type == "cuda"
         else f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
     )
-    arch = {k: getattr(args, k) for k in T.ARCH_FLAGS if getattr(args, k) is not None}
+    arch = arch_kwargs(args)
     flags = f"{' -sn' if args.sn else ''}{' -mod' if args.mod else ''}"
     print(
         f"{args.model}{flags} {arch or ''} on {args.dataset}, "

@@ -3,14 +3,17 @@
 The original saves `net.state_dict()` of an `nn.DataParallel` model, so keys carry a `module.` prefix, and
 its spectral normalisation (a forward-pre-hook) stores `weight_orig`, `weight_u`, `weight_v` and
 `weight_sigma`; this project's modules use the same names, so the two load into each other. Loading is
-strict: any mismatch is reported with the keys involved and the flags that most likely differ. The one
-leniency: a ResNet classifier stored as `linear.*` (pytorch-cifar's name) loads into our `fc.*` and back.
+strict: a mismatch raises `CheckpointMismatchError`, whose `StateDictMismatch` lists the keys involved and
+the families of layers they belong to (spectral normalisation, shortcuts, input, classifier) as data; the
+command-line layer (`utils.cli.load_checkpoint`) names the flags from it. The one leniency: a ResNet
+classifier stored as `linear.*` (pytorch-cifar's name) loads into our `fc.*` and back.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -69,40 +72,143 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     return dict(obj)
 
 
-def _likely_flags(
-    missing: list[str], unexpected: list[str], mismatched: list[str], state_keys, model_keys
-) -> list[str]:
-    top_level = {k.split(".")[0] for k in state_keys}
-    if top_level != {k.split(".")[0] for k in model_keys}:
-        return [f"it holds another architecture (top-level modules {sorted(top_level)}): check --model"]
-    hints = []
-    sn_markers = ("weight_orig", "weight_u", "weight_v", "weight_sigma")
-    if any(k.endswith(sn_markers) for k in unexpected) and not any(k.endswith(sn_markers) for k in missing):
-        hints.append("the checkpoint was trained with -sn (spectral normalisation); add -sn")
-    elif any(k.endswith(sn_markers) for k in missing) and not any(k.endswith(sn_markers) for k in unexpected):
-        hints.append("the checkpoint was trained without -sn; drop -sn")
-    if any(".shortcut." in k for k in unexpected):
-        hints.append(
-            "the checkpoint has convolutional shortcuts, i.e. it was trained without -mod; drop -mod"
+_SN_BUFFERS = ("weight_orig", "weight_u", "weight_v", "weight_sigma")
+
+
+@dataclass(frozen=True)
+class StateDictMismatch:
+    """How a state dict differs from the one a network expects: the keys, and the families they fall in.
+
+    `missing` are the network's keys the checkpoint lacks, `unexpected` the checkpoint's keys the network
+    lacks, `shapes` the shared keys whose shapes differ, as `(key, checkpoint shape, network shape)`. The
+    families, each None (or False) when that family agrees:
+
+    * `other_architecture`: the top-level modules differ (`conv1, layer1, ...` against `features, ...`);
+    * `spectral_norm_in`: "checkpoint" or "network", the side whose layers carry spectral-normalisation
+      buffers (`weight_orig`, `weight_u`, `weight_v`, `weight_sigma`) that the other side lacks;
+    * `conv_shortcuts_in`: the side with convolutional (`.shortcut.`) keys the other lacks;
+    * `input_channels`: `(checkpoint, network)` channels of the first convolution, when they differ;
+    * `num_classes`: `(checkpoint, network)` outputs of the classifier, when they differ.
+
+    It states facts about tensors only; which command-line flag explains them is the scripts' business.
+    """
+
+    network: str
+    missing: tuple[str, ...] = ()
+    unexpected: tuple[str, ...] = ()
+    shapes: tuple[tuple[str, tuple[int, ...], tuple[int, ...]], ...] = ()
+    other_architecture: bool = False
+    spectral_norm_in: str | None = None
+    conv_shortcuts_in: str | None = None
+    input_channels: tuple[int, int] | None = None
+    num_classes: tuple[int, int] | None = None
+
+    def keys_summary(self) -> str:
+        """The differing keys, a few of each kind: 'missing keys: a, b; unexpected keys: c (+3 more)'."""
+
+        def show(items: list[str]) -> str:
+            return ", ".join(items[:6]) + (f" (+{len(items) - 6} more)" if len(items) > 6 else "")
+
+        parts = []
+        if self.missing:
+            parts.append(f"missing keys: {show(list(self.missing))}")
+        if self.unexpected:
+            parts.append(f"unexpected keys: {show(list(self.unexpected))}")
+        if self.shapes:
+            details = [f"{key} {saved} vs {wanted}" for key, saved, wanted in self.shapes]
+            parts.append(f"shape mismatches (checkpoint vs model): {show(details)}")
+        return "; ".join(parts)
+
+    def facts(self) -> list[str]:
+        """The families in plain words (no flag names)."""
+        out = []
+        if self.other_architecture:
+            out.append("the checkpoint holds another architecture")
+        if self.spectral_norm_in:
+            out.append(f"only the {self.spectral_norm_in} has spectral normalisation")
+        if self.conv_shortcuts_in:
+            out.append(f"only the {self.conv_shortcuts_in} has convolutional shortcuts")
+        if self.input_channels:
+            out.append(
+                "the input channels differ ({} in the checkpoint, {} here)".format(*self.input_channels)
+            )
+        if self.num_classes:
+            out.append(
+                "the number of classes differs ({} in the checkpoint, {} here)".format(*self.num_classes)
+            )
+        return out
+
+
+class CheckpointMismatchError(UserError):
+    """A checkpoint that does not fit the network; `mismatch` says how, `source` names the checkpoint."""
+
+    def __init__(self, source: str, mismatch: StateDictMismatch) -> None:
+        self.source, self.mismatch = source, mismatch
+        facts = "; ".join(mismatch.facts()) or "the architecture differs"
+        super().__init__(
+            f"{source} does not fit this {mismatch.network} ({mismatch.keys_summary()}); {facts}"
         )
-    elif any(".shortcut." in k for k in missing):
-        hints.append("the checkpoint has no convolutional shortcuts, i.e. it was trained with -mod; add -mod")
-    if any(k.endswith("weight_v") or k.startswith("conv1.") for k in mismatched):
-        hints.append(
-            "input shapes differ: check the mnist setting (1x28x28) versus CIFAR (3x32x32) / --dataset"
-        )
-    if any(k.split(".")[0] in ("linear", "fc", "fc3", "classifier") for k in mismatched):
-        hints.append("the number of classes differs: check --dataset")
-    if len(missing) + len(unexpected) > 0 and not hints:
-        hints.append("the architecture differs: check --model (and depth/width settings)")
-    return hints
+
+
+def _side_with(marker, missing: list[str], unexpected: list[str]) -> str | None:
+    """'checkpoint' when only unexpected keys match `marker`, 'network' when only missing ones do."""
+    in_checkpoint, in_network = any(map(marker, unexpected)), any(map(marker, missing))
+    if in_checkpoint and not in_network:
+        return "checkpoint"
+    if in_network and not in_checkpoint:
+        return "network"
+    return None
+
+
+def _first_conv_channels(state: Mapping[str, torch.Tensor]) -> int | None:
+    weight = next(
+        (v for k, v in state.items() if k.endswith(("weight", "weight_orig")) and v.dim() == 4), None
+    )
+    return None if weight is None else int(weight.shape[1])
+
+
+def _classifier_outputs(target: nn.Module, state: Mapping[str, torch.Tensor]) -> int | None:
+    get_classifier = getattr(target, "get_classifier", None)
+    if get_classifier is None:
+        return None
+    classifier = get_classifier()
+    name = next((n for n, m in target.named_modules() if m is classifier), None)
+    weight = state.get(f"{name}.weight") if name else None
+    return None if weight is None else int(weight.shape[0])
+
+
+def compare_state_dict(target: nn.Module, state: Mapping[str, torch.Tensor]) -> StateDictMismatch | None:
+    """How `state` (prefixes already stripped) differs from `target.state_dict()`; None when it fits."""
+    expected = target.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    shapes = tuple(
+        (k, tuple(state[k].shape), tuple(expected[k].shape))
+        for k in expected
+        if k in state and tuple(state[k].shape) != tuple(expected[k].shape)
+    )
+    if not (missing or unexpected or shapes):
+        return None
+    channels = (_first_conv_channels(state), _first_conv_channels(expected))
+    classes = (_classifier_outputs(target, state), _classifier_outputs(target, expected))
+    return StateDictMismatch(
+        network=type(target).__name__,
+        missing=tuple(missing),
+        unexpected=tuple(unexpected),
+        shapes=shapes,
+        other_architecture={k.split(".")[0] for k in state} != {k.split(".")[0] for k in expected},
+        spectral_norm_in=_side_with(lambda k: k.endswith(_SN_BUFFERS), missing, unexpected),
+        conv_shortcuts_in=_side_with(lambda k: ".shortcut." in k, missing, unexpected),
+        input_channels=channels if None not in channels and channels[0] != channels[1] else None,
+        num_classes=classes if None not in classes and classes[0] != classes[1] else None,
+    )
 
 
 def load_state_dict(model: nn.Module, state_dict_or_path, *, source: str | None = None) -> nn.Module:
     """Load a checkpoint strictly into `model` (unwrapping DDP/compile); return the model.
 
-    Raises `UserError` naming missing, unexpected and mis-shaped keys and the flags (`--model`, `-sn`,
-    `-mod`, mnist/dataset) that most likely differ.
+    Raises `CheckpointMismatchError` (a `UserError`) whose `mismatch` says which keys and which families
+    of layers differ; `utils.cli.load_checkpoint` turns that into the flags to change.
     """
     if isinstance(state_dict_or_path, (str, os.PathLike)):
         source = source or str(state_dict_or_path)
@@ -112,29 +218,9 @@ def load_state_dict(model: nn.Module, state_dict_or_path, *, source: str | None 
     source = source or "the given state dict"
     state = _strip_prefixes(state)
     target = unwrap_model(model)
-    expected = target.state_dict()
-    state = _apply_classifier_alias(state, expected)
-
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    mismatched = [k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
-    if missing or unexpected or mismatched:
-
-        def show(keys):
-            return ", ".join(keys[:6]) + (f" (+{len(keys) - 6} more)" if len(keys) > 6 else "")
-
-        parts = []
-        if missing:
-            parts.append(f"missing keys: {show(missing)}")
-        if unexpected:
-            parts.append(f"unexpected keys: {show(unexpected)}")
-        if mismatched:
-            details = [f"{k} {tuple(state[k].shape)} vs {tuple(expected[k].shape)}" for k in mismatched]
-            parts.append(f"shape mismatches (checkpoint vs model): {show(details)}")
-        hints = _likely_flags(missing, unexpected, mismatched, state, expected)
-        raise UserError(
-            f"{source} does not fit a {type(target).__name__} built with these flags ({'; '.join(parts)}); "
-            f"most likely {'; '.join(hints)}"
-        )
+    state = _apply_classifier_alias(state, target.state_dict())
+    mismatch = compare_state_dict(target, state)
+    if mismatch is not None:
+        raise CheckpointMismatchError(source, mismatch)
     target.load_state_dict(state, strict=True)
     return model

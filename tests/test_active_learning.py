@@ -20,8 +20,19 @@ from torch import nn
 
 import active_learning
 import net
-from utils import active_learning as AL
-from utils import training as T
+import utils.active_learning
+from utils import training
+from utils.active_learning import (
+    ResampledLoader,
+    Split,
+    acquisition_scores,
+    balanced_initial_indices,
+    build_pool,
+    sample_entropies,
+    select_top,
+    train_best_model,
+)
+from utils.errors import UserError
 
 pytestmark = pytest.mark.filterwarnings("ignore::data.formats.ChecksumWarning")
 
@@ -29,7 +40,7 @@ NUM_CLASSES = 10
 CPU = torch.device("cpu")
 TRAIN_IMAGES, TEST_IMAGES, AMBIGUOUS_SAMPLES = 300, 100, 40
 PRETRAINED = "tiny_dirty_lenet.model"
-_TRAIN_BEST_MODEL = AL.train_best_model  # the real trainer, wrapped by `record_training`
+_TRAIN_BEST_MODEL = train_best_model  # the real trainer, wrapped by `record_training`
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -131,7 +142,7 @@ def ambiguous_flags(pretrained: Path, subsample: int = 100) -> list[str]:
 
 
 def record_training(monkeypatch, interrupt_at: int | None = None) -> list[int]:
-    """Wrap `AL.train_best_model` to record the labelled-set size of every call; with `interrupt_at`,
+    """Wrap `utils.active_learning.train_best_model` to record the labelled-set size of every call; with `interrupt_at`,
     the call with that index raises KeyboardInterrupt (as Ctrl-C would) before training."""
     sizes: list[int] = []
 
@@ -141,7 +152,7 @@ def record_training(monkeypatch, interrupt_at: int | None = None) -> list[int]:
         sizes.append(len(labelled))
         return _TRAIN_BEST_MODEL(make_model, labelled, *args, **kwargs)
 
-    monkeypatch.setattr(AL, "train_best_model", wrapper)
+    monkeypatch.setattr(utils.active_learning, "train_best_model", wrapper)
     return sizes
 
 
@@ -182,27 +193,27 @@ class TableModel(nn.Module):
         return self.forward_head(self.forward_features(x))
 
 
-def index_split(rows: range | list[int], labels=None) -> AL.Split:
+def index_split(rows: range | list[int], labels=None) -> Split:
     """A `Split` whose image i carries table row `rows[i]` in pixel (0, 0)."""
     x = torch.zeros(len(rows), 1, 28, 28)
     x[:, 0, 0, 0] = torch.as_tensor(list(rows), dtype=torch.float32)
     y = torch.zeros(len(rows), dtype=torch.int64) if labels is None else torch.as_tensor(labels)
-    return AL.Split(x, y)
+    return Split(x, y)
 
 
-def scores_for(al_type: str, models, pool: AL.Split, labelled: AL.Split, mi: bool = False, classes: int = 10):
+def scores_for(al_type: str, models, pool: Split, labelled: Split, mi: bool = False, classes: int = 10):
     # batch_size 3 splits the pool unevenly, so batching must keep scores aligned with the samples
-    return AL.acquisition_scores(al_type, models, pool, labelled, mutual_information=mi, batch_size=3,
+    return acquisition_scores(al_type, models, pool, labelled, mutual_information=mi, batch_size=3,
                                  device=CPU, num_classes=classes)  # fmt: skip
 
 
 def test_select_top_returns_the_candidates_with_the_highest_scores():
     scores = torch.tensor([0.1, 5.0, -2.0, 3.0, float("inf"), 0.0])
     candidates = torch.tensor([40, 41, 42, 43, 44, 45])
-    assert set(AL.select_top(scores, candidates, 3).tolist()) == {44, 41, 43}
-    assert AL.select_top(scores, candidates, 1).tolist() == [44]
-    assert sorted(AL.select_top(scores, candidates, 10).tolist()) == candidates.tolist()  # k beyond the pool
-    assert AL.select_top(scores.to(torch.bfloat16), candidates, 2).tolist() == [44, 41]
+    assert set(select_top(scores, candidates, 3).tolist()) == {44, 41, 43}
+    assert select_top(scores, candidates, 1).tolist() == [44]
+    assert sorted(select_top(scores, candidates, 10).tolist()) == candidates.tolist()  # k beyond the pool
+    assert select_top(scores.to(torch.bfloat16), candidates, 2).tolist() == [44, 41]
 
 
 def test_softmax_acquisition_picks_the_highest_entropy_samples():
@@ -217,7 +228,7 @@ def test_softmax_acquisition_picks_the_highest_entropy_samples():
     assert scores[4] == pytest.approx(math.log(10), abs=1e-6)
     assert scores[9] == pytest.approx(math.log(2), abs=1e-6)
     candidates = torch.arange(100, 112)
-    assert AL.select_top(scores, candidates, 2).tolist() == [104, 109]
+    assert select_top(scores, candidates, 2).tolist() == [104, 109]
 
 
 @pytest.mark.parametrize("mutual_information", [False, True])
@@ -234,7 +245,7 @@ def test_ensemble_acquisition_picks_disagreement_with_mi_and_total_uncertainty_w
     members = [TableModel(first, NUM_CLASSES), TableModel(second, NUM_CLASSES)]
     pool = index_split(range(n))
     scores = scores_for("ensemble", members, pool, pool, mi=mutual_information)
-    chosen = set(AL.select_top(scores, torch.arange(n), 2).tolist())
+    chosen = set(select_top(scores, torch.arange(n), 2).tolist())
     if mutual_information:
         assert chosen == {5, 10}
         assert scores[[2, 7]].abs().max() < 1e-6 and scores[5] == pytest.approx(math.log(2), abs=1e-6)
@@ -258,22 +269,22 @@ def test_gmm_acquisition_picks_the_samples_far_from_the_labelled_features():
     labelled = index_split(range(40), labelled_y)
     pool = index_split(range(40, 60))
     scores = scores_for("gmm", [model], pool, labelled, classes=2)
-    assert set(AL.select_top(scores, torch.arange(20), 3).tolist()) == {3, 11, 17}
+    assert set(select_top(scores, torch.arange(20), 3).tolist()) == {3, 11, 17}
     assert scores[3] > scores[11] > scores[17] > scores[[i for i in range(20) if i not in (3, 11, 17)]].max()
 
 
 def test_balanced_initial_indices_takes_the_same_number_of_each_class():
     labels = torch.tensor([c for c in range(NUM_CLASSES) for _ in range(3 + c)])
-    chosen = AL.balanced_initial_indices(labels, 20, NUM_CLASSES, torch.Generator().manual_seed(0))
+    chosen = balanced_initial_indices(labels, 20, NUM_CLASSES, torch.Generator().manual_seed(0))
     assert len(set(chosen)) == 20
     assert torch.bincount(labels[chosen], minlength=NUM_CLASSES).tolist() == [2] * NUM_CLASSES
     with pytest.raises(ValueError, match="class 0 has only 3"):
-        AL.balanced_initial_indices(labels, 40, NUM_CLASSES, torch.Generator().manual_seed(0))
+        balanced_initial_indices(labels, 40, NUM_CLASSES, torch.Generator().manual_seed(0))
 
 
 def test_resampled_loader_draws_a_fixed_length_with_replacement_reproducibly():
-    split = AL.Split(torch.arange(7.0).view(7, 1, 1, 1), torch.arange(7))
-    loader = AL.ResampledLoader(split, length=100, batch_size=32, seed=3)
+    split = Split(torch.arange(7.0).view(7, 1, 1, 1), torch.arange(7))
+    loader = ResampledLoader(split, length=100, batch_size=32, seed=3)
     batches = list(loader)
     assert len(loader) == len(batches) == 4 and [len(y) for _, y in batches] == [32, 32, 32, 4]
     drawn = torch.cat([y for _, y in batches])
@@ -293,12 +304,12 @@ def test_train_best_model_keeps_the_epoch_with_the_best_validation_accuracy(monk
             for p in model.parameters():
                 p.fill_(epoch + 1)
 
-    monkeypatch.setattr(T, "train_one_epoch", fake_epoch)
-    monkeypatch.setattr(T, "evaluate_accuracy", lambda model, loader, settings: next(accuracies))
+    monkeypatch.setattr(training, "train_one_epoch", fake_epoch)
+    monkeypatch.setattr(training, "evaluate_accuracy", lambda model, loader, settings: next(accuracies))
     split = index_split(range(4))
-    model = AL.train_best_model(
+    model = train_best_model(
         lambda: net.create_model("lenet", num_classes=NUM_CLASSES, mnist=True), split, split, epochs=3,
-        batch_size=2, test_batch_size=2, samples_per_epoch=4, settings=T.TrainSettings(device=CPU), seed=0,
+        batch_size=2, test_batch_size=2, samples_per_epoch=4, settings=training.TrainSettings(device=CPU), seed=0,
     )  # fmt: skip
     assert not model.training
     assert all(bool((p == 2).all()) for p in model.parameters())
@@ -341,7 +352,7 @@ def check_labelled_sets(
 ) -> None:
     """Per run: final size `max`, no duplicates, all inside the pool, and a class-balanced initial set."""
     for run, record in state["runs"].items():
-        pool, _, _ = AL.build_pool(root, ambiguous=ambiguous, subsample=subsample, seed=args.seed + int(run),
+        pool, _, _ = build_pool(root, ambiguous=ambiguous, subsample=subsample, seed=args.seed + int(run),
                                    device=CPU, max_pool=args.max_pool)  # fmt: skip
         labelled = record["labelled"]
         assert len(labelled) == args.max_training_samples and len(set(labelled)) == len(labelled)
@@ -417,12 +428,12 @@ def test_ambiguous_run_records_ambiguity_of_the_labelled_set(
         assert list(entropies[run]) == ["0", "1", "2"]
         assert [len(entropies[run][s]) for s in ("0", "1", "2")] == [20, 25, 30]
         assert len(fractions[run]) == 3
-        pool, _, _ = AL.build_pool(data_root, ambiguous=True, subsample=100, seed=1 + int(run), device=CPU)
+        pool, _, _ = build_pool(data_root, ambiguous=True, subsample=100, seed=1 + int(run), device=CPU)
         labelled = state["runs"][run]["labelled"]
         for step, size in enumerate((20, 25, 30)):
             values = torch.tensor(entropies[run][str(step)])
             # the pretrained model's entropies of exactly the samples labelled at that step
-            expected = AL.sample_entropies(model, pool.take(torch.tensor(labelled[:size])), 64, CPU)
+            expected = sample_entropies(model, pool.take(torch.tensor(labelled[:size])), 64, CPU)
             torch.testing.assert_close(values, expected.to(values.dtype), atol=1e-5, rtol=1e-5)
             assert 0.0 <= fractions[run][step] <= 1.0
             assert fractions[run][step] == pytest.approx(float((values > args.threshold).float().mean()))
@@ -467,7 +478,7 @@ def test_resume_with_a_changed_experiment_argument_is_refused(data_root, tmp_pat
     capsys.readouterr()
     changed = tiny_args(data_root, tmp_path, "--resume", "--acquisition-batch-size", "10", max_samples=20)
     err = one_line_error(capsys, changed)
-    assert "acquisition_batch_size" in err and "resume" in err
+    assert "--acquisition-batch-size 5 in the saved run vs 10 now" in err and "--resume" in err
     assert read(tmp_path / "test_accs_lenet_1_gmm_mnist.json") == accs  # nothing was overwritten
 
 
@@ -485,6 +496,39 @@ def test_ambiguous_with_a_missing_checkpoint_is_a_one_line_error(data_root, tmp_
     args = tiny_args(data_root, tmp_path, *ambiguous_flags(tmp_path / "nowhere"))
     err = one_line_error(capsys, args)
     assert "nowhere" in err and "--saved-model-path" in err
+
+
+def test_a_reduced_width_ambiguity_model_loads_with_its_size_flag(tmp_path):
+    """The pretrained Dirty-MNIST model is built from --trained-model, -tsn, -tmod, --tcoeff and the
+    --trained-* size flags; a checkpoint that does not fit names those flags, not the main model's."""
+    torch.manual_seed(0)
+    saved = net.create_model("resnet18", num_classes=NUM_CLASSES, mnist=True, mod=True, base_width=2)
+    torch.save(saved.state_dict(), tmp_path / "narrow.model")
+    flags = [
+        "--saved-model-path",
+        str(tmp_path),
+        "--saved-model-name",
+        "narrow.model",
+        "--trained-model",
+        "resnet18",
+    ]
+    args = parse("--seed", "1", "-ambiguous", *flags, "-tmod", "--trained-base-width", "2")
+    loaded = active_learning.load_ambiguity_model(args, CPU)
+    assert not loaded.training and loaded.conv1.weight.shape == (2, 1, 3, 3)
+    assert all(torch.equal(value, saved.state_dict()[key]) for key, value in loaded.state_dict().items())
+    with pytest.raises(UserError, match="--trained-base-width"):  # built at the default width 64
+        active_learning.load_ambiguity_model(parse("--seed", "1", "-ambiguous", *flags, "-tmod"), CPU)
+    with pytest.raises(UserError, match="drop -tsn"):
+        active_learning.load_ambiguity_model(
+            parse("--seed", "1", "-ambiguous", *flags, "-tmod", "-tsn", "--trained-base-width", "2"), CPU
+        )
+    with pytest.raises(
+        UserError, match="--trained-depth / --trained-base-width does not fit --trained-model"
+    ):
+        active_learning.load_ambiguity_model(
+            parse("--seed", "1", "-ambiguous", *flags, "--trained-depth", "10", "--trained-base-width", "2"),
+            CPU,
+        )
 
 
 def test_missing_mnist_is_a_one_line_error(tmp_path, capsys):
@@ -515,4 +559,4 @@ def test_resume_of_a_finished_run_with_a_larger_budget_is_refused(data_root, tmp
     active_learning.main(tiny_args(data_root, tmp_path, max_samples=20))
     capsys.readouterr()
     err = one_line_error(capsys, tiny_args(data_root, tmp_path, "--resume", max_samples=30))
-    assert "max_training_samples" in err
+    assert "--max-training-samples 20 in the saved run vs 30 now" in err

@@ -12,11 +12,13 @@ import pytest
 import torch
 
 import net
+from utils.cli import load_checkpoint
 from utils.errors import UserError
 
 PARITY_DIR = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "parity"
 
-# Reduced sizes keep the suite fast; the architecture code paths are the same as at full size.
+# Reduced sizes keep the suite fast; the architecture code paths are the same as at full size. A model
+# registered later without an entry here is tested at its full size.
 SMALL = {
     "wide_resnet": dict(depth=10, widen_factor=1),
     "resnet18": dict(base_width=4),
@@ -27,7 +29,9 @@ SMALL = {
 
 
 def small_model(name, **kwargs):
-    return net.create_model(name, num_classes=kwargs.pop("num_classes", 10), **SMALL[name], **kwargs)
+    return net.create_model(
+        name, num_classes=kwargs.pop("num_classes", 10), **{**SMALL.get(name, {}), **kwargs}
+    )
 
 
 def test_registry_lists_all_models():
@@ -39,24 +43,30 @@ def test_unknown_model_names_valid_ones():
         net.create_model("resnet1000", num_classes=10)
 
 
-@pytest.mark.parametrize("name", list(SMALL))
+@pytest.mark.parametrize("name", net.list_models())
 @pytest.mark.parametrize("sn", [False, True])
 @pytest.mark.parametrize("mod", [False, True])
 @pytest.mark.parametrize("mnist", [False, True])
-def test_shapes_and_gradients(name, sn, mod, mnist):
+def test_every_registered_model_shapes_gradients_and_head(name, sn, mod, mnist):
+    """As timm's test_models.py, for each registered network: a batch of 2 gives `(2, num_features)`
+    features and `(2, num_classes)` logits, all finite; every parameter gets a finite gradient; `forward`
+    is `forward_head(forward_features)`; nothing is stored on the module during forward."""
     torch.manual_seed(0)
     model = small_model(name, spectral_normalization=sn, mod=mod, mnist=mnist, num_classes=7)
     x = torch.randn(2, *((1, 28, 28) if mnist else (3, 32, 32)))
     features = model.forward_features(x)
     logits = model(x)
     assert features.shape == (2, model.num_features)
-    assert logits.shape == (2, 7)
+    assert logits.shape == (2, 7) and model.num_classes == 7
     assert torch.isfinite(logits).all() and torch.isfinite(features).all()
     logits.square().sum().backward()
     for pname, param in model.named_parameters():
         assert param.grad is not None, f"{pname} got no gradient"
         assert torch.isfinite(param.grad).all()
     assert not any(isinstance(v, torch.Tensor) for v in vars(model).values()), "forward stored a tensor"
+    model.eval()  # no dropout, no power-iteration step: two passes compute the same thing
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), model.forward_head(model.forward_features(x)))
 
 
 # Known full-size parameter counts (CIFAR, 10 classes).
@@ -70,6 +80,10 @@ FULL_PARAMS = {
     ("vgg16", False): (14_724_042, 512),
     ("lenet", False): (62_006, 84),
 }
+
+
+def test_every_registered_model_has_a_known_parameter_count():
+    assert {name for name, _ in FULL_PARAMS} == set(net.list_models())
 
 
 @pytest.mark.parametrize("key", list(FULL_PARAMS))
@@ -235,27 +249,58 @@ def test_checkpoint_roundtrip_through_file(tmp_path):
         assert torch.equal(a, b), k
 
 
+NO_FAMILY = dict(
+    other_architecture=False,
+    spectral_norm_in=None,
+    conv_shortcuts_in=None,
+    input_channels=None,
+    num_classes=None,
+)
+
+
 @pytest.mark.parametrize(
-    "saved, loaded, hint",
+    "saved, loaded, family, hint",
     [
-        (dict(spectral_normalization=True), dict(), "add -sn"),
-        (dict(), dict(spectral_normalization=True), "drop -sn"),
-        (dict(mod=False), dict(mod=True), "drop -mod"),
-        (dict(mod=True), dict(mod=False), "add -mod"),
-        (dict(mnist=True), dict(mnist=False), "mnist"),
-        (dict(num_classes=100), dict(num_classes=10), "number of classes"),
+        (dict(spectral_normalization=True), dict(), dict(spectral_norm_in="checkpoint"), "add -sn"),
+        (dict(), dict(spectral_normalization=True), dict(spectral_norm_in="network"), "drop -sn"),
+        (dict(mod=False), dict(mod=True), dict(conv_shortcuts_in="checkpoint"), "drop -mod"),
+        (dict(mod=True), dict(mod=False), dict(conv_shortcuts_in="network"), "add -mod"),
+        (dict(mnist=True), dict(mnist=False), dict(input_channels=(1, 3)), "mnist"),
+        (dict(num_classes=100), dict(num_classes=10), dict(num_classes=(100, 10)), "number of classes"),
     ],
 )
-def test_mismatched_flags_are_named(saved, loaded, hint):
+def test_mismatches_are_facts_in_net_and_flags_in_the_cli(saved, loaded, family, hint):
+    """`net` reports which keys and which families of layers differ, as data and without flag names;
+    `utils.cli.load_checkpoint` names the flag to change."""
     source = small_model("resnet18", **saved)
     target = small_model("resnet18", **loaded)
-    with pytest.raises(UserError, match=hint):
+    with pytest.raises(net.CheckpointMismatchError) as info:
         net.load_state_dict(target, source.state_dict())
+    mismatch = info.value.mismatch
+    assert {key: getattr(mismatch, key) for key in NO_FAMILY} == {**NO_FAMILY, **family}
+    assert mismatch.network == "ResNet" and (mismatch.missing or mismatch.unexpected or mismatch.shapes)
+    assert " -sn" not in str(info.value) and " -mod" not in str(info.value) and "--" not in str(info.value)
+    with pytest.raises(UserError, match=hint):
+        load_checkpoint(target, source.state_dict())
+
+
+def test_reduced_widths_are_shape_facts_and_name_the_size_flags():
+    with pytest.raises(net.CheckpointMismatchError) as info:
+        net.load_state_dict(small_model("resnet18", base_width=8), small_model("resnet18").state_dict())
+    mismatch = info.value.mismatch
+    assert not mismatch.missing and not mismatch.unexpected
+    assert ("conv1.weight", (4, 3, 3, 3), (8, 3, 3, 3)) in mismatch.shapes
+    assert {key: getattr(mismatch, key) for key in NO_FAMILY} == NO_FAMILY
+    with pytest.raises(UserError, match="layer widths differ.*--base-width"):
+        load_checkpoint(small_model("resnet18", base_width=8), small_model("resnet18").state_dict())
 
 
 def test_wrong_model_is_named():
-    with pytest.raises(UserError, match="--model"):
+    with pytest.raises(net.CheckpointMismatchError) as info:
         net.load_state_dict(small_model("resnet18"), small_model("vgg16").state_dict())
+    assert info.value.mismatch.other_architecture
+    with pytest.raises(UserError, match="--model"):
+        load_checkpoint(small_model("resnet18"), small_model("vgg16").state_dict())
 
 
 def test_corrupt_and_truncated_files_name_the_file(tmp_path):

@@ -6,6 +6,7 @@ README line is checked against the current flags: an unknown or renamed flag fai
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import re
 import shlex
@@ -50,12 +51,68 @@ def _module_and_args(command: str) -> tuple[str, list[str]]:
     return SCRIPTS[words[1]], words[2:]
 
 
+def assert_every_word_takes_effect(parser: argparse.ArgumentParser, argv: list[str]) -> None:
+    """Parse `argv` and check that each flag set its destination to what the command says: a switch to its
+    constant, an option to its value (converted by its type), a sub-command to its name. A flag that another
+    swallows as its value, or a value that lands elsewhere, fails here although the parse succeeds."""
+    args = parser.parse_args(argv)
+    words = list(argv)
+    while words:
+        word = words.pop(0)
+        flag, _, inline = word.partition("=") if word.startswith("--") else (word, "", "")
+        action = parser._option_string_actions.get(flag)
+        if action is None:  # a sub-command (the rest of the words are its flags), or an abbreviated flag
+            sub = next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)
+            assert sub is not None and word in sub.choices, (
+                f"{word!r} is not a flag of {parser.prog} as written"
+            )
+            assert getattr(args, sub.dest) == word, (word, args)
+            parser = sub.choices[word]
+            continue
+        if action.nargs == 0:
+            boolean = isinstance(action, argparse.BooleanOptionalAction)
+            expected = not flag.startswith("--no-") if boolean else action.const
+        else:
+            if inline:
+                value = inline
+            elif action.nargs == "?" and (not words or words[0].startswith("-")):
+                value = action.const
+            else:
+                value = words.pop(0)
+            expected = action.type(value) if action.type is not None and isinstance(value, str) else value
+        got = getattr(args, action.dest)
+        if isinstance(action, argparse._AppendAction):
+            assert expected in got, (word, got)
+        else:
+            assert got == expected, (word, got, expected)
+
+
 @pytest.mark.parametrize("command", readme_commands())
 def test_readme_command_parses(command):
     module_name, argv = _module_and_args(command)
     module = importlib.import_module(module_name)
-    args = module.get_args_parser().parse_args(argv)
-    assert args is not None
+    assert_every_word_takes_effect(module.get_args_parser(), argv)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--seed", "1", "-e", "2", "--epochs", "3"],  # the later flag overrides the first
+        [
+            "--seed",
+            "1",
+            "--epoch",
+            "2",
+        ],  # argparse takes the abbreviation; a new flag could make it ambiguous
+        ["--seed", "1", "--lr", "0.1", "--learning-rate", "0.2"],  # two spellings of one destination
+    ],
+)
+def test_the_effect_check_catches_commands_that_parse_but_do_not_say_what_they_do(argv):
+    parser = importlib.import_module("train").get_args_parser()
+    parser.parse_args(argv)
+    with pytest.raises(AssertionError):
+        assert_every_word_takes_effect(parser, argv)
+    assert_every_word_takes_effect(parser, ["--seed", "1", "--resume", "-sn", "--no-data-aug"])
 
 
 def test_gpu_check_script_is_valid_bash_and_its_commands_parse():
@@ -70,4 +127,4 @@ def test_gpu_check_script_is_valid_bash_and_its_commands_parse():
     for target, rest in commands:
         module = target.split()[1] if target.startswith("-m") else SCRIPTS[target]
         argv = [w for w in shlex.split(rest.replace('"', "")) if not w.startswith("2>")]
-        importlib.import_module(module).get_args_parser().parse_args(argv)
+        assert_every_word_takes_effect(importlib.import_module(module).get_args_parser(), argv)

@@ -17,10 +17,20 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
+import data
 import net
 import train
-from utils import training as T
 from utils.errors import UserError
+from utils.run_files import capture_rng_state, check_resume_compatible, load_resume_state, restore_rng_state
+from utils.training import (
+    LOSSES,
+    TrainSettings,
+    evaluate_accuracy,
+    make_optimizer,
+    make_scheduler,
+    train_epochs,
+    train_one_epoch,
+)
 
 SMALL = {
     "wide_resnet": {"depth": 10, "widen_factor": 1},
@@ -126,8 +136,16 @@ def test_one_epoch_writes_the_original_files(tmp_path, model, sn_mod):
     (line,) = read_jsonl(tmp_path / f"{name}_log.jsonl")
     assert list(losses) == ["0"] and losses["0"] == pytest.approx(line["original_loss"])
     assert line["epoch"] == 0 and line["images"] == 32 and line["lr"] == 0.1
-    assert 0 < line["loss"] < 10 and 0 <= line["accuracy"] <= 1 and line["images_per_s"] > 0
-    assert 0 <= line["val_accuracy"] <= 1  # validated after the last epoch
+    assert 0 < line["loss"] < 10 and line["images_per_s"] > 0
+    assert line["accuracy"] * 32 == pytest.approx(round(line["accuracy"] * 32))  # a count out of 32 images
+    # Validated after the last epoch: the accuracy of the final network on the 10% validation split.
+    cpu = torch.device("cpu")
+    _, valid = data.get_train_valid_loader(
+        "digits", None, 16, val_seed=1, device=cpu, seed=1, test_batch_size=128
+    )
+    assert line["val_accuracy"] == evaluate_accuracy(
+        result["model"], valid, TrainSettings(cpu, progress=False)
+    )
     # The original's "average loss": the sum of the batch-mean losses over the sample count (= loss / B here).
     assert line["original_loss"] == pytest.approx(line["loss"] / 16)
 
@@ -212,12 +230,12 @@ def test_nan_loss_stops_and_keeps_the_last_good_state(tmp_path, capsys, monkeypa
         loss = F.cross_entropy(logits, labels)
         return loss * float("nan") if calls["n"] > 2 else loss  # epoch 1 (2 steps) is fine, epoch 2 is not
 
-    monkeypatch.setitem(T.LOSSES, "cross_entropy", poisoned)
+    monkeypatch.setitem(LOSSES, "cross_entropy", poisoned)
     err = one_line_error(capsys, tiny_args(tmp_path, "--save-interval", "1", "--log-interval", "1", epochs=3))
     assert "nan" in err and "epoch 2" in err and "lenet_1_resume.pt" in err and "--resume" in err
     assert sorted(p.name for p in tmp_path.glob("*.model")) == ["lenet_1_1.model"]
     assert len(read_jsonl(tmp_path / "lenet_1_log.jsonl")) == 1
-    state = T.load_resume_state(tmp_path / "lenet_1_resume.pt")
+    state = load_resume_state(tmp_path / "lenet_1_resume.pt")
     assert state["epoch"] == 1 and all(torch.isfinite(v).all() for v in state["model"].values())
 
 
@@ -229,7 +247,7 @@ def test_checkpoints_are_written_in_the_background_and_complete_at_the_end(tmp_p
     first, last = (torch.load(tmp_path / f"lenet_1_{e}.model", weights_only=True) for e in (1, 2))
     assert all(torch.equal(last[k], final[k]) for k in final)
     assert not all(torch.equal(first[k], final[k]) for k in final)
-    state = T.load_resume_state(tmp_path / "lenet_1_resume.pt")
+    state = load_resume_state(tmp_path / "lenet_1_resume.pt")
     assert state["epoch"] == 2 and all(torch.equal(state["model"][k], final[k]) for k in final)
     assert [line["epoch"] for line in read_jsonl(tmp_path / "lenet_1_log.jsonl")] == [0, 1]
 
@@ -254,15 +272,15 @@ def test_ctrl_c_ends_in_one_sentence_and_the_run_resumes(tmp_path, capsys, monke
             raise KeyboardInterrupt
         return F.cross_entropy(logits, labels)
 
-    monkeypatch.setitem(T.LOSSES, "cross_entropy", interrupted_in_epoch_2)
+    monkeypatch.setitem(LOSSES, "cross_entropy", interrupted_in_epoch_2)
     with pytest.raises(SystemExit) as info:
         train.main(tiny_args(tmp_path, epochs=3))
     assert info.value.code == 130
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: interrupted during epoch 2;") and "\n" not in err and "Traceback" not in err
     assert "lenet_1_resume.pt" in err and "--resume" in err
-    assert T.load_resume_state(tmp_path / "lenet_1_resume.pt")["epoch"] == 1
-    monkeypatch.setitem(T.LOSSES, "cross_entropy", F.cross_entropy)
+    assert load_resume_state(tmp_path / "lenet_1_resume.pt")["epoch"] == 1
+    monkeypatch.setitem(LOSSES, "cross_entropy", F.cross_entropy)
     result = train.main(tiny_args(tmp_path, "--resume", epochs=3))
     assert [s.epoch for s in result["history"]] == [0, 1, 2]
 
@@ -315,12 +333,12 @@ def test_test_only_dataset_and_foreign_architecture_flag(tmp_path, capsys):
 
 
 # ----------------------------------------------------------------------------------------------------
-# utils.training as a library
+# utils.training and utils.run_files as a library
 
 
 def test_optimizer_and_schedule_as_the_original():
     params = [nn.Parameter(torch.zeros(2))]
-    sgd = T.make_optimizer(params, "sgd", lr=0.1, momentum=0.9, weight_decay=5e-4, nesterov=True)
+    sgd = make_optimizer(params, "sgd", lr=0.1, momentum=0.9, weight_decay=5e-4, nesterov=True)
     assert isinstance(sgd, torch.optim.SGD)
     group = sgd.param_groups[0]
     assert (group["lr"], group["momentum"], group["weight_decay"], group["nesterov"]) == (
@@ -329,11 +347,11 @@ def test_optimizer_and_schedule_as_the_original():
         5e-4,
         True,
     )
-    adam = T.make_optimizer(params, "adam", lr=1e-3, weight_decay=1e-4)
+    adam = make_optimizer(params, "adam", lr=1e-3, weight_decay=1e-4)
     assert isinstance(adam, torch.optim.Adam) and adam.param_groups[0]["weight_decay"] == 1e-4
     with pytest.raises(UserError, match="sgd"):
-        T.make_optimizer(params, "lion")
-    scheduler = T.make_scheduler(sgd, (2, 4))
+        make_optimizer(params, "lion")
+    scheduler = make_scheduler(sgd, (2, 4))
     lrs = []
     for _ in range(5):
         lrs.append(sgd.param_groups[0]["lr"])
@@ -356,9 +374,9 @@ def test_loss_mean_divides_the_mean_loss_by_the_batch_size():
     twin.load_state_dict(model.state_dict())
     cpu = torch.device("cpu")
     for m, lr, loss_mean in ((model, 1.6, True), (twin, 0.1, False)):
-        opt = T.make_optimizer(m.parameters(), "sgd", lr=lr, momentum=0.0, weight_decay=0.0)
-        stats = T.train_one_epoch(
-            m, loader, opt, T.TrainSettings(cpu, loss_mean=loss_mean, progress=False, max_steps=1)
+        opt = make_optimizer(m.parameters(), "sgd", lr=lr, momentum=0.0, weight_decay=0.0)
+        stats = train_one_epoch(
+            m, loader, opt, TrainSettings(cpu, loss_mean=loss_mean, progress=False, max_steps=1)
         )
         assert stats.images == 16
     for a, b in zip(model.parameters(), twin.parameters(), strict=True):
@@ -367,17 +385,17 @@ def test_loss_mean_divides_the_mean_loss_by_the_batch_size():
 
 def test_train_epochs_on_a_plain_dataloader_learns_and_reports():
     model, loader = _linear_setup()
-    opt = T.make_optimizer(model.parameters(), "sgd", lr=0.5, momentum=0.9, weight_decay=0.0)
-    settings = T.TrainSettings(torch.device("cpu"), progress=False, log_interval=1)
+    opt = make_optimizer(model.parameters(), "sgd", lr=0.5, momentum=0.9, weight_decay=0.0)
+    settings = TrainSettings(torch.device("cpu"), progress=False, log_interval=1)
     seen = []
-    history = T.train_epochs(
-        model, loader, opt, T.make_scheduler(opt, (100, 200)), settings, epochs=30,
+    history = train_epochs(
+        model, loader, opt, make_scheduler(opt, (100, 200)), settings, epochs=30,
         valid_loader=loader, validate_every=10, on_epoch_end=seen.append,
     )  # fmt: skip
     assert [h.epoch for h in history] == list(range(30)) and seen == history
     assert history[-1].loss < 0.5 * history[0].loss
     assert [h.val_accuracy is not None for h in history].count(True) == 3
-    assert history[-1].val_accuracy == pytest.approx(T.evaluate_accuracy(model, loader, settings))
+    assert history[-1].val_accuracy == pytest.approx(evaluate_accuracy(model, loader, settings))
     assert all(h.images == 64 for h in history)
 
 
@@ -386,15 +404,15 @@ def test_rng_state_round_trip_and_resume_compatibility_message():
 
     import numpy as np
 
-    state = T.capture_rng_state()
+    state = capture_rng_state()
     first = (torch.rand(3), np.random.rand(3), random.random())
-    T.restore_rng_state(state)
+    restore_rng_state(state)
     second = (torch.rand(3), np.random.rand(3), random.random())
     assert torch.equal(first[0], second[0]) and np.array_equal(first[1], second[1]) and first[2] == second[2]
 
-    T.check_resume_compatible({"seed": 1, "lr": 0.1}, {"seed": 1, "lr": 0.1}, keys=("seed", "lr"))
+    check_resume_compatible({"seed": 1, "lr": 0.1}, {"seed": 1, "lr": 0.1}, keys=("seed", "lr"))
     with pytest.raises(UserError, match=r"--seed 1 .* vs 2 now; --lr"):
-        T.check_resume_compatible({"seed": 1, "lr": 0.1}, {"seed": 2, "lr": 0.2}, keys=("seed", "lr"))
+        check_resume_compatible({"seed": 1, "lr": 0.1}, {"seed": 2, "lr": 0.2}, keys=("seed", "lr"))
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -1,1 +1,12 @@
-"""Shared helpers: user-facing errors, atomic file writes, seeding, run naming, devices, distributed set-up."""
+"""What the scripts share, below the packages `net`, `data` and `metrics`.
+
+* `cli`: the network flags and the one path from flags (or a stored config) to a network and from a checkpoint
+  into it (`build_model`, `load_checkpoint`);
+* `run_files`: a run's files: naming, model files, logs, resume state, RNG capture, the resume check, the
+  `Run{i}` checkpoint lookup;
+* `training`: optimiser, schedule and the epoch loop; `evaluation`, `features`, `results`: scoring and
+  aggregating runs; `active_learning`: the acquisition loop's pieces;
+* `plots`, `demo`, `toy`: figures, `make demo` and the two-moons toy;
+* `errors`, `io`, `seed`, `device`, `distributed`, `progress`: one-sentence user errors, atomic writes,
+  seeding, device choice, DDP set-up, progress bars.
+"""

@@ -27,7 +27,7 @@ import torch
 import data
 import metrics
 from data.transforms import normalize
-from utils import training as T
+from utils import training
 from utils.features import collect_outputs
 
 
@@ -144,7 +144,7 @@ def train_best_model(
     batch_size: int,
     test_batch_size: int,
     samples_per_epoch: int,
-    settings: T.TrainSettings,
+    settings: training.TrainSettings,
     seed: int,
 ):
     """A fresh model trained with Adam (weight decay 5e-4) for `epochs`; the epoch with the best validation
@@ -153,14 +153,14 @@ def train_best_model(
     model = make_model().to(settings.device)
     if settings.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    optimizer = T.make_optimizer(model.parameters(), "adam", lr=1e-3, weight_decay=5e-4)
+    optimizer = training.make_optimizer(model.parameters(), "adam", lr=1e-3, weight_decay=5e-4)
     loader = ResampledLoader(labelled, samples_per_epoch, batch_size, seed)
     val_loader = _SplitLoader(validation, test_batch_size)
     best_accuracy, best_state = -1.0, None
     for epoch in range(epochs):
         loader.set_epoch(epoch)
-        T.train_one_epoch(model, loader, optimizer, settings, epoch=epoch)
-        accuracy = T.evaluate_accuracy(model, val_loader, settings)
+        training.train_one_epoch(model, loader, optimizer, settings, epoch=epoch)
+        accuracy = training.evaluate_accuracy(model, val_loader, settings)
         if accuracy > best_accuracy:
             best_accuracy, best_state = accuracy, copy.deepcopy(model.state_dict())
     model.load_state_dict(best_state)
@@ -168,8 +168,8 @@ def train_best_model(
 
 
 @torch.no_grad()
-def test_accuracy_percent(model, test: Split, batch_size: int, settings: T.TrainSettings) -> float:
-    return 100.0 * T.evaluate_accuracy(model, _SplitLoader(test, batch_size), settings)
+def test_accuracy_percent(model, test: Split, batch_size: int, settings: training.TrainSettings) -> float:
+    return 100.0 * training.evaluate_accuracy(model, _SplitLoader(test, batch_size), settings)
 
 
 @torch.no_grad()

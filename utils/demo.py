@@ -22,9 +22,8 @@ from pathlib import Path
 
 import torch
 
-import data
 import metrics
-import net
+from utils.cli import build_model, load_checkpoint
 
 DATASET, OOD = "digits", "digits_ood"
 
@@ -80,30 +79,29 @@ def main(args: argparse.Namespace) -> dict:
     print(
         f"[demo] 1/4 training {args.model} -sn -mod on the embedded dirty-digits set ({args.epochs} epochs)"
     )
-    train.main(
-        train.get_args_parser().parse_args(
-            [
-                "--seed",
-                str(args.seed),
-                "--dataset",
-                DATASET,
-                "-e",
-                str(args.epochs),
-                "-b",
-                str(args.batch_size),
-                "--save-path",
-                str(run_dir),
-                "--save-interval",
-                str(args.epochs),
-                "--first-milestone",
-                milestones[0],
-                "--second-milestone",
-                milestones[1],
-                *model_flags,
-                *device_flags,
-            ]
-        )
+    train_args = train.get_args_parser().parse_args(
+        [
+            "--seed",
+            str(args.seed),
+            "--dataset",
+            DATASET,
+            "-e",
+            str(args.epochs),
+            "-b",
+            str(args.batch_size),
+            "--save-path",
+            str(run_dir),
+            "--save-interval",
+            str(args.epochs),
+            "--first-milestone",
+            milestones[0],
+            "--second-milestone",
+            milestones[1],
+            *model_flags,
+            *device_flags,
+        ]
     )
+    trained = train.main(train_args)
     results = {}
     for model_type in ("softmax", "gmm"):
         print(f"[demo] 2/4 evaluate.py --model-type {model_type}")
@@ -132,17 +130,7 @@ def main(args: argparse.Namespace) -> dict:
             )
         )
     print("[demo] 3/4 Fig.-1-style plot")
-    info = data.get_info(DATASET)
-    model = net.create_model(
-        args.model,
-        num_classes=info.num_classes,
-        spectral_normalization=True,
-        mod=True,
-        mnist=True,
-        base_width=args.base_width,
-    )
-    checkpoint = run_dir / f"{args.model}_sn_3.0_mod_{args.seed}_{args.epochs}.model"
-    net.load_state_dict(model, checkpoint)
+    model = load_checkpoint(build_model(train_args), trained["files"].model(args.epochs))
     scores = dirty_scores(model, DATASET, OOD, None)
     figure = out / "fig1_demo.png"
     plot_fig1(
@@ -153,7 +141,13 @@ def main(args: argparse.Namespace) -> dict:
     table = separation_table(scores)
 
     print("[demo] 4/4 results")
-    softmax_mean = results["softmax"]["mean"]
+    print_report(results["softmax"]["mean"], table)
+    print(f"\nwrote {figure} and the result JSONs in {out}/ ({time.perf_counter() - started:.0f} s)")
+    return {"results": results, "table": table}
+
+
+def print_report(softmax_mean: dict[str, float], table: dict[str, dict[str, float]]) -> None:
+    """Accuracy and calibration of the softmax run, the AUROC table, and whether it shows the paper's effect."""
     print(
         f"\naccuracy {softmax_mean['accuracy']:.3f}   ECE {softmax_mean['ece']:.3f}   "
         f"ECE after temperature scaling {softmax_mean['t_ece']:.3f}"
@@ -182,8 +176,6 @@ def main(args: argparse.Namespace) -> dict:
             f"(AUROC {entropy['ambiguous vs clean']:.3f}); feature density treats them as in-distribution "
             f"({density['ambiguous vs clean']:.3f})."
         )
-    print(f"\nwrote {figure} and the result JSONs in {out}/ ({time.perf_counter() - started:.0f} s)")
-    return {"results": results, "table": table}
 
 
 if __name__ == "__main__":

@@ -254,25 +254,15 @@ def load_model(
     coeff: float = 3.0,
     **arch,
 ) -> torch.nn.Module:
-    """The network of a checkpoint trained on `dataset` with these flags and size overrides (`base_width`)."""
-    import data
-    import net
+    """The network of a checkpoint trained on `dataset` with these flags and size overrides (`base_width`),
+    in eval mode (`utils.cli.build_model` and `load_checkpoint`, as the scripts load theirs)."""
+    from utils.cli import ARCH_FLAGS, build_model, load_checkpoint
 
-    info = data.get_info(dataset)
-    try:
-        network = net.create_model(
-            model,
-            num_classes=info.num_classes,
-            spectral_normalization=sn,
-            mod=mod,
-            coeff=coeff,
-            mnist=info.shape[0] == 1,
-            **arch,
-        )
-    except (TypeError, ValueError) as err:
-        raise UserError(f"size overrides {arch} do not fit model {model} ({err})") from None
-    net.load_state_dict(network, path)
-    return network.eval()
+    unknown = sorted(set(arch) - set(ARCH_FLAGS))
+    if unknown:
+        raise UserError(f"unknown size overrides {unknown} for model {model}; use {', '.join(ARCH_FLAGS)}")
+    flags = argparse.Namespace(model=model, sn=sn, mod=mod, coeff=coeff, **arch)
+    return load_checkpoint(build_model(flags, dataset), path).eval()
 
 
 def dirty_scores(

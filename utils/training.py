@@ -1,5 +1,5 @@
-"""The training loop of DDU (Mukhoti et al. 2021) and what it needs: optimiser and schedule, the epoch
-loop, accuracy, resumable state and the run's output files.
+"""The training loop of DDU (Mukhoti et al. 2021) and what it needs: optimiser, schedule, device placement,
+the epoch loop and accuracy. A run's files (checkpoints, logs, resume state) live in `utils.run_files`.
 
 The recipe is the original's: SGD (momentum, weight decay, optional Nesterov) or Adam, cross-entropy on the
 logits, `MultiStepLR` dropping the learning rate tenfold at two milestones, stepped once per epoch. What is
@@ -22,71 +22,29 @@ same number there for compatibility and the true per-sample mean loss in the JSO
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
 import math
-import random
 import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
 import net
-from utils import cli, distributed
+from utils import distributed
 from utils.device import autocast_context
 from utils.errors import UserError
-from utils.io import atomic_torch_save, atomic_write_bytes, atomic_write_json
-
-if TYPE_CHECKING:
-    from data import DatasetInfo
 
 log = logging.getLogger(__name__)
 
 LOSSES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {"cross_entropy": F.cross_entropy}
 OPTIMIZERS = ("sgd", "adam")
 MILESTONE_GAMMA = 0.1
-RESUME_FORMAT = 1
-
-# Architecture options of `net.create_model` that train.py exposes as flags (None: the paper's size).
-ARCH_FLAGS = cli.ARCH_FLAGS
-
-# Flags that change what is trained; a resume with any of them changed would silently be another run.
-# Flags that only change speed, logging or where files go (epochs, workers, compile, channels_last,
-# loader, dataset root, intervals, device) may differ on resume.
-RESUME_MUST_MATCH = (
-    "seed",
-    "dataset",
-    "data_aug",
-    "val_seed",
-    "model",
-    "sn",
-    "mod",
-    "coeff",
-    *ARCH_FLAGS,
-    "train_batch_size",
-    "per_rank_batch",
-    "learning_rate",
-    "momentum",
-    "nesterov",
-    "weight_decay",
-    "optimiser",
-    "loss_function",
-    "loss_mean",
-    "first_milestone",
-    "second_milestone",
-    "precision",
-    "steps_per_epoch",
-    "world_size",
-)
 
 
 class NonFiniteLossError(UserError):
@@ -94,18 +52,7 @@ class NonFiniteLossError(UserError):
 
 
 # --------------------------------------------------------------------------------------------------------
-# Model, optimiser, schedule
-
-
-def model_config(args: argparse.Namespace, info: DatasetInfo) -> dict[str, Any]:
-    """Keyword arguments of `net.create_model` for a run (stored in the resume file to rebuild the model).
-
-    `info` is the data set's `data.DatasetInfo`: it fixes the class count and the 1x28x28 variant.
-    """
-    return cli.model_config(args, info.num_classes, mnist=tuple(info.shape) == (1, 28, 28))
-
-
-build_model = cli.create_from_config
+# Optimiser, schedule, device placement
 
 
 def make_optimizer(
@@ -205,6 +152,14 @@ class EpochStats:
     images_per_s: float
     val_accuracy: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def summary(self, epochs: int) -> str:
+        """The log line of this epoch out of `epochs`."""
+        val = "" if self.val_accuracy is None else f", validation accuracy {self.val_accuracy:.4f}"
+        return (
+            f"epoch {self.epoch + 1}/{epochs}: loss {self.loss:.4f}, accuracy {self.accuracy:.4f}, lr {self.lr:g}, "
+            f"{self.images_per_s:.0f} images/s, {self.seconds:.1f} s{val}"
+        )
 
     def to_json(self) -> dict[str, Any]:
         out = {k: v for k, v in asdict(self).items() if k != "extra"}
@@ -400,191 +355,16 @@ def train_epochs(
     return history
 
 
-# --------------------------------------------------------------------------------------------------------
-# Resumable state
-
-
-def capture_rng_state() -> dict[str, Any]:
-    """Every global generator's state (torch CPU and CUDA, NumPy, Python), loadable with weights_only."""
-    np_state = np.random.get_state()
-    state: dict[str, Any] = {
-        "torch": torch.get_rng_state(),
-        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *map(_plain, np_state[2:])],
-        "python": _tuples_to_lists(random.getstate()),
-    }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def restore_rng_state(state: Mapping[str, Any]) -> None:
-    """Inverse of `capture_rng_state` (CUDA states only when this process uses CUDA)."""
-    torch.set_rng_state(state["torch"])
-    kind, key, *rest = state["numpy"]
-    np.random.set_state((kind, key.numpy().astype(np.uint32), *rest))
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    if "cuda" in state and torch.cuda.is_available() and torch.cuda.is_initialized():
-        cuda_states = state["cuda"]
-        if len(cuda_states) == torch.cuda.device_count():
-            torch.cuda.set_rng_state_all(cuda_states)
-
-
-def _plain(value: Any) -> Any:
-    return value.item() if isinstance(value, np.generic) else value
-
-
-def _tuples_to_lists(value: Any) -> Any:
-    if isinstance(value, tuple):
-        return [_tuples_to_lists(v) for v in value]
-    return value
-
-
-def save_resume_state(path: Path, state: Mapping[str, Any]) -> None:
-    """Write the full training state atomically (a crash mid-write leaves the previous file intact)."""
-    atomic_torch_save({"format": RESUME_FORMAT, **state}, Path(path))
-
-
-def load_resume_state(path: Path) -> dict[str, Any]:
-    """Read a resume file written by `save_resume_state` (with `weights_only=True`: no arbitrary pickles)."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"the resume file '{path}' does not exist; check --save-path and the run's flags")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise UserError(
-            f"the resume file '{path}' could not be read ({type(err).__name__}); it is corrupt or not a "
-            "resume file: delete it to start afresh"
-        ) from None
-    if not isinstance(state, dict) or state.get("format") != RESUME_FORMAT:
-        raise UserError(
-            f"'{path}' is not a resume file of this project's train.py; delete it to start afresh"
-        )
-    return state
-
-
-def check_resume_compatible(
-    saved: Mapping[str, Any],
-    current: Mapping[str, Any],
-    *,
-    keys: Sequence[str] = RESUME_MUST_MATCH,
-    flag_names: Mapping[str, str] | None = None,
-    source: str = "the resume file",
-) -> None:
-    """Raise a `UserError` naming each flag in `keys` whose value differs between the saved and this run."""
-    flag_names = flag_names or {}
-    differ = []
-    for key in keys:
-        old, new = saved.get(key), current.get(key)
-        if old != new:
-            flag = flag_names.get(key, "--" + key.replace("_", "-"))
-            differ.append(f"{flag} {old!r} in the saved run vs {new!r} now")
-    if differ:
-        raise UserError(
-            f"cannot resume from {source} because these settings differ: {'; '.join(differ)}; pass the saved "
-            "values, or start a fresh run without --resume (or with another --save-path)"
-        )
-
-
-# --------------------------------------------------------------------------------------------------------
-# Output files
-
-
-class RunFiles:
-    """The files of one run under `save_dir`, named as the original: `{name}_{epoch}.model` (a plain state
-    dict of the bare network), `{name}_train_loss.json`, plus `{name}_log.jsonl` (one line per epoch) and
-    `{name}_resume.pt` (everything `--resume` needs).
-
-    `write_epoch` writes the resume file before the logs, each atomically: after a crash the logs are never
-    ahead of the state a resume starts from, and both logs are rewritten in full from the history. It only
-    reads what it is given, so train.py runs it on a `utils.io.BackgroundWriter` with a `cpu_snapshot`.
-    """
-
-    def __init__(self, save_dir: Path, name: str) -> None:
-        self.save_dir, self.name = Path(save_dir), name
-
-    @property
-    def resume(self) -> Path:
-        return self.save_dir / f"{self.name}_resume.pt"
-
-    @property
-    def train_loss(self) -> Path:
-        return self.save_dir / f"{self.name}_train_loss.json"
-
-    @property
-    def log(self) -> Path:
-        return self.save_dir / f"{self.name}_log.jsonl"
-
-    def model(self, epoch: int) -> Path:
-        """The checkpoint after `epoch` epochs (counting from 1, as the original's file names)."""
-        return self.save_dir / f"{self.name}_{epoch}.model"
-
-    def save_model(self, model: nn.Module, epoch: int) -> Path:
-        path = self.model(epoch)
-        atomic_torch_save(net.unwrap_model(model).state_dict(), path)
-        return path
-
-    def write_epoch(
-        self,
-        state: Mapping[str, Any],
-        history: Sequence[EpochStats],
-        *,
-        model_state: Mapping[str, torch.Tensor] | None = None,
-        model_epoch: int | None = None,
-    ) -> None:
-        """The end-of-epoch files in a crash-safe order: `{name}_{model_epoch}.model` from `model_state` (when
-        given), then the resume file from `state`, then the logs."""
-        if model_state is not None:
-            atomic_torch_save(model_state, self.model(model_epoch))
-        save_resume_state(self.resume, state)
-        self.write_logs(history)
-
-    def write_logs(self, history: Sequence[EpochStats]) -> None:
-        # The original's train-loss file: {"0": loss, "1": loss, ...} with its own loss definition.
-        atomic_write_json(self.train_loss, {str(s.epoch): s.original_loss for s in history}, indent=None)
-        lines = "".join(_json_line(s.to_json()) for s in history)
-        atomic_write_bytes(self.log, lines.encode())
-
-
-def _json_line(obj: Mapping[str, Any]) -> str:
-    return json.dumps(obj, sort_keys=False) + "\n"
-
-
-def sanitize_args(args: argparse.Namespace | Mapping[str, Any]) -> dict[str, Any]:
-    """Arguments as plain JSON-able values (paths as strings), fit for a weights_only checkpoint."""
-    items = vars(args).items() if isinstance(args, argparse.Namespace) else args.items()
-    out = {}
-    for key, value in items:
-        if isinstance(value, Path):
-            value = str(value)
-        elif not isinstance(value, (str, int, float, bool, type(None), list, tuple)):
-            value = repr(value)
-        out[key] = list(value) if isinstance(value, tuple) else value
-    return out
-
-
 __all__ = [
-    "ARCH_FLAGS",
     "EpochStats",
     "LOSSES",
     "NonFiniteLossError",
     "OPTIMIZERS",
-    "RESUME_MUST_MATCH",
-    "RunFiles",
     "TrainSettings",
-    "build_model",
-    "capture_rng_state",
-    "check_resume_compatible",
     "evaluate_accuracy",
-    "load_resume_state",
     "make_optimizer",
     "make_scheduler",
-    "model_config",
     "prepare_model",
-    "restore_rng_state",
-    "sanitize_args",
-    "save_resume_state",
     "train_epochs",
     "train_one_epoch",
 ]
