@@ -59,7 +59,8 @@ from tqdm import tqdm
 import net
 from data.registry import MNIST_MEAN, MNIST_STD
 from data.sources import AMNIST_MANIFEST, AMNIST_TRAIN_PAIRS
-from metrics.gmm import ClassGaussians, class_log_densities, fit_class_gaussians
+from metrics.ddu import DDUScorer
+from metrics.gmm import ClassGaussians
 from metrics.ood import detection_metrics
 from metrics.uncertainty import (
     ensemble_mutual_information,
@@ -285,7 +286,7 @@ def ensemble_scores(ensemble: Ensemble, images: torch.Tensor) -> dict[str, torch
     for model, gaussians in zip(ensemble.members, ensemble.gaussians):
         features, logits = predict(model, images)
         probs.append(torch.softmax(logits.double(), dim=1))
-        log_densities.append(torch.logsumexp(class_log_densities(gaussians, features), dim=1))
+        log_densities.append(DDUScorer(gaussians).predict_features(features)["log_density"])
     member_probs = torch.stack(probs)
     return {
         "mean_probs": member_probs.mean(dim=0),
@@ -325,7 +326,7 @@ def build_ensemble(
         )
         features, _ = predict(model, images)
         members.append(model)
-        gaussians.append(fit_class_gaussians(features, labels, NUM_CLASSES))
+        gaussians.append(DDUScorer.fit_features(features, labels, NUM_CLASSES).gaussians)
     ensemble = Ensemble(members, gaussians)
     if density_quantile > 0:
         own = ensemble_scores(ensemble, images)["log_density"]

@@ -132,12 +132,12 @@ def gmm_run(
     Raises `metrics.GaussianFitError` when no jitter makes the covariances positive definite.
     """
     result, _ = calibration_block(test, val)
-    gaussians = metrics.fit_class_gaussians(
+    scorer = metrics.DDUScorer.fit_features(
         train.features, train.labels, num_classes, weight_by_class_frequency=weight_by_class_frequency
     )
-    result["gmm_jitter"] = float(gaussians.jitter)
-    test_scores = metrics.ddu_scores(metrics.class_log_densities(gaussians, test.features))
-    ood_scores = metrics.ddu_scores(metrics.class_log_densities(gaussians, ood.features))
+    result["gmm_jitter"] = scorer.jitter
+    test_scores = scorer.predict_features(test.features)
+    ood_scores = scorer.predict_features(ood.features)
     density = _detection("m1", test_scores["log_density"], ood_scores["log_density"], True)
     entropy = _detection("m2", test_scores["entropy"], ood_scores["entropy"], False)
     result.update(density)

@@ -300,12 +300,12 @@ def dirty_scores(
         dataset, root, batch_size, augment=False, val_seed=1, device=device, shuffle=False
     )
     train = collect_outputs(model, train_loader, device)
-    gaussians = metrics.fit_class_gaussians(train.features, train.labels, data.get_info(dataset).num_classes)
+    scorer = metrics.DDUScorer.fit_features(train.features, train.labels, data.get_info(dataset).num_classes)
     result = {}
     for group, name in (("clean", parts[0]), ("ambiguous", parts[1]), ("ood", ood)):
         loader = data.get_test_loader(name, root, batch_size, device=device, like=dataset)
         out = collect_outputs(model, loader, device)
-        density = metrics.ddu_scores(metrics.class_log_densities(gaussians, out.features))["log_density"]
+        density = scorer.predict_features(out.features)["log_density"]
         result[group] = {
             "entropy": metrics.softmax_entropy(out.logits).cpu().numpy(),
             "log_density": density.cpu().numpy(),

@@ -127,13 +127,11 @@ def plane_maps(
     the training set `(x, y)`; each map is `(G,)` float64."""
     model.eval()
     with _one_thread():
-        gaussians = metrics.fit_class_gaussians(model.forward_features(x), y, int(y.max()) + 1)
+        scorer = metrics.DDUScorer.fit_features(model.forward_features(x), y, int(y.max()) + 1)
         z = model.forward_features(torch.as_tensor(points, dtype=torch.float32))
         return {
             "entropy": metrics.softmax_entropy(model.forward_head(z)).numpy(),
-            "log_density": metrics.ddu_scores(metrics.class_log_densities(gaussians, z))[
-                "log_density"
-            ].numpy(),
+            "log_density": scorer.predict_features(z)["log_density"].numpy(),
         }
 
 
