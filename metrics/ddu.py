@@ -20,16 +20,11 @@ numerical work; see that module for the covariance estimate and the jitter searc
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from torch import Tensor
 
-from metrics.gmm import (
-    DEFAULT_MAX_TRIES,
-    ClassGaussians,
-    class_log_densities,
-    ddu_scores,
-    fit_class_gaussians,
-)
+from metrics.gmm import ClassGaussians, class_log_densities, ddu_scores, fit_class_gaussians
 
 
 @dataclass(frozen=True)
@@ -43,36 +38,18 @@ class DDUScorer:
     gaussians: ClassGaussians
 
     @classmethod
-    def fit_features(
-        cls,
-        features: Tensor,
-        labels: Tensor,
-        num_classes: int,
-        *,
-        weight_by_class_frequency: bool = False,
-        jitter_start: float | None = None,
-        max_tries: int = DEFAULT_MAX_TRIES,
-    ) -> DDUScorer:
+    def fit_features(cls, features: Tensor, labels: Tensor, num_classes: int, **options: Any) -> DDUScorer:
         """Fit one Gaussian per class to `features` `(N, D)` with integer `labels` `(N,)` in `[0, C)`.
 
-        `weight_by_class_frequency` adds the prior `log(n_c / N)` to every class log-density (the DDU code
-        uses none; its active learning does). `jitter_start` and `max_tries` steer the jitter search of
-        `fit_class_gaussians`.
+        `options` are `fit_class_gaussians`'s keywords: `weight_by_class_frequency` adds the prior
+        `log(n_c / N)` to every class log-density (the DDU code uses none; its active learning does);
+        `jitter_start` and `max_tries` steer the jitter search.
 
         Raises:
             GaussianFitError: with the reason, if a class is empty, features are not finite, or no jitter
                 makes the covariances positive definite.
         """
-        return cls(
-            fit_class_gaussians(
-                features,
-                labels,
-                num_classes,
-                weight_by_class_frequency=weight_by_class_frequency,
-                jitter_start=jitter_start,
-                max_tries=max_tries,
-            )
-        )
+        return cls(fit_class_gaussians(features, labels, num_classes, **options))
 
     @property
     def jitter(self) -> float:
