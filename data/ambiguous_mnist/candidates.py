@@ -82,8 +82,8 @@ def make_candidates(
     z = (w[:, :, None] * codes[idx]).sum(dim=1)
     # A convex combination of codes is shorter than its ends (a chord's middle: about 0.7 times as long
     # for two digits), which decodes to fainter, more prototypical strokes; restoring the weighted mean
-    # norm brings stroke contrast closer to MNIST's (mean of the 50 brightest pixels of 2,000 midpoints
-    # 0.84 -> 0.90, MNIST 0.97; measured with an earlier variant of the VAE).
+    # norm brings stroke contrast closer to MNIST's (mean of the 50 brightest pixels of 2,000 two-digit
+    # midpoints 0.85 -> 0.90, MNIST 0.97; the default VAE on all 60,000 digits, seed 1, 2026-12-01).
     target_norm = (w * codes[idx].norm(dim=2)).sum(dim=1, keepdim=True)
     z = z * target_norm / z.norm(dim=1, keepdim=True).clamp_min(1e-8)
     images = torch.cat([vae.decode(chunk) for chunk in z.split(4096)])
