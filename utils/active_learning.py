@@ -196,13 +196,10 @@ def acquisition_scores(
         return metrics.ensemble_predictive_entropy(probs)
     if al_type == "gmm":
         train = collect_outputs(models[0], _SplitLoader(labelled, batch_size), device, precision)
-        gaussians = metrics.fit_class_gaussians(
+        scorer = metrics.DDUScorer.fit_features(
             train.features, train.labels, num_classes, weight_by_class_frequency=True
         )
-        density = metrics.ddu_scores(metrics.class_log_densities(gaussians, pool_out[0].features))[
-            "log_density"
-        ]
-        return -density
+        return -scorer.predict_features(pool_out[0].features)["log_density"]
     raise ValueError(f"unknown acquisition type {al_type!r}")
 
 
