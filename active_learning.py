@@ -123,7 +123,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--subsample", type=int, default=1000, help="MNIST digits in the Dirty-MNIST pool")
     parser.add_argument(
-        "--al-type", default="softmax", choices=["softmax", "ensemble", "gmm"], help="acquisition"
+        "--al-type",
+        default="softmax",
+        choices=["softmax", "ensemble", "gmm", "random"],
+        help="acquisition (random: a uniformly random batch, a baseline the original lacks)",
     )
     parser.add_argument(
         "-mi", "--mi", dest="mi", action="store_true", help="ensemble: mutual information, not PE"
@@ -291,6 +294,7 @@ def _acquisition_step(args, record: dict, run_seed: int, splits, settings, ambig
         device=device,
         precision=precision,
         num_classes=num_classes,
+        seed=step_seed,
     )
     chosen = utils.active_learning.select_top(scores, candidates, args.acquisition_batch_size)
     record["labelled"] = record["labelled"] + chosen.tolist()
