@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import re
+import shlex
 from pathlib import Path
 
 import pytest
@@ -361,6 +363,33 @@ def test_round_trip_train_evaluate_table(tmp_path, capsys):
     assert [row.method.name for row in rows] == ["Ensemble", "Ensemble (MI)"]
     assert rows[0].values["auroc"] == result["values"]["m2_auroc"]
     assert rows[1].values["auroc"] == result["values"]["m1_auroc"]
+
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+@pytest.mark.slow
+def test_the_readme_round_trip_runs_as_written(tmp_path, monkeypatch, capsys):
+    """The three commands at the top of the README's ensemble section, run as written (in a fresh folder)."""
+    from utils import results
+
+    section = README.read_text().split("## Deep ensembles, TensorBoard and the results table")[1]
+    block = re.search(r"```bash\n(.*?)```", section, flags=re.S).group(1)
+    commands = [shlex.split(line) for line in block.splitlines() if line.startswith("python ")]
+    assert [c[1] for c in commands] == ["train.py", "evaluate.py", "-m"]
+    monkeypatch.chdir(tmp_path)
+    train_words, evaluate_words, table_words = commands
+    train.main(train.get_args_parser().parse_args(train_words[2:]))
+    result = evaluate.main(evaluate.get_args_parser().parse_args(evaluate_words[2:]))
+    capsys.readouterr()
+    text = results.main(results.get_args_parser().parse_args(table_words[3:]))
+    assert capsys.readouterr().out == text
+    assert "| Ensemble | predictive entropy | lenet x5 |" in text
+    assert sorted(p.name for p in (tmp_path / "runs" / "Run1").glob("*.model")) == [
+        f"lenet_{seed}_5.model" for seed in range(1, 6)
+    ]
+    # Five LeNets after 5 epochs tell photo patches from digits by their predictive entropy.
+    assert result["mean"]["m2_auroc"] > 0.75
 
 
 # ----------------------------------------------------------------------------------------------------

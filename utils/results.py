@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 from utils.errors import UserError, exit_on_user_error
-from utils.io import atomic_write_bytes
 
 # The keys of the original evaluate.py output, in its order.
 ORIGINAL_KEYS = (
@@ -290,6 +289,8 @@ def main(args: argparse.Namespace) -> str:
     text = format_table(rows, args.format)
     print(text, end="")
     if args.out:
+        from utils.io import atomic_write_bytes  # imports torch: only when a file is written
+
         atomic_write_bytes(Path(args.out), text.encode())
     return text
 
