@@ -19,6 +19,8 @@ Outputs (`{name}` as train.py names runs, e.g. `resnet18_sn_3.0_mod_1`), written
 to the list of MNIST test accuracies (percent) per step; with -ambiguous also `ambiguous_{...}.json` (run to the
 fraction of ambiguous samples in the labelled set per step) and `ambiguous_entropies_{...}.json` (run to step to
 the entropies of the labelled samples). `--resume` continues an interrupted experiment from its state file.
+`--tensorboard [DIR]` also writes TensorBoard scalars (per epoch and per step); `--al-type ensemble` trains its
+members stacked where that is exact on a GPU (`--ensemble-mode`, as train.py --ensemble).
 """
 
 from __future__ import annotations

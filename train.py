@@ -13,6 +13,9 @@ Useful additions:
     torchrun --nproc_per_node=4 train.py --seed 1 ...              # DistributedDataParallel, -b stays global
     python train.py --seed 1 --dataset digits --model resnet18 --base-width 8 -e 3 --no-gpu --save-path runs
                                                                    # a small run on the embedded demo set
+    python train.py --seed 1 ... --ensemble 5 --save-path runs/Run1/   # a deep ensemble: seeds 1..5, each
+                                                                   # member under its own name (lenet_3_...)
+    python train.py ... --tensorboard                              # scalars in {save-path}/stats_logging
 
 Outputs in `--save-path` (`{name}` is the original naming, e.g. `wide_resnet_sn_3.0_mod_1`):
 `{name}_{epoch}.model` every `--save-interval` epochs and at the end (plain state dicts of the network),
