@@ -171,8 +171,8 @@ def get_args_parser() -> argparse.ArgumentParser:
         const="",
         default=None,
         metavar="DIR",
-        help="also write TensorBoard scalars (per epoch: loss, accuracy, lr, validation accuracy, images/s; per "
-        f"step: test accuracy, labelled-set size) into DIR/{{name}}/run{{r}} (default DIR: "
+        help="also write TensorBoard scalars (per epoch: loss, accuracy, lr, validation accuracy, images/s; "
+        f"per step: test accuracy, labelled-set size) into DIR/{{name}}/run{{r}} (default DIR: "
         f"{{output-dir}}/{utils.tensorboard.DEFAULT_FOLDER}); needs the tensorboard package",
     )
     return parser

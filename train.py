@@ -435,7 +435,7 @@ def _checkpointer(run: _Run, writer: BackgroundWriter, model, optimizer, schedul
 def _train_run(
     run: _Run, device: torch.device, dist_info: distributed.DistInfo, *, until: int | None = None
 ) -> dict[str, Any]:
-    """Train one network from its start epoch to -e (or to epoch `until`, the catch-up of a stacked resume)."""
+    """Train one network from its start epoch to -e (or to epoch `until`: a stacked resume's catch-up)."""
     args = run.args
     epochs = args.epoch if until is None else until
     log_dir = run.tensorboard_dir if dist_info.is_main else None
