@@ -149,6 +149,12 @@ def test_each_method_reads_its_keys_and_runs_are_pooled_and_failures_counted(tmp
         "| DDU | feature density (GDA) | resnet18_sn_3.0_mod | 92.00 ± 0.00 | 3.00 ± 0.00 | 97.00 ± 0.00 | 92.00 ± 0.00 | 1 of 2 (1 failed) |"
         in text
     )
+    scaled_run = run(0.9, 0.02, 0.8, 0.7, t_ece=0.01, t_m1_auroc=0.81, t_m1_auprc=0.8, t_m2_auroc=0.71,
+                     t_m2_auprc=0.7, **extra)  # fmt: skip
+    scaled = result_file(tmp_path, "res_t.json", "softmax", [scaled_run])
+    by_scaled = {r.method.name: r for r in table_rows(read_results([scaled]), temperature_scaled=True)}
+    assert by_scaled["Softmax"].values["auroc"] == [0.71] and by_scaled["Energy"].values["auroc"] == [0.81]
+    assert by_scaled["Softmax"].values["ece"] == [0.01] and by_scaled["MSP"].values["auroc"] == [0.91]
     csv_lines = format_table(rows, "csv").splitlines()
     assert csv_lines[0].startswith(
         "dataset,ood_dataset,method,score,network,runs,failed,accuracy,accuracy_stderr"

@@ -139,12 +139,16 @@ def _network_name(info: dict[str, Any]) -> str:
     return name
 
 
-def table_rows(results: Sequence[tuple[str, dict[str, Any]]]) -> list[Row]:
+def table_rows(
+    results: Sequence[tuple[str, dict[str, Any]]], *, temperature_scaled: bool = False
+) -> list[Row]:
     """The table's rows from `(source, result JSON)` pairs, in `METHODS` order, then network and data sets.
 
     Files of one method, network and data-set pair are pooled (their runs are concatenated). MSP and
     Mahalanobis are taken from softmax files, and from gmm files only for networks no softmax file covers:
     both files evaluate the same checkpoints, so taking both would count each run twice.
+    `temperature_scaled` reads ECE and the m1/m2 scores after temperature scaling (`t_` keys; accuracy and
+    the MSP/Mahalanobis baselines have no such keys and stay as they are).
     """
     with_softmax = {
         (_network_name(r["info"]), r["info"].get("dataset"), r["info"].get("ood_dataset"))
@@ -167,13 +171,18 @@ def table_rows(results: Sequence[tuple[str, dict[str, Any]]]) -> list[Row]:
                 continue
             values = result["values"]
             runs = len(values.get("accuracy") or [])
-            if runs == 0 or f"{method.prefix}_auroc" not in values:
+            prefix = (
+                f"t_{method.prefix}"
+                if temperature_scaled and method.prefix in ("m1", "m2")
+                else method.prefix
+            )
+            if runs == 0 or f"{prefix}_auroc" not in values:
                 continue
             columns = {
                 "accuracy": values["accuracy"],
-                "ece": values.get("ece", [None] * runs),
-                "auroc": values[f"{method.prefix}_auroc"],
-                "auprc": values.get(f"{method.prefix}_auprc", [None] * runs),
+                "ece": values.get("t_ece" if temperature_scaled else "ece", [None] * runs),
+                "auroc": values[f"{prefix}_auroc"],
+                "auprc": values.get(f"{prefix}_auprc", [None] * runs),
             }
             key = (METHODS.index(method), network, dataset, ood)
             if key not in rows:
@@ -277,13 +286,18 @@ def get_args_parser() -> argparse.ArgumentParser:
     table = sub.add_parser("table", help="print the table of the given result files")
     table.add_argument("files", nargs="+", help="result files res_*.json written by evaluate.py")
     table.add_argument("--format", choices=FORMATS, default="markdown", help="markdown (default) or csv")
+    table.add_argument(
+        "--temperature-scaled",
+        action="store_true",
+        help="ECE and the Softmax/Energy/Ensemble/DDU scores after temperature scaling (the t_ keys)",
+    )
     table.add_argument("--out", default=None, help="also write the table to this file")
     return parser
 
 
 @exit_on_user_error
 def main(args: argparse.Namespace) -> str:
-    rows = table_rows(read_results(args.files))
+    rows = table_rows(read_results(args.files), temperature_scaled=args.temperature_scaled)
     if not rows:
         raise UserError("none of the files holds a method of the table; pass evaluate.py's res_*.json files")
     text = format_table(rows, args.format)
