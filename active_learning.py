@@ -19,6 +19,8 @@ Outputs (`{name}` as train.py names runs, e.g. `resnet18_sn_3.0_mod_1`), written
 to the list of MNIST test accuracies (percent) per step; with -ambiguous also `ambiguous_{...}.json` (run to the
 fraction of ambiguous samples in the labelled set per step) and `ambiguous_entropies_{...}.json` (run to step to
 the entropies of the labelled samples). `--resume` continues an interrupted experiment from its state file.
+`--tensorboard [DIR]` also writes TensorBoard scalars (per epoch and per step); `--al-type ensemble` trains its
+members stacked where that is exact on a GPU (`--ensemble-mode`, as train.py --ensemble).
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ import torch
 import data
 import net
 import utils.active_learning
+import utils.ensemble
+import utils.tensorboard
 from utils.cli import (
     ARCH_FLAGS,
     add_arch_flags,
@@ -154,6 +158,23 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--precision", default=None, choices=["fp32", "bf16"], help="default: bf16 on a GPU")
     parser.add_argument("--output-dir", default=".", help="where the JSON files go")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted experiment")
+    parser.add_argument(
+        "--ensemble-mode",
+        choices=utils.ensemble.MODES,
+        default="auto",
+        help="--al-type ensemble: members stacked into one vmapped network (exact; not with -sn), one after "
+        "another (sequential), or auto (default): stacked on a GPU where exact, else sequential",
+    )
+    parser.add_argument(
+        "--tensorboard",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="DIR",
+        help="also write TensorBoard scalars (per epoch: loss, accuracy, lr, validation accuracy, images/s; "
+        f"per step: test accuracy, labelled-set size) into DIR/{{name}}/run{{r}} (default DIR: "
+        f"{{output-dir}}/{utils.tensorboard.DEFAULT_FOLDER}); needs the tensorboard package",
+    )
     return parser
 
 
@@ -238,9 +259,12 @@ def _new_record(args: argparse.Namespace, pool, run_seed: int, num_classes: int)
     return {"labelled": labelled, "test_accs": [], "ambiguous_fraction": [], "entropies": [], "done": False}
 
 
-def _acquisition_step(args, record: dict, run_seed: int, splits, settings, ambiguity_model, num_classes):
+def _acquisition_step(
+    args, record: dict, run_seed: int, splits, settings, ambiguity_model, num_classes, board=None
+):
     """One step of a run: train on the labelled set, record the test accuracy (and the labelled set's
-    ambiguity), then move the top-scoring pool samples into the labelled set. Returns the accuracy."""
+    ambiguity), then move the top-scoring pool samples into the labelled set. Returns the accuracy.
+    `board` (a TensorBoard writer or None) receives the training epochs' and the step's numbers."""
     pool, validation, test = splits
     device, precision = settings.device, settings.precision
     step = len(record["test_accs"])
@@ -249,20 +273,27 @@ def _acquisition_step(args, record: dict, run_seed: int, splits, settings, ambig
     step_seed = run_seed * 1000 + step
     seed_everything(step_seed)
     members = args.num_ensemble if args.al_type == "ensemble" else 1
-    models = [
-        utils.active_learning.train_best_model(
-            lambda: build_model(args, pool_dataset(args)),
-            labelled,
-            validation,
-            epochs=args.epochs,
-            batch_size=args.train_batch_size,
-            test_batch_size=args.test_batch_size,
-            samples_per_epoch=args.samples_per_epoch,
-            settings=settings,
-            seed=step_seed * 10 + m,
+    epochs_before = step * args.epochs  # TensorBoard's step: epochs trained in this run before this step
+
+    def on_epoch_end(k: int, stats) -> None:
+        prefix = f"member{k + 1}/" if members > 1 else ""
+        utils.tensorboard.add_scalars(
+            board, stats.to_json(), step=epochs_before + stats.epoch + 1, prefix=prefix
         )
-        for m in range(members)
-    ]
+
+    models = utils.active_learning.train_best_models(
+        lambda: build_model(args, pool_dataset(args)),
+        labelled,
+        validation,
+        seeds=[step_seed * 10 + m for m in range(members)],
+        mode=args.ensemble_mode,
+        epochs=args.epochs,
+        batch_size=args.train_batch_size,
+        test_batch_size=args.test_batch_size,
+        samples_per_epoch=args.samples_per_epoch,
+        settings=settings,
+        on_epoch_end=on_epoch_end if board is not None else None,
+    )
     if len(models) == 1:
         accuracy = utils.active_learning.test_accuracy_percent(
             models[0], test, args.test_batch_size, settings
@@ -272,6 +303,12 @@ def _acquisition_step(args, record: dict, run_seed: int, splits, settings, ambig
             models, test, args.test_batch_size, device, precision
         )
     record["test_accs"].append(accuracy)
+    utils.tensorboard.add_scalars(
+        board,
+        {"test_accuracy": accuracy, "labelled": len(record["labelled"])},
+        step=epochs_before + args.epochs,
+        keys=("test_accuracy", "labelled"),
+    )
     if ambiguity_model is not None:
         entropies = utils.active_learning.sample_entropies(
             ambiguity_model, labelled, args.scoring_batch_size, device
@@ -326,6 +363,17 @@ def run_experiment(args: argparse.Namespace) -> dict:
     )
     out_dir = check_writable_dir(Path(args.output_dir), "output folder (--output-dir)")
     names = output_names(args)
+    if args.tensorboard is not None:
+        utils.tensorboard.require_tensorboard()
+    if args.al_type == "ensemble" and args.ensemble_mode == "stacked":
+        obstacle = utils.ensemble.stacking_obstacle(build_model(args, pool_dataset(args)))
+        if obstacle is not None:
+            raise UserError(
+                f"members cannot be trained stacked: {obstacle}; pass --ensemble-mode auto or sequential"
+            )
+    board_dir = utils.tensorboard.resolve_folder(args.tensorboard, out_dir)
+    if board_dir is not None:
+        board_dir = board_dir / Path(names["test_accs"]).stem.removeprefix("test_accs_")
     state = _load_state(args, out_dir / names["state"])
     ambiguity_model = load_ambiguity_model(args, device) if args.ambiguous else None
     num_steps = (
@@ -353,17 +401,22 @@ def run_experiment(args: argparse.Namespace) -> dict:
         if record is None:
             record = state["runs"][key] = _new_record(args, pool, run_seed, num_classes)
         total_bar.update(len(record["test_accs"]))
-        while not record["done"]:
-            step = len(record["test_accs"])
-            labelled = len(record["labelled"])
-            accuracy = _acquisition_step(
-                args, record, run_seed, splits, settings, ambiguity_model, num_classes
-            )
-            _write_outputs(args, state, out_dir, names)
-            total_bar.update(1)
-            total_bar.set_postfix(run=run, labelled=labelled, acc=f"{accuracy:.2f}")
-            if not progress_enabled():
-                log.info("run %d step %d: %d labelled, test accuracy %.2f%%", run, step, labelled, accuracy)
+        log_dir = None if board_dir is None else board_dir / f"run{run}"
+        purge = len(record["test_accs"]) * args.epochs + 1
+        with utils.tensorboard.epoch_writer(log_dir, purge_step=purge) as board:
+            while not record["done"]:
+                step = len(record["test_accs"])
+                labelled = len(record["labelled"])
+                accuracy = _acquisition_step(
+                    args, record, run_seed, splits, settings, ambiguity_model, num_classes, board
+                )
+                _write_outputs(args, state, out_dir, names)
+                total_bar.update(1)
+                total_bar.set_postfix(run=run, labelled=labelled, acc=f"{accuracy:.2f}")
+                if not progress_enabled():
+                    log.info(
+                        "run %d step %d: %d labelled, test accuracy %.2f%%", run, step, labelled, accuracy
+                    )
     total_bar.close()
     _write_outputs(args, state, out_dir, names)
     return state

@@ -30,7 +30,7 @@ from utils.evaluation import ensemble_run, gmm_run, softmax_run
 from utils.features import Outputs, collect_outputs
 from utils.io import atomic_write_json, check_writable_dir
 from utils.progress import progress_bar
-from utils.results import aggregate
+from utils.results import aggregate, format_table, table_rows
 from utils.run_files import locate_checkpoint, run_name, run_seeds
 
 log = logging.getLogger("evaluate")
@@ -214,12 +214,8 @@ def main(args: argparse.Namespace) -> dict:
     result["failed_runs"] = failed
     atomic_write_json(output, result)
     partial.unlink(missing_ok=True)
-    summary = ", ".join(
-        f"{key} {result['mean'][key]:.4f}"
-        for key in ("accuracy", "ece", "m1_auroc", "m2_auroc")
-        if result["mean"].get(key) is not None
-    )
-    print(f"wrote {output}: {summary}", flush=True)
+    print(f"wrote {output}", flush=True)
+    print(format_table(table_rows([(str(output), result)])), end="", flush=True)
     if failed:
         print(
             f"error: {len(failed)} of {args.runs} runs failed (see 'failed_runs' in {output})",

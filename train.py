@@ -13,6 +13,9 @@ Useful additions:
     torchrun --nproc_per_node=4 train.py --seed 1 ...              # DistributedDataParallel, -b stays global
     python train.py --seed 1 --dataset digits --model resnet18 --base-width 8 -e 3 --no-gpu --save-path runs
                                                                    # a small run on the embedded demo set
+    python train.py --seed 1 ... --ensemble 5 --save-path runs/Run1/   # a deep ensemble: seeds 1..5, each
+                                                                   # member under its own name (lenet_3_...)
+    python train.py ... --tensorboard                              # scalars in {save-path}/stats_logging
 
 Outputs in `--save-path` (`{name}` is the original naming, e.g. `wide_resnet_sn_3.0_mod_1`):
 `{name}_{epoch}.model` every `--save-interval` epochs and at the end (plain state dicts of the network),
@@ -27,22 +30,32 @@ On a GPU the defaults are the fast path: the GPU-resident loader, bf16 autocast 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn as nn
 
 import data
 import net
-from utils import distributed
+from utils import distributed, ensemble, tensorboard
 from utils.cli import ARCH_FLAGS, build_model, flag_names, model_config, model_parser
 from utils.device import select_device
 from utils.errors import UserError, exit_on_user_error
 from utils.io import BackgroundWriter, check_writable_dir
 from utils.progress import progress_enabled
-from utils.run_files import EpochCheckpointer, RunFiles, resume_training, run_name, sanitize_args
+from utils.run_files import (
+    EpochCheckpointer,
+    RunFiles,
+    explain_ensemble_stops,
+    resume_training,
+    run_name,
+    sanitize_args,
+)
 from utils.seed import seed_everything, set_deterministic
 from utils.training import (
     LOSSES,
@@ -101,7 +114,36 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     _add_run_flags(parser.add_argument_group("run (original flags)"))
     _add_speed_flags(parser.add_argument_group("speed (results do not depend on these except in rounding)"))
     _add_robustness_flags(parser.add_argument_group("robustness and checks"))
+    _add_ensemble_flags(parser.add_argument_group("deep ensembles and logs"))
     return parser
+
+
+def _add_ensemble_flags(g: argparse._ArgumentGroup) -> None:
+    g.add_argument(
+        "--ensemble",
+        type=int,
+        default=None,
+        metavar="N",
+        help="train a deep ensemble of N members with seeds seed..seed+N-1 and validation splits val_seed+k "
+        "(the original's train_ensemble.py), each under its own run name, as evaluate.py --model-type "
+        "ensemble finds them",
+    )
+    g.add_argument(
+        "--ensemble-mode",
+        choices=ensemble.MODES,
+        default="auto",
+        help="stacked: all members in one vmapped network (exact; not with -sn or dropout); sequential: one "
+        "after another; auto (default): stacked on a GPU where exact, else sequential",
+    )
+    g.add_argument(
+        "--tensorboard",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="DIR",
+        help=f"also write the per-epoch numbers as TensorBoard scalars into DIR/{{name}} (default DIR: "
+        f"{{save-path}}/{tensorboard.DEFAULT_FOLDER}); needs the tensorboard package",
+    )
 
 
 def _add_run_flags(g: argparse._ArgumentGroup) -> None:
@@ -248,6 +290,16 @@ def _resolve(
         raise UserError("--save-interval and --log-interval must be at least 1")
     if args.val_seed is None:
         args.val_seed = args.seed
+    if args.ensemble is not None:
+        if args.ensemble < 1:
+            raise UserError(f"--ensemble must be at least 1, got {args.ensemble}")
+        if args.resume not in (None, DEFAULT_RESUME):
+            raise UserError(
+                "--resume PATH names one run's file; with --ensemble pass --resume alone, and each member "
+                "continues from its own {name}_resume.pt in --save-path"
+            )
+    if args.tensorboard is not None:
+        tensorboard.require_tensorboard()
     if args.precision is None:
         args.precision = "bf16" if device.type == "cuda" else "fp32"
     if args.channels_last is None:
@@ -285,15 +337,43 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
 
 def _train(args: argparse.Namespace, device: torch.device, dist_info: distributed.DistInfo) -> dict[str, Any]:
     args = _resolve(args, device, dist_info)
-    files = RunFiles(Path(args.save_loc), run_name(args.model, args.seed, args.sn, args.mod, args.coeff))
     if dist_info.is_main:
         _log_run(args, dist_info)
-        check_writable_dir(files.save_dir, "save path (--save-path)")
+        check_writable_dir(Path(args.save_loc), "save path (--save-path)")
     if args.deterministic:
         set_deterministic(True)
     elif device.type == "cuda":
         torch.backends.cudnn.benchmark = True
+    if args.ensemble is None:
+        return _train_run(_prepare_run(args, device, dist_info), device, dist_info)
+    return _train_ensemble(args, device, dist_info)
 
+
+@dataclass
+class _Run:
+    """One network's training run, ready to train: its flags, files, loaders, network and optimiser state."""
+
+    args: argparse.Namespace
+    files: RunFiles
+    train_loader: Any
+    valid_loader: Any
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    config: dict[str, Any]
+    saved_args: dict[str, Any]
+    history: list[EpochStats]
+    start_epoch: int
+
+    @property
+    def tensorboard_dir(self) -> Path | None:
+        folder = tensorboard.resolve_folder(self.args.tensorboard, self.args.save_loc)
+        return None if folder is None else folder / self.files.name
+
+
+def _prepare_run(args: argparse.Namespace, device: torch.device, dist_info: distributed.DistInfo) -> _Run:
+    """Loaders, the seeded network, optimiser and schedule of the run `args` describes, resumed if asked."""
+    files = RunFiles(Path(args.save_loc), run_name(args.model, args.seed, args.sn, args.mod, args.coeff))
     train_loader, valid_loader = data.get_train_valid_loader(
         args.dataset,
         args.dataset_root,
@@ -323,8 +403,14 @@ def _train(args: argparse.Namespace, device: torch.device, dist_info: distribute
     scheduler = make_scheduler(optimizer, (args.first_milestone, args.second_milestone))
     saved_args = sanitize_args(args)
     history, start_epoch = _resume(args, files, model, optimizer, scheduler, saved_args, dist_info)
+    return _Run(args, files, train_loader, valid_loader, model, optimizer, scheduler, config, saved_args,
+                history, start_epoch)  # fmt: skip
 
-    settings = TrainSettings(
+
+def _settings(
+    args: argparse.Namespace, device: torch.device, dist_info: distributed.DistInfo
+) -> TrainSettings:
+    return TrainSettings(
         device=device,
         precision=args.precision,
         channels_last=args.channels_last,
@@ -335,39 +421,179 @@ def _train(args: argparse.Namespace, device: torch.device, dist_info: distribute
         progress=progress_enabled(dist_info.rank),
         max_steps=args.steps_per_epoch,
     )
-    with files.explain_stops(history), BackgroundWriter() as writer:
-        checkpoint = EpochCheckpointer(
-            files, writer, model, optimizer, scheduler, model_config=config, args=saved_args,
-            history=history, save_interval=args.save_interval, epochs=args.epoch, is_main=dist_info.is_main,
-        )  # fmt: skip
+
+
+def _checkpointer(run: _Run, writer: BackgroundWriter, model, optimizer, scheduler, is_main: bool):
+    """The end-of-epoch writer of `run`'s files; `model` and `optimizer` may be a stacked member's views."""
+    args = run.args
+    return EpochCheckpointer(
+        run.files, writer, model, optimizer, scheduler, model_config=run.config, args=run.saved_args,
+        history=run.history, save_interval=args.save_interval, epochs=args.epoch, is_main=is_main,
+    )  # fmt: skip
+
+
+def _train_run(
+    run: _Run, device: torch.device, dist_info: distributed.DistInfo, *, until: int | None = None
+) -> dict[str, Any]:
+    """Train one network from its start epoch to -e (or to epoch `until`: a stacked resume's catch-up)."""
+    args = run.args
+    epochs = args.epoch if until is None else until
+    log_dir = run.tensorboard_dir if dist_info.is_main else None
+    with (
+        run.files.explain_stops(run.history),
+        BackgroundWriter() as writer,
+        tensorboard.epoch_writer(log_dir, purge_step=run.start_epoch + 1) as board,
+    ):
+        checkpoint = _checkpointer(run, writer, run.model, run.optimizer, run.scheduler, dist_info.is_main)
 
         def on_epoch_end(stats: EpochStats) -> None:
             checkpoint(stats)
             if dist_info.is_main:
-                log.info(stats.summary(args.epoch))
+                prefix = f"{run.files.name} " if args.ensemble is not None else ""
+                log.info("%s%s", prefix, stats.summary(args.epoch))
+                tensorboard.add_scalars(board, stats.to_json(), step=stats.epoch + 1)
 
         train_epochs(
             prepare_model(
-                model, device, channels_last=args.channels_last, compile=args.compile, dist_info=dist_info
+                run.model, device, channels_last=args.channels_last, compile=args.compile, dist_info=dist_info
             ),
-            train_loader,
-            optimizer,
-            scheduler,
-            settings,
-            epochs=args.epoch,
-            start_epoch=start_epoch,
-            valid_loader=valid_loader,
+            run.train_loader,
+            run.optimizer,
+            run.scheduler,
+            _settings(args, device, dist_info),
+            epochs=epochs,
+            start_epoch=run.start_epoch,
+            valid_loader=run.valid_loader,
             validate_every=args.validate_every,
             on_epoch_end=on_epoch_end,
         )
+    if until is None:
+        _finish(run, dist_info)
+    else:
+        run.start_epoch = until
+    return {"history": run.history, "model": run.model, "files": run.files}
 
+
+def _finish(run: _Run, dist_info: distributed.DistInfo) -> None:
+    args = run.args
     if dist_info.is_main:
-        if start_epoch == args.epoch:
-            log.info("already trained for %d epochs (-e %d); nothing to do", start_epoch, args.epoch)
-            if not files.model(args.epoch).is_file():
-                files.save_model(model, args.epoch)
-        log.info("Model saved to %s", files.model(args.epoch))
-    return {"history": history, "model": model, "files": files}
+        if run.start_epoch == args.epoch:
+            log.info("%s: already trained for %d epochs (-e %d); nothing to do", run.files.name, args.epoch,
+                     args.epoch)  # fmt: skip
+            if not run.files.model(args.epoch).is_file():
+                run.files.save_model(run.model, args.epoch)
+        log.info("Model saved to %s", run.files.model(args.epoch))
+
+
+# --------------------------------------------------------------------------------------------------------
+# Ensembles
+
+
+def member_args(args: argparse.Namespace, k: int) -> argparse.Namespace:
+    """The flags of ensemble member k (from 0): seed `seed + k` and validation split `val_seed + k`, as the
+    original's train_ensemble.py, so that member k is the network `train.py --seed {seed + k}` trains and
+    evaluate.py finds it (and its split) as member k of the run."""
+    member = argparse.Namespace(**vars(args))
+    member.seed, member.val_seed = args.seed + k, args.val_seed + k
+    return member
+
+
+def _train_ensemble(args: argparse.Namespace, device: torch.device, dist_info: distributed.DistInfo) -> dict:
+    """`--ensemble N`: members stacked into one vmapped network where that is exact, else one after another.
+
+    Returns `{"members": [one `_train_run` result per member], "mode": "stacked" | "sequential"}`.
+    """
+    probe = build_model(model_config(args))
+    obstacle = ensemble.stacking_obstacle(probe, compile=args.compile, world_size=dist_info.world_size)
+    try:
+        mode, why = ensemble.choose_mode(args.ensemble_mode, obstacle, device.type)
+    except ValueError as err:
+        raise UserError(f"{err}; pass --ensemble-mode auto or sequential") from None
+    if dist_info.is_main:
+        how = (
+            "trained together, stacked into one vmapped network" if mode == "stacked" else "one after another"
+        )
+        log.info("ensemble of %d members (seeds %d..%d): %s (%s)", args.ensemble, args.seed,
+                 args.seed + args.ensemble - 1, how, why)  # fmt: skip
+    if mode == "sequential":
+        results = []
+        for k in range(args.ensemble):
+            run = _prepare_run(member_args(args, k), device, dist_info)
+            results.append(_train_run(run, device, dist_info))
+        return {"members": results, "mode": mode}
+    runs = [_prepare_run(member_args(args, k), device, dist_info) for k in range(args.ensemble)]
+    return {"members": _train_stacked(args, runs, device, dist_info), "mode": mode}
+
+
+def _train_stacked(
+    args: argparse.Namespace, runs: list[_Run], device: torch.device, dist_info: distributed.DistInfo
+) -> list[dict[str, Any]]:
+    """Train the members of `runs` together (see `utils.ensemble`); each keeps its own files and logs."""
+    # Members resumed from different epochs (a stop between two members' end-of-epoch writes) first catch
+    # up one by one: the stack needs them in step.
+    done = max(run.start_epoch for run in runs)
+    for run in runs:
+        if run.start_epoch < done:
+            log.info("%s: catching up from epoch %d to %d alone", run.files.name, run.start_epoch, done)
+            _train_run(run, device, dist_info, until=done)
+    stack = ensemble.StackedEnsemble([run.model for run in runs]).to(device)
+    optimizer = make_optimizer(
+        stack.parameters(),
+        args.optimiser,
+        lr=args.learning_rate,
+        momentum=args.momentum,
+        weight_decay=args.weight_decay,
+        nesterov=args.nesterov,
+    )
+    if done:
+        optimizer.load_state_dict(
+            ensemble.stack_optimizer_states([run.optimizer.state_dict() for run in runs])
+        )
+    # The members' common schedule (their states are equal: same milestones, same epochs done).
+    scheduler = make_scheduler(optimizer, (args.first_milestone, args.second_milestone))
+    scheduler.load_state_dict(runs[0].scheduler.state_dict())
+    names = [run.files.name for run in runs]
+    with contextlib.ExitStack() as stack_of_files:
+        stack_of_files.enter_context(
+            explain_ensemble_stops([run.files for run in runs], [run.history for run in runs])
+        )
+        checkpoints, boards = [], []
+        for k, run in enumerate(runs):
+            view = ensemble.MemberView(stack, optimizer, k)
+            writer = stack_of_files.enter_context(BackgroundWriter())
+            checkpoints.append(
+                _checkpointer(run, writer, view.model, view.optimizer, scheduler, dist_info.is_main)
+            )
+            log_dir = run.tensorboard_dir if dist_info.is_main else None
+            boards.append(
+                stack_of_files.enter_context(tensorboard.epoch_writer(log_dir, purge_step=done + 1))
+            )
+
+        def on_epoch_end(stats: list[EpochStats]) -> None:
+            for checkpoint, board, name, member_stats in zip(checkpoints, boards, names, stats):
+                checkpoint(member_stats)
+                log.info("%s %s", name, member_stats.summary(args.epoch))
+                tensorboard.add_scalars(board, member_stats.to_json(), step=member_stats.epoch + 1)
+
+        ensemble.train_epochs_stacked(
+            stack,
+            ensemble.ZippedLoader([run.train_loader for run in runs]),
+            optimizer,
+            scheduler,
+            _settings(args, device, dist_info),
+            epochs=args.epoch,
+            start_epoch=done,
+            valid_loader=ensemble.ZippedLoader([run.valid_loader for run in runs]),
+            validate_every=args.validate_every,
+            member_names=[f"member {k + 1} ({name})" for k, name in enumerate(names)],
+            on_epoch_end=on_epoch_end,
+        )
+    results = []
+    for k, run in enumerate(runs):
+        run.model.load_state_dict(stack.member_state_dict(k))
+        _finish(run, dist_info)
+        results.append({"history": run.history, "model": run.model, "files": run.files})
+    return results
 
 
 def _log_run(args: argparse.Namespace, dist_info: distributed.DistInfo) -> None:

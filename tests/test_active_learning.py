@@ -591,3 +591,85 @@ def test_resume_of_a_finished_run_with_a_larger_budget_is_refused(data_root, tmp
     capsys.readouterr()
     err = one_line_error(capsys, tiny_args(data_root, tmp_path, "--resume", max_samples=30))
     assert "--max-training-samples 20 in the saved run vs 30 now" in err
+
+
+# ----------------------------------------------------------------------------------------------------
+# Ensemble members trained together (utils.ensemble) and TensorBoard
+
+
+def test_ensemble_members_stacked_equal_members_trained_one_after_another():
+    """The acquisition ensemble's stacked path trains the same members as the one-after-another path:
+    same seeds, initial weights, resampled batches and Adam steps, up to the order of floating-point sums.
+    Adam divides by the root of the squared-gradient average, which magnifies the rounding of near-zero
+    gradients, so the bound is 1% of one Adam step (lr 1e-3) rather than a fraction of the weights."""
+    generator = torch.Generator().manual_seed(0)
+    labelled = Split(
+        torch.randn(40, 1, 28, 28, generator=generator), torch.randint(0, 10, (40,), generator=generator)
+    )
+    validation = Split(
+        torch.randn(30, 1, 28, 28, generator=generator), torch.randint(0, 10, (30,), generator=generator)
+    )
+    settings = training.TrainSettings(device=CPU, progress=False, log_interval=10**9)
+    common = dict(epochs=2, batch_size=16, test_batch_size=32, samples_per_epoch=48, settings=settings)
+    seen: dict[str, list] = {"stacked": [], "sequential": []}
+    members = {
+        mode: utils.active_learning.train_best_models(
+            lambda: net.create_model("lenet", num_classes=10, mnist=True),
+            labelled,
+            validation,
+            seeds=[11, 12, 13],
+            mode=mode,
+            on_epoch_end=lambda k, stats, mode=mode: seen[mode].append((k, stats)),
+            **common,
+        )  # fmt: skip
+        for mode in ("stacked", "sequential")
+    }
+    for together, alone in zip(members["stacked"], members["sequential"]):
+        assert not together.training and not alone.training
+        for key, value in alone.state_dict().items():
+            torch.testing.assert_close(together.state_dict()[key], value, rtol=0, atol=1e-5)
+    first = [m.state_dict()["fc3.weight"] for m in members["stacked"]]
+    assert not torch.equal(first[0], first[1])  # different seeds, different members
+
+    # The same epochs were reported: member, epoch, loss, validation accuracy.
+    def summary(mode):
+        return sorted((k, s.epoch, round(s.loss, 4), s.val_accuracy) for k, s in seen[mode])
+
+    assert summary("stacked") == summary("sequential") and len(seen["stacked"]) == 6
+
+
+def test_ensemble_acquisition_stacked_gives_the_results_one_after_another_gives(data_root, tmp_path):
+    results = {}
+    for mode in ("stacked", "sequential"):
+        out = tmp_path / mode
+        args = tiny_args(data_root, out, "--num-ensemble", "2", "--ensemble-mode", mode, al_type="ensemble")
+        active_learning.main(args)
+        results[mode] = read(out / "al_state_lenet_1_ensemble_mnist.json")["runs"]["0"]
+    assert results["stacked"]["labelled"] == results["sequential"]["labelled"]
+    assert results["stacked"]["test_accs"] == pytest.approx(results["sequential"]["test_accs"])
+
+
+def test_stacked_ensemble_acquisition_of_a_spectral_network_is_a_user_error(data_root, tmp_path, capsys):
+    args = tiny_args(data_root, tmp_path, "--model", "resnet18", "-sn", "--base-width", "2",
+                     "--ensemble-mode", "stacked", al_type="ensemble")  # fmt: skip
+    err = one_line_error(capsys, args)
+    assert "spectral normalisation" in err and "--ensemble-mode" in err
+
+
+def test_tensorboard_has_every_epoch_and_every_step(data_root, tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    args = tiny_args(data_root, tmp_path, "--tensorboard", "--epochs", "2", al_type="softmax")
+    active_learning.main(args)
+    accuracies = read(tmp_path / "test_accs_lenet_1_softmax_mnist.json")["0"]
+    events = EventAccumulator(str(tmp_path / "stats_logging" / "lenet_1_softmax_mnist" / "run0"))
+    events.Reload()
+    scalars = {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+    assert {"loss", "accuracy", "lr", "val_accuracy", "images_per_s", "test_accuracy", "labelled"} <= set(
+        scalars
+    )
+    assert [step for step, _ in scalars["loss"]] == [1, 2, 3, 4, 5, 6]  # 3 steps of 2 epochs
+    assert [step for step, _ in scalars["test_accuracy"]] == [2, 4, 6]
+    assert [value for _, value in scalars["test_accuracy"]] == pytest.approx(accuracies, rel=1e-6)
+    assert [value for _, value in scalars["labelled"]] == [20, 25, 30]

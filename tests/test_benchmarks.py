@@ -11,7 +11,7 @@ import json
 import pytest
 from conftest import requires_counted_torch
 
-from benchmarks import dispatch, loader, throughput, train_throughput
+from benchmarks import dispatch, ensemble, loader, throughput, train_throughput
 
 pytestmark = pytest.mark.slow
 
@@ -94,3 +94,20 @@ def test_dispatch_counts_the_extra_operations_of_spectral_normalisation(tmp_path
     extra = normalised["operations_per_step"] - plain["operations_per_step"]
     assert 0 < extra <= 24 * normalised["sn_layers"]
     assert json.loads(out.read_text())[1]["operations_per_step"] == normalised["operations_per_step"]
+
+
+def test_ensemble_benchmark_times_stacked_and_one_after_another(tmp_path):
+    out = tmp_path / "ensemble.json"
+    args = ensemble.get_args_parser().parse_args(
+        f"--model lenet --members 2 --batch-size 4 --steps 1 --warmup 1 --repeats 1 --no-gpu --json {out}".split()
+    )
+    result = ensemble.main(args)
+    assert json.loads(out.read_text()) == result
+    assert result["stacked_images_per_s"] > 0 and result["sequential_images_per_s"] > 0
+    assert result["ratio"] == pytest.approx(
+        result["stacked_images_per_s"] / result["sequential_images_per_s"], rel=1e-2
+    )
+    with pytest.raises(SystemExit, match="cannot be stacked"):
+        ensemble.main(
+            ensemble.get_args_parser().parse_args("--model resnet18 -sn --base-width 2 --no-gpu".split())
+        )

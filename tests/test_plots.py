@@ -253,3 +253,43 @@ def test_demo_runs_end_to_end_and_reports_both_scores(tmp_path, capsys):
     assert "AUROC of each score" in out
     for label, row in table.items():  # the printed table is the returned one
         assert f"{label:26s}" + "".join(f"{row[c]:26.3f}" for c in columns) in out
+
+
+# ----------------------------------------------------------------------------------------------------
+# Training curves from train.py's JSON-lines logs
+
+
+def write_log(path: Path, losses: list[float], val_every: int = 2) -> Path:
+    lines = [
+        {"epoch": e, "loss": loss, "accuracy": 1 - loss / 3, "lr": 0.1,
+         "val_accuracy": (1 - loss / 4) if (e + 1) % val_every == 0 else None}
+        for e, loss in enumerate(losses)
+    ]  # fmt: skip
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    return path
+
+
+def test_training_curves_one_line_per_run_and_validation_only_where_logged(tmp_path):
+    first = write_log(tmp_path / "lenet_1_log.jsonl", [2.0, 1.5, 1.0, 0.8])
+    second = write_log(tmp_path / "lenet_2_log.jsonl", [2.2, 1.2, 0.9, 0.7])
+    out = tmp_path / "curves.png"
+    args = plots.get_args_parser().parse_args(["curves", str(first), f"member 2={second}", "--out", str(out)])
+    plots.main(args)
+    assert_png(out)
+    fig = plots.plot_training_curves(
+        {"a": plots.load_training_log(first), "b": plots.load_training_log(second)}
+    )
+    loss_ax, _, val_ax = fig.axes
+    assert [line.get_label() for line in loss_ax.get_lines()] == ["a", "b"]
+    assert list(loss_ax.get_lines()[1].get_xdata()) == [1, 2, 3, 4]
+    assert list(loss_ax.get_lines()[1].get_ydata()) == [2.2, 1.2, 0.9, 0.7]
+    assert list(val_ax.get_lines()[0].get_xdata()) == [2, 4]  # validated every second epoch
+
+
+def test_training_curves_reject_what_is_not_a_training_log(tmp_path, capsys):
+    (tmp_path / "bad.jsonl").write_text("not json\n")
+    for path in (tmp_path / "missing_log.jsonl", tmp_path / "bad.jsonl"):
+        with pytest.raises(SystemExit):
+            plots.main(plots.get_args_parser().parse_args(["curves", str(path)]))
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: ") and "\n" not in err and "_log.jsonl" in err

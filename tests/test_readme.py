@@ -61,11 +61,16 @@ def assert_every_word_takes_effect(parser: argparse.ArgumentParser, argv: list[s
         word = words.pop(0)
         flag, _, inline = word.partition("=") if word.startswith("--") else (word, "", "")
         action = parser._option_string_actions.get(flag)
-        if action is None:  # a sub-command (the rest of the words are its flags), or an abbreviated flag
+        if action is None:  # a sub-command (the rest of the words are its flags), a positional argument,
+            # or an abbreviated flag
             sub = next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)
-            assert sub is not None and word in sub.choices, (
-                f"{word!r} is not a flag of {parser.prog} as written"
-            )
+            if sub is None or word not in sub.choices:
+                positional = [a.dest for a in parser._actions if not a.option_strings and a is not sub]
+                values = [getattr(args, dest) for dest in positional]
+                assert not word.startswith("-") and any(word == v or word in (v or []) for v in values), (
+                    f"{word!r} is not a flag of {parser.prog} as written"
+                )
+                continue
             assert getattr(args, sub.dest) == word, (word, args)
             parser = sub.choices[word]
             continue

@@ -6,6 +6,8 @@
   `Run{i}` checkpoint lookup;
 * `training`: optimiser, schedule and the epoch loop; `evaluation`, `features`, `results`: scoring and
   aggregating runs; `active_learning`: the acquisition loop's pieces;
+* `ensemble`: deep-ensemble members stacked into one vmapped network and trained together;
+  `tensorboard`: the optional TensorBoard scalars of the per-epoch log;
 * `plots`, `demo`, `toy`: figures, `make demo` and the two-moons toy;
 * `errors`, `io`, `seed`, `device`, `distributed`, `progress`: one-sentence user errors, atomic writes,
   seeding, device choice, DDP set-up, progress bars.

@@ -12,6 +12,10 @@ highest acquisition score into the labelled set:
 * random (a baseline the original lacks): i.i.d. uniform scores from a generator seeded per (run, step),
   so the acquired batch is a uniformly random subset of the pool, reproducible and resumable.
 
+An ensemble's members are trained together, stacked into one vmapped network, where that is exact and the
+device is a GPU (`train_best_models`, the same path as `train.py --ensemble`; see `utils.ensemble`), and one
+after another otherwise.
+
 Everything (pool, labelled set, validation and test sets) lives on the device as normalised tensors; the
 pool is scored in large batches. Each (run, step) gets its own seed, so a resumed experiment continues with
 exactly the numbers an uninterrupted one would have produced.
@@ -21,6 +25,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,7 +34,7 @@ import torch
 import data
 import metrics
 from data.transforms import normalize
-from utils import training
+from utils import ensemble, training
 from utils.features import collect_outputs
 
 
@@ -148,9 +153,11 @@ def train_best_model(
     samples_per_epoch: int,
     settings: training.TrainSettings,
     seed: int,
+    on_epoch_end: Callable[[training.EpochStats], None] | None = None,
 ):
     """A fresh model trained with Adam (weight decay 5e-4) for `epochs`; the epoch with the best validation
-    accuracy is kept (its weights are returned, in eval mode)."""
+    accuracy is kept (its weights are returned, in eval mode). `on_epoch_end(stats)` sees each epoch's
+    statistics with the validation accuracy."""
     torch.manual_seed(seed)
     model = make_model().to(settings.device)
     if settings.channels_last:
@@ -161,12 +168,97 @@ def train_best_model(
     best_accuracy, best_state = -1.0, None
     for epoch in range(epochs):
         loader.set_epoch(epoch)
-        training.train_one_epoch(model, loader, optimizer, settings, epoch=epoch)
+        stats = training.train_one_epoch(model, loader, optimizer, settings, epoch=epoch)
         accuracy = training.evaluate_accuracy(model, val_loader, settings)
+        if on_epoch_end is not None:
+            stats.val_accuracy = accuracy
+            on_epoch_end(stats)
         if accuracy > best_accuracy:
             best_accuracy, best_state = accuracy, copy.deepcopy(model.state_dict())
     model.load_state_dict(best_state)
     return model.eval()
+
+
+def train_best_models(
+    make_model,
+    labelled: Split,
+    validation: Split,
+    *,
+    seeds: Sequence[int],
+    mode: str = "auto",
+    epochs: int,
+    batch_size: int,
+    test_batch_size: int,
+    samples_per_epoch: int,
+    settings: training.TrainSettings,
+    on_epoch_end: Callable[[int, training.EpochStats], None] | None = None,
+) -> list:
+    """`train_best_model` for each of `seeds` (member k: seed `seeds[k]`, its own resampling of the labelled
+    set, the common validation split), stacked or one after another as `utils.ensemble.choose_mode` picks
+    for `mode`; `on_epoch_end(k, stats)` sees member k's epochs. Raises `ValueError` when `mode` is
+    `stacked` and the network cannot be stacked."""
+    common = dict(
+        epochs=epochs,
+        batch_size=batch_size,
+        test_batch_size=test_batch_size,
+        samples_per_epoch=samples_per_epoch,
+        settings=settings,
+    )
+    chosen = "sequential"
+    if len(seeds) > 1:
+        chosen, _ = ensemble.choose_mode(mode, ensemble.stacking_obstacle(make_model()), settings.device.type)
+    if chosen == "sequential":
+        return [
+            train_best_model(
+                make_model,
+                labelled,
+                validation,
+                seed=seed,
+                on_epoch_end=None if on_epoch_end is None else (lambda stats, k=k: on_epoch_end(k, stats)),
+                **common,
+            )
+            for k, seed in enumerate(seeds)
+        ]
+    return _train_best_models_stacked(
+        make_model, labelled, validation, seeds=seeds, on_epoch_end=on_epoch_end, **common
+    )
+
+
+def _train_best_models_stacked(
+    make_model, labelled, validation, *, seeds, epochs, batch_size, test_batch_size, samples_per_epoch, settings,
+    on_epoch_end,
+) -> list:  # fmt: skip
+    """The members of `train_best_models` stacked (see `utils.ensemble`): the same seeds, initial weights,
+    batches and Adam updates as one after another; each member keeps its own best epoch."""
+    members = []
+    for seed in seeds:
+        torch.manual_seed(seed)
+        members.append(make_model().to(settings.device))
+    stack = ensemble.StackedEnsemble(members).to(settings.device)
+    optimizer = training.make_optimizer(stack.parameters(), "adam", lr=1e-3, weight_decay=5e-4)
+    loader = ensemble.ZippedLoader(
+        [ResampledLoader(labelled, samples_per_epoch, batch_size, seed) for seed in seeds]
+    )
+    val_loader = _SplitLoader(validation, test_batch_size)
+    best_accuracy = [-1.0] * len(seeds)
+    best_state: list[dict | None] = [None] * len(seeds)
+    for epoch in range(epochs):
+        loader.set_epoch(epoch)
+        stats = ensemble.train_one_epoch_stacked(stack, loader, optimizer, settings, epoch=epoch)
+        accuracies = ensemble.evaluate_accuracy_stacked(stack, val_loader, settings, shared_input=True)
+        for k, (member_stats, accuracy) in enumerate(zip(stats, accuracies)):
+            if on_epoch_end is not None:
+                member_stats.val_accuracy = accuracy
+                on_epoch_end(k, member_stats)
+            if accuracy > best_accuracy[k]:
+                best_accuracy[k] = accuracy
+                best_state[k] = {name: t.clone() for name, t in stack.member_state_dict(k).items()}
+    for member, state in zip(members, best_state):
+        member.load_state_dict(state)
+        if settings.channels_last:
+            member.to(memory_format=torch.channels_last)
+        member.eval()
+    return members
 
 
 @torch.no_grad()

@@ -6,6 +6,8 @@
 * Active learning: test accuracy versus number of labelled samples (mean and standard-error band over runs),
   and the fraction of ambiguous samples acquired.
 * Two moons: maps of softmax entropy and of feature density over the plane (the model is in `utils.toy`).
+* Training curves: loss, accuracy and validation accuracy per epoch from train.py's `{name}_log.jsonl`, for
+  several runs (or ensemble members) at once.
 
 Command line (writes PNGs; a checkpoint is LABEL=MODEL:FLAGS:PATH, FLAGS a comma list of `sn`, `mod` and size
 overrides such as `base_width=8`, possibly empty):
@@ -15,6 +17,7 @@ overrides such as `base_width=8`, possibly empty):
         --checkpoint "ResNet-18+SN=resnet18:sn,mod:runs/resnet18_sn_3.0_mod_1_350.model"
     python -m utils.plots al --out al.png \
         --curve "DDU=results/test_accs_resnet18_sn_3.0_mod_1_gmm_mnist.json" --curve ...
+    python -m utils.plots curves runs/Run1/*_log.jsonl --out curves.png         # or LABEL=PATH per log
 """
 
 from __future__ import annotations
@@ -216,6 +219,47 @@ def plot_active_learning(
     return fig
 
 
+CURVE_METRICS = ("loss", "accuracy", "val_accuracy")
+
+
+def load_training_log(path: str | Path) -> list[dict]:
+    """train.py's `{name}_log.jsonl`: one JSON object per epoch (`epoch` from 0, `loss`, `accuracy`, ...)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"the training log '{path}' does not exist; pass train.py's {{name}}_log.jsonl files")
+    try:
+        lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise UserError(
+            f"'{path}' is not a JSON-lines training log; pass train.py's {{name}}_log.jsonl"
+        ) from None
+    if not lines or not all(isinstance(line, dict) and "epoch" in line for line in lines):
+        raise UserError(f"'{path}' holds no epochs of a training log; pass train.py's {{name}}_log.jsonl")
+    return lines
+
+
+def plot_training_curves(
+    logs: dict[str, list[dict]], *, metrics: tuple[str, ...] = CURVE_METRICS, out: str | Path | None = None
+):
+    """One panel per metric (x: epochs done), one line per run (`logs[label]` from `load_training_log`);
+    epochs without the metric (validation runs only every few epochs) are skipped. Returns the figure."""
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.4), squeeze=False)
+    for label, lines in logs.items():
+        for ax, metric in zip(axes[0], metrics):
+            points = [(line["epoch"] + 1, line[metric]) for line in lines if line.get(metric) is not None]
+            if points:
+                x, y = zip(*points)
+                ax.plot(x, y, marker="o" if len(points) <= 30 else None, markersize=3, label=label)
+    for ax, metric in zip(axes[0], metrics):
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(metric.replace("_", " "))
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    _save(fig, out)
+    return fig
+
+
 def plot_two_moons(
     xx: np.ndarray,
     yy: np.ndarray,
@@ -326,12 +370,31 @@ def get_args_parser() -> argparse.ArgumentParser:
     al.add_argument("--ylabel", default="test accuracy (%)", help="e.g. 'fraction of ambiguous samples'")
     al.add_argument("--title", default="")
     al.add_argument("--out", default="al.png", help="PNG to write")
+    curves = sub.add_parser("curves", help="training curves from train.py's JSON-lines logs")
+    curves.add_argument("logs", nargs="+", help="{name}_log.jsonl files, or LABEL=PATH (label: the run name)")
+    curves.add_argument(
+        "--metric",
+        action="append",
+        default=None,
+        help=f"a key of the log to plot, repeatable (default: {', '.join(CURVE_METRICS)})",
+    )
+    curves.add_argument("--out", default="curves.png", help="PNG to write")
     return parser
 
 
 @exit_on_user_error
 def main(args: argparse.Namespace) -> None:
     matplotlib.use("Agg")  # the command line only writes files; importers (notebooks) keep their backend
+    if args.figure == "curves":
+        logs = {}
+        for spec in args.logs:
+            label, sep, path = spec.partition("=")
+            if not sep:
+                label, path = Path(spec).name.removesuffix(".jsonl").removesuffix("_log"), spec
+            logs[label] = load_training_log(path)
+        plot_training_curves(logs, metrics=tuple(args.metric or CURVE_METRICS), out=args.out)
+        print(f"wrote {args.out}")
+        return
     if args.figure == "al":
         curves = {}
         for spec in args.curve:

@@ -1,9 +1,23 @@
-"""Aggregating per-run metrics into the original DDU result JSON: `mean`, `std` (standard error), `values`."""
+"""Aggregating per-run metrics into the original DDU result JSON (`mean`, `std` as standard error, `values`),
+and the paper's results table from such files:
+
+    python -m utils.results table res_*.json                 # Markdown, one table per pair of data sets
+    python -m utils.results table res_*.json --format csv
+"""
 
 from __future__ import annotations
 
+import argparse
+import csv
+import io
+import json
 import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+
+from utils.errors import UserError, exit_on_user_error
 
 # The keys of the original evaluate.py output, in its order.
 ORIGINAL_KEYS = (
@@ -51,3 +65,249 @@ def aggregate(per_run: list[dict[str, float] | None], info: dict[str, Any]) -> d
         result["std"][key] = standard_error(present) if present else None
     result["info"] = info
     return result
+
+
+# --------------------------------------------------------------------------------------------------------
+# The paper's table from result files: `python -m utils.results table res_*.json`
+
+
+@dataclass(frozen=True)
+class Method:
+    """One row kind of the paper's table (Mukhoti et al. 2021, Table 1): the result files of `model_types`
+    give it accuracy and ECE, and its AUROC/AUPRC are the keys `{prefix}_auroc`, `{prefix}_auprc`."""
+
+    name: str
+    model_types: tuple[str, ...]
+    prefix: str
+    score: str
+
+
+# Which JSON keys make which method, as utils/evaluation.py writes them (the original evaluate.py's m1/m2):
+# softmax files: m1 = log-sum-exp of the logits (the negative energy, Liu et al. 2020), m2 = softmax entropy;
+# ensemble files: m1 = mutual information, m2 = predictive entropy (the paper's table uses the latter);
+# gmm files: m1 = DDU's feature log-density, m2 = entropy of the softmax over class log-densities;
+# every single-model file: msp = maximum softmax probability, mahalanobis = Lee et al. (2018).
+METHODS = (
+    Method("Softmax", ("softmax",), "m2", "softmax entropy"),
+    Method("Energy", ("softmax",), "m1", "log-sum-exp of the logits"),
+    Method("Ensemble", ("ensemble",), "m2", "predictive entropy"),
+    Method("Ensemble (MI)", ("ensemble",), "m1", "mutual information"),
+    Method("DDU", ("gmm",), "m1", "feature density (GDA)"),
+    Method("MSP", ("softmax", "gmm"), "msp", "maximum softmax probability"),
+    Method("Mahalanobis", ("softmax", "gmm"), "mahalanobis", "Mahalanobis distance, shared covariance"),
+)
+TABLE_COLUMNS = ("accuracy", "ece", "auroc", "auprc")
+FORMATS = ("markdown", "csv")
+
+
+@dataclass
+class Row:
+    """One method on one network and one pair of data sets: per-run values (None: the run failed) of
+    each of `TABLE_COLUMNS`, pooled over the result files that evaluated it."""
+
+    method: Method
+    network: str
+    dataset: str
+    ood_dataset: str
+    values: dict[str, list[float | None]]
+    sources: list[str]
+
+    @property
+    def runs(self) -> int:
+        return len(self.values["accuracy"])
+
+    @property
+    def failed(self) -> int:
+        """Runs without an AUROC for this method: the run failed (GMM fit) or the score was not computed."""
+        return sum(value is None for value in self.values["auroc"])
+
+    def mean_and_error(self, column: str) -> tuple[float, float] | None:
+        present = [v for v in self.values[column] if v is not None]
+        if not present:
+            return None
+        return sum(present) / len(present), standard_error(present)
+
+
+def _network_name(info: dict[str, Any]) -> str:
+    name = info.get("model", "?")
+    if info.get("sn"):
+        name += f"_sn_{float(info.get('coeff', 3.0))}"
+    if info.get("mod"):
+        name += "_mod"
+    if info.get("model_type") == "ensemble":
+        name += f" x{info.get('ensemble')}"
+    return name
+
+
+def table_rows(
+    results: Sequence[tuple[str, dict[str, Any]]], *, temperature_scaled: bool = False
+) -> list[Row]:
+    """The table's rows from `(source, result JSON)` pairs, in `METHODS` order, then network and data sets.
+
+    Files of one method, network and data-set pair are pooled (their runs are concatenated). MSP and
+    Mahalanobis are taken from softmax files, and from gmm files only for networks no softmax file covers:
+    both files evaluate the same checkpoints, so taking both would count each run twice.
+    `temperature_scaled` reads ECE and the m1/m2 scores after temperature scaling (`t_` keys; accuracy and
+    the MSP/Mahalanobis baselines have no such keys and stay as they are).
+    """
+    with_softmax = {
+        (_network_name(r["info"]), r["info"].get("dataset"), r["info"].get("ood_dataset"))
+        for _, r in results
+        if r["info"].get("model_type") == "softmax"
+    }
+    rows: dict[tuple, Row] = {}
+    for source, result in results:
+        info = result["info"]
+        model_type = info.get("model_type")
+        network, dataset, ood = _network_name(info), info.get("dataset"), info.get("ood_dataset")
+        for method in METHODS:
+            if model_type not in method.model_types:
+                continue
+            if (
+                model_type == "gmm"
+                and "softmax" in method.model_types
+                and (network, dataset, ood) in with_softmax
+            ):
+                continue
+            values = result["values"]
+            runs = len(values.get("accuracy") or [])
+            prefix = (
+                f"t_{method.prefix}"
+                if temperature_scaled and method.prefix in ("m1", "m2")
+                else method.prefix
+            )
+            if runs == 0 or f"{prefix}_auroc" not in values:
+                continue
+            columns = {
+                "accuracy": values["accuracy"],
+                "ece": values.get("t_ece" if temperature_scaled else "ece", [None] * runs),
+                "auroc": values[f"{prefix}_auroc"],
+                "auprc": values.get(f"{prefix}_auprc", [None] * runs),
+            }
+            key = (METHODS.index(method), network, dataset, ood)
+            if key not in rows:
+                rows[key] = Row(method, network, dataset, ood, {c: [] for c in TABLE_COLUMNS}, [])
+            row = rows[key]
+            for column in TABLE_COLUMNS:
+                row.values[column] += list(columns[column])
+            row.sources.append(source)
+    return [rows[key] for key in sorted(rows, key=lambda k: (k[2] or "", k[3] or "", k[0], k[1]))]
+
+
+def _cell(row: Row, column: str, separator: str = " ± ") -> str:
+    """`mean ± standard error` in percent, as the paper prints its table; '-' when no run has the value."""
+    stats = row.mean_and_error(column)
+    if stats is None:
+        return "-"
+    mean, error = stats
+    return f"{100 * mean:.2f}{separator}{100 * error:.2f}"
+
+
+def _runs_cell(row: Row) -> str:
+    if not row.failed:
+        return str(row.runs)
+    return f"{row.runs - row.failed} of {row.runs} ({row.failed} failed)"
+
+
+def format_table(rows: Sequence[Row], fmt: str = "markdown") -> str:
+    """The rows as a Markdown table (one per pair of data sets, accuracy/ECE/AUROC/AUPRC in percent as
+    mean ± standard error over runs) or as CSV (one line per row, means and errors in separate columns)."""
+    if fmt == "csv":
+        out = io.StringIO()
+        writer = csv.writer(out, lineterminator="\n")
+        header = ["dataset", "ood_dataset", "method", "score", "network", "runs", "failed"]
+        for column in TABLE_COLUMNS:
+            header += [column, f"{column}_stderr"]
+        writer.writerow(header)
+        for row in rows:
+            line = [
+                row.dataset,
+                row.ood_dataset,
+                row.method.name,
+                row.method.score,
+                row.network,
+                row.runs,
+                row.failed,
+            ]
+            for column in TABLE_COLUMNS:
+                stats = row.mean_and_error(column)
+                line += ["", ""] if stats is None else [f"{stats[0]:.6g}", f"{stats[1]:.6g}"]
+            writer.writerow(line)
+        return out.getvalue()
+    if fmt != "markdown":
+        raise ValueError(f"unknown format {fmt!r}; choose one of: {', '.join(FORMATS)}")
+    blocks = []
+    pairs = list(dict.fromkeys((row.dataset, row.ood_dataset) for row in rows))
+    for dataset, ood in pairs:
+        lines = [
+            f"**{dataset} vs {ood}** (percent, mean ± standard error over runs)",
+            "",
+            "| method | score | network | accuracy | ECE | AUROC | AUPRC | runs |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for row in rows:
+            if (row.dataset, row.ood_dataset) != (dataset, ood):
+                continue
+            cells = [row.method.name, row.method.score, row.network]
+            cells += [_cell(row, column) for column in TABLE_COLUMNS] + [_runs_cell(row)]
+            lines.append("| " + " | ".join(cells) + " |")
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks) + "\n"
+
+
+def read_results(paths: Sequence[str | Path]) -> list[tuple[str, dict[str, Any]]]:
+    """`(path, JSON)` of each result file; a missing or foreign file is a `UserError` naming it."""
+    results = []
+    for path in paths:
+        path = Path(path)
+        if not path.is_file():
+            raise UserError(f"the result file '{path}' does not exist; pass files written by evaluate.py")
+        try:
+            result = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise UserError(
+                f"'{path}' is not a JSON file ({type(err).__name__}); pass evaluate.py's res_*.json"
+            ) from None
+        if not isinstance(result, dict) or not {"values", "info"} <= set(result):
+            raise UserError(
+                f"'{path}' is not a result file of evaluate.py (no 'values' and 'info'); pass res_*.json"
+            )
+        results.append((str(path), result))
+    return results
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m utils.results",
+        description="The paper's results table (Softmax, Energy, Ensemble, DDU, MSP, Mahalanobis: accuracy, ECE, "
+        "AUROC, AUPRC as mean ± standard error over runs) from evaluate.py's result files.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    table = sub.add_parser("table", help="print the table of the given result files")
+    table.add_argument("files", nargs="+", help="result files res_*.json written by evaluate.py")
+    table.add_argument("--format", choices=FORMATS, default="markdown", help="markdown (default) or csv")
+    table.add_argument(
+        "--temperature-scaled",
+        action="store_true",
+        help="ECE and the Softmax/Energy/Ensemble/DDU scores after temperature scaling (the t_ keys)",
+    )
+    table.add_argument("--out", default=None, help="also write the table to this file")
+    return parser
+
+
+@exit_on_user_error
+def main(args: argparse.Namespace) -> str:
+    rows = table_rows(read_results(args.files), temperature_scaled=args.temperature_scaled)
+    if not rows:
+        raise UserError("none of the files holds a method of the table; pass evaluate.py's res_*.json files")
+    text = format_table(rows, args.format)
+    print(text, end="")
+    if args.out:
+        from utils.io import atomic_write_bytes  # imports torch: only when a file is written
+
+        atomic_write_bytes(Path(args.out), text.encode())
+    return text
+
+
+if __name__ == "__main__":
+    main(get_args_parser().parse_args())

@@ -321,6 +321,33 @@ class RunFiles:
             raise NonFiniteLossError(f"{err}; {kept}") from None
 
 
+@contextlib.contextmanager
+def explain_ensemble_stops(
+    files: Sequence[RunFiles], histories: Sequence[Sequence[EpochStats]]
+) -> Iterator[None]:
+    """`RunFiles.explain_stops` for ensemble members trained together (`files[k]`, `histories[k]`): one
+    sentence saying which resume files hold the last finished epoch."""
+    try:
+        yield
+    except (KeyboardInterrupt, NonFiniteLossError) as err:
+        done = min(len(h) for h in histories)
+        where = f"{files[0].save_dir}/{{name}}_resume.pt for {', '.join(f.name for f in files)}"
+        if isinstance(err, KeyboardInterrupt):
+            kept = (
+                f"the members' state after epoch {done} is in {where}: rerun the same command with --resume "
+                "to continue"
+                if done
+                else "no epoch had finished, so nothing was saved"
+            )
+            raise Interrupted(f"interrupted during epoch {done + 1}; {kept}") from None
+        kept = (
+            f"the last good states (after epoch {done}) are in {where}, which --resume continues"
+            if done
+            else "no checkpoint was written"
+        )
+        raise NonFiniteLossError(f"{err}; {kept}") from None
+
+
 @dataclass
 class EpochCheckpointer:
     """`train_epochs`' `on_epoch_end` for train.py: appends the epoch to `history` and writes the epoch's
@@ -377,6 +404,7 @@ __all__ = [
     "capture_rng_state",
     "check_resume_compatible",
     "checkpoint_file_name",
+    "explain_ensemble_stops",
     "format_coeff",
     "load_resume_state",
     "locate_checkpoint",
