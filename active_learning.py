@@ -100,7 +100,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--subsample", type=int, default=1000, help="MNIST digits in the Dirty-MNIST pool")
     parser.add_argument(
-        "--al-type", default="softmax", choices=["softmax", "ensemble", "gmm"], help="acquisition"
+        "--al-type",
+        default="softmax",
+        choices=["softmax", "ensemble", "gmm", "random"],
+        help="acquisition (random: a uniformly random batch, a baseline the original lacks)",
     )
     parser.add_argument(
         "-mi", "--mi", dest="mi", action="store_true", help="ensemble: mutual information, not PE"
@@ -302,6 +305,7 @@ def run_experiment(args: argparse.Namespace) -> dict:
                     batch_size=args.scoring_batch_size,
                     device=device,
                     precision=precision,
+                    seed=step_seed,
                 )
                 chosen = AL.select_top(scores, candidates, args.acquisition_batch_size)
                 record["labelled"] = record["labelled"] + chosen.tolist()
