@@ -87,7 +87,7 @@ SCALES = {
         samples_per_epoch=1024,
         max_pool=5000,
     ),
-    # The paper's per-step recipe at full width; timings first, then as many steps as fit (at most 300 labels).
+    # The paper's per-step recipe at full width: timings first, then as many steps as fit (up to 300 labels).
     "gpu": Scale(
         model=ModelSpec("ResNet-18+SN+mod", "resnet18", sn=True, mod=True),
         al_types=("gmm", "softmax", "random"),
@@ -102,9 +102,11 @@ PAPER = {
     "model": "ResNet-18 with SN (coeff 3) and mod, full width",
     "schedule": f"{PAPER_INITIAL} class-balanced initial labels, +{PAPER_BATCH} per step up to {PAPER_MAX} "
     f"({PAPER_STEPS} steps), {PAPER_RUNS} runs",
-    "per step": "a fresh network trained 20 epochs with Adam on the labelled set resampled to 5,056 samples per "
-    "epoch, best validation epoch kept; acquisition scored over the whole MNIST training pool (less 10%)",
-    "acquisition": "DDU (feature density), softmax entropy, 5-ensemble predictive entropy / MI; no random baseline",
+    "per step": "a fresh network trained 20 epochs with Adam on the labelled set resampled to 5,056 "
+    "samples per epoch, best validation epoch kept; acquisition scored over the whole MNIST training pool "
+    "(less 10%)",
+    "acquisition": "DDU (feature density), softmax entropy, 5-ensemble predictive entropy / MI; "
+    "no random baseline",
 }
 
 
@@ -137,8 +139,19 @@ def steps_that_fit(seconds_left: float, seconds_per_step: float, curves: int, pr
     return max(0, min(wanted, math.floor(seconds_left / (seconds_per_step * curves))))
 
 
-def al_argv(preset: Scale, al_type: str, *, runs: int, max_samples: int, root: Path, out: Path, no_gpu: bool,
-            epochs: int | None = None, samples_per_epoch: int | None = None, resume: bool = False) -> list:  # fmt: skip
+def al_argv(
+    preset: Scale,
+    al_type: str,
+    *,
+    runs: int,
+    max_samples: int,
+    root: Path,
+    out: Path,
+    no_gpu: bool,
+    epochs: int | None = None,
+    samples_per_epoch: int | None = None,
+    resume: bool = False,
+) -> list:
     return [
         *("--seed", preset.seed, *preset.model.flags(), "--al-type", al_type),
         *(
@@ -185,8 +198,17 @@ def time_steps(preset: Scale, root: Path, work: Path, no_gpu: bool, started: flo
     """A warm-up, then a two-step run (train, test, acquire, train, test) of every timed type; the ensemble
     only if its estimate fits in half of what is left of the budget."""
     timings: dict = {}
-    warm_up = al_argv(preset, "random", runs=1, max_samples=preset.initial, root=root, out=work / "warm_up",
-                      no_gpu=no_gpu, epochs=1, samples_per_epoch=min(256, preset.samples_per_epoch))  # fmt: skip
+    warm_up = al_argv(
+        preset,
+        "random",
+        runs=1,
+        max_samples=preset.initial,
+        root=root,
+        out=work / "warm_up",
+        no_gpu=no_gpu,
+        epochs=1,
+        samples_per_epoch=min(256, preset.samples_per_epoch),
+    )
     _, seconds = common.timed(lambda: common.run_script(active_learning, warm_up))
     timings["warm_up_s"] = round(seconds, 2)
     per_step: dict[str, float] = {}
@@ -203,8 +225,15 @@ def time_steps(preset: Scale, root: Path, work: Path, no_gpu: bool, started: flo
                     "skipped": f"estimated {estimate:.0f} s, more than half of the {left:.0f} s left"
                 }
                 continue
-        argv = al_argv(preset, al_type, runs=1, max_samples=preset.initial + preset.acquisition, root=root,
-                       out=work / "timing" / al_type, no_gpu=no_gpu)  # fmt: skip
+        argv = al_argv(
+            preset,
+            al_type,
+            runs=1,
+            max_samples=preset.initial + preset.acquisition,
+            root=root,
+            out=work / "timing" / al_type,
+            no_gpu=no_gpu,
+        )
         _, seconds = common.timed(lambda: common.run_script(active_learning, argv))
         per_step[al_type] = seconds / 2
         timings[al_type] = {
@@ -326,8 +355,16 @@ def main(args: argparse.Namespace) -> dict:
     if max_samples:
         for al_type in preset.al_types:
             folder = folders[al_type] = paths.work / "curves" / al_type
-            argv = al_argv(preset, al_type, runs=preset.runs, max_samples=max_samples, root=root, out=folder,
-                           no_gpu=args.no_gpu, resume=not preset.budget_s)  # fmt: skip
+            argv = al_argv(
+                preset,
+                al_type,
+                runs=preset.runs,
+                max_samples=max_samples,
+                root=root,
+                out=folder,
+                no_gpu=args.no_gpu,
+                resume=not preset.budget_s,
+            )
             _, seconds = common.timed(lambda: common.run_script(active_learning, argv))
             record["results"][al_type] = {
                 **summarise_curves(read_curves(folder, al_type), preset),

@@ -168,8 +168,14 @@ TABLE_HEADERS = (
 
 
 def table(results: dict) -> str:
-    keys = ("accuracy", "ece", "ece_after_temperature_scaling", "softmax_entropy_auroc", "energy_auroc",
-            "ddu_density_auroc")  # fmt: skip
+    keys = (
+        "accuracy",
+        "ece",
+        "ece_after_temperature_scaling",
+        "softmax_entropy_auroc",
+        "energy_auroc",
+        "ddu_density_auroc",
+    )
     rows = [[label, *(r["summary"][k] for k in keys)] for label, r in results.items() if "summary" in r]
     return common.markdown_table(TABLE_HEADERS, rows)
 
@@ -182,12 +188,17 @@ def draw_figure(results: dict, path: Path, title: str) -> None:
     import matplotlib.pyplot as plt
 
     done = {label: r["summary"] for label, r in results.items() if "summary" in r}
-    panels = (
-        ("AUROC vs Tiny-ImageNet", (("softmax entropy", "softmax_entropy_auroc"), ("energy", "energy_auroc"),
-                                     ("DDU density", "ddu_density_auroc")), (0.4, 1.0)),
-        ("calibration", (("accuracy", "accuracy"), ("ECE x10", "ece"), ("ECE x10 after TS",
-                                                                        "ece_after_temperature_scaling")), (0, 1.0)),
-    )  # fmt: skip
+    auroc = (
+        ("softmax entropy", "softmax_entropy_auroc"),
+        ("energy", "energy_auroc"),
+        ("DDU density", "ddu_density_auroc"),
+    )
+    calibration = (
+        ("accuracy", "accuracy"),
+        ("ECE x10", "ece"),
+        ("ECE x10 after TS", "ece_after_temperature_scaling"),
+    )
+    panels = (("AUROC vs Tiny-ImageNet", auroc, (0.4, 1.0)), ("calibration", calibration, (0.0, 1.0)))
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
     width = 0.8 / max(1, len(done))
     for ax, (panel_title, bars, limits) in zip(axes, panels):

@@ -120,7 +120,7 @@ def prepare_run(args: argparse.Namespace, name: str) -> Paths:
 
 
 def run_script(module, argv: Sequence[str]) -> Any:
-    """`module.main(module.get_args_parser().parse_args(argv))`: a top-level script, as on its command line."""
+    """A top-level script as on its command line: `module.main(module.get_args_parser().parse_args(argv))`."""
     print(f"$ python {module.__name__.replace('.', '/')}.py {' '.join(map(str, argv))}", flush=True)
     return module.main(module.get_args_parser().parse_args([str(a) for a in argv]))
 

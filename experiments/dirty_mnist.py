@@ -113,7 +113,8 @@ SCALES = {
 }
 
 PAPER = {
-    "models": "LeNet, VGG-16 (no SN), ResNet-18+SN at full width (ResNet base width 64, VGG-16 64-512 channels)",
+    "models": "LeNet, VGG-16 (no SN), ResNet-18+SN at full width (ResNet base width 64, VGG-16 64-512 "
+    "channels)",
     "training": "the original train.py defaults: SGD lr 0.1, momentum 0.9, weight decay 5e-4, batch 128, "
     "350 epochs, milestones 150/250 (the original Fig. 1 notebook loads epoch-100 checkpoints)",
     "data": "Dirty-MNIST with the released Ambiguous-MNIST (60,000 training and 60,000 test pairs)",

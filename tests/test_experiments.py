@@ -108,10 +108,45 @@ def test_subset_root_holds_the_first_images_in_the_official_layouts(real_data_ro
 def test_dirty_scores_equal_evaluate_py_numbers(tmp_path):
     """On the embedded digits set (clean + ambiguous) vs photo patches: one LeNet, scored both ways."""
     runs = tmp_path / "runs"
-    common.run_script(train, ["--seed", "1", "--dataset", "digits", "--model", "lenet", "-e", "2", "-b", "64",
-                              "--no-gpu", "--save-path", runs / "Run1", "--save-interval", "2"])  # fmt: skip
-    eval_argv = ["--seed", "1", "--dataset", "digits", "--ood_dataset", "digits_ood", "--load-path", runs,
-                 "--model", "lenet", "--runs", "1", "--epoch", "2", "--no-gpu", "--output-dir", tmp_path]  # fmt: skip
+    common.run_script(
+        train,
+        [
+            "--seed",
+            "1",
+            "--dataset",
+            "digits",
+            "--model",
+            "lenet",
+            "-e",
+            "2",
+            "-b",
+            "64",
+            "--no-gpu",
+            "--save-path",
+            runs / "Run1",
+            "--save-interval",
+            "2",
+        ],
+    )
+    eval_argv = [
+        "--seed",
+        "1",
+        "--dataset",
+        "digits",
+        "--ood_dataset",
+        "digits_ood",
+        "--load-path",
+        runs,
+        "--model",
+        "lenet",
+        "--runs",
+        "1",
+        "--epoch",
+        "2",
+        "--no-gpu",
+        "--output-dir",
+        tmp_path,
+    ]
     gmm = common.run_script(evaluate, [*eval_argv, "--model-type", "gmm"])["mean"]
     softmax = common.run_script(evaluate, [*eval_argv, "--model-type", "softmax"])["mean"]
 
@@ -120,8 +155,9 @@ def test_dirty_scores_equal_evaluate_py_numbers(tmp_path):
     model = dirty_experiment.load_network(
         training, preset, runs / "Run1" / "lenet_1_2.model", torch.device("cpu")
     )
-    numbers, scores = dirty_experiment.dirty_scores(model, tmp_path, torch.device("cpu"), dataset="digits",
-                                                    ood="digits_ood")  # fmt: skip
+    numbers, scores = dirty_experiment.dirty_scores(
+        model, tmp_path, torch.device("cpu"), dataset="digits", ood="digits_ood"
+    )
     assert numbers["aleatoric_entropy_auroc"] == pytest.approx(gmm["aleatoric_entropy_auroc"], abs=1e-9)
     assert numbers["epistemic_density_auroc"] == pytest.approx(gmm["m1_auroc"], abs=1e-9)
     assert numbers["epistemic_entropy_auroc"] == pytest.approx(softmax["m2_auroc"], abs=1e-9)
@@ -180,8 +216,13 @@ def test_dirty_mnist_gpu_script_cpu_setting(real_data_root, tmp_path):
     assert (out / "amnist_manifest.json").is_file() and (out / "amnist_grid.png").is_file()
     assert list(record["results"]) == [t.spec.label for t in dirty_experiment.SCALES["smoke"].trainings]
     for result in record["results"].values():
-        for key in ("mnist_test_accuracy", "aleatoric_entropy_auroc", "epistemic_density_auroc",
-                    "epistemic_entropy_auroc", "ambiguous_density_auroc"):  # fmt: skip
+        for key in (
+            "mnist_test_accuracy",
+            "aleatoric_entropy_auroc",
+            "epistemic_density_auroc",
+            "epistemic_entropy_auroc",
+            "ambiguous_density_auroc",
+        ):
             assert 0.0 <= result[key] <= 1.0
         assert result["samples"] == {"clean": 300, "ambiguous": 200, "ood": 200}
         assert result["training"]["epochs"] == 1
@@ -199,8 +240,14 @@ def test_cifar10_gpu_script_cpu_setting(real_data_root, tmp_path):
     assert list(record["results"]) == ["ResNet-18+SN+mod", "ResNet-18"]
     for result in record["results"].values():
         summary = result["summary"]
-        for key in ("accuracy", "ece", "ece_after_temperature_scaling", "softmax_entropy_auroc", "energy_auroc",
-                    "ddu_density_auroc"):  # fmt: skip
+        for key in (
+            "accuracy",
+            "ece",
+            "ece_after_temperature_scaling",
+            "softmax_entropy_auroc",
+            "energy_auroc",
+            "ddu_density_auroc",
+        ):
             assert 0.0 <= summary[key] <= 1.0
         assert set(result["evaluation"]) == {"softmax", "gmm"}
     assert len(list(out.glob("*_log.jsonl"))) == 2  # the training logs come back too
