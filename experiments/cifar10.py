@@ -71,7 +71,7 @@ SCALES = {
         batch_size=32,
         subset=(("cifar10", (1000, 300)), ("tiny_imagenet", (300,))),
     ),
-    # ResNet-18 at 1/8 width (0.7M parameters, 64 features), 4 epochs: what 2 busy CPU cores allow.
+    # ResNet-18 at 1/8 width (0.17M parameters, 64 features), 4 epochs: what 2 busy CPU cores allow.
     "cpu": Scale(models=_pair("resnet18", "ResNet-18+SN+mod", "ResNet-18", base_width=8), epochs=4),
     # The paper's network at full width; 15 epochs of each fit one ~8 min H200 command with evaluation.
     "gpu": Scale(models=_pair("wide_resnet", "WRN-28-10+SN+mod", "WRN-28-10"), epochs=15),
