@@ -7,11 +7,12 @@
 # then call the device tool's run with:
 #     command="PYTHONUNBUFFERED=1 bash experiments/gpu/run.sh EXPERIMENT", carry=["device_carry"], timeout_s=570
 # EXPERIMENT is cifar10, dirty_mnist or active_learning. The script lays the carried archives out on the
-# machine's local disk, runs `python -m experiments.EXPERIMENT --scale gpu` (whose preset sizes it to about
-# 7.5 minutes and which writes its JSON after every stage, so a cut-off run still returns what it did), and
-# leaves in $OUT only small files (at most 8): EXPERIMENT_gpu.json, EXPERIMENT_gpu.png, EXPERIMENT_gpu.log,
-# plus the training logs (cifar10) or the Ambiguous-MNIST manifest and grid (dirty_mnist). Copy the table
-# the log ends with into the README's Reproduction section, with date and hardware.
+# machine's local disk and runs `python -m experiments.EXPERIMENT --scale gpu`, whose preset is sized to
+# about 7 minutes, within what is left of BUDGET_S (550 s). The experiment writes its JSON after every
+# stage, so a run cut off at the limit still returns what it finished. $OUT receives only small files (at
+# most 8): EXPERIMENT_gpu.json, EXPERIMENT_gpu.png, EXPERIMENT_gpu.log, plus the training logs (cifar10)
+# or the Ambiguous-MNIST manifest and sample grid (dirty_mnist). The log ends with the table to copy into
+# the README's Reproduction section, with the date and hardware.
 #
 # CPU setting (what the test suite runs, so the script cannot fail on the GPU for a reason a CPU shows):
 #     SCALE=smoke EXPERIMENT_FLAGS=--no-gpu CARRY=../shared/data DATA_ROOT=/tmp/data OUT=/tmp/out \
@@ -33,7 +34,7 @@ SCALE=${SCALE:-gpu}
 CARRY=${CARRY:-device_carry}
 DATA_ROOT=${DATA_ROOT:-/tmp/ddu_data}
 WORK=${WORK:-/tmp/ddu_repro}
-LIMIT_S=${LIMIT_S:-510}
+BUDGET_S=${BUDGET_S:-550} # the whole script; the device run's timeout_s (570) leaves 20 s to spare
 PY=${PYTHON:-python3}
 mkdir -p "$OUT"
 exec > >(tee "$OUT/${EXPERIMENT}_${SCALE}.log") 2>&1
@@ -47,9 +48,11 @@ $PY "$CARRY/prepare.py" "$DATA_ROOT" --only "$DATASETS" >/dev/null || {
     exit 1
 }
 
-echo "== (${SECONDS}s) python -m experiments.$EXPERIMENT --scale $SCALE"
+limit=$((BUDGET_S - SECONDS - 10)) # 10 s for copying the files back into $OUT
+((limit < 30)) && limit=30
+echo "== (${SECONDS}s) python -m experiments.$EXPERIMENT --scale $SCALE, at most ${limit}s"
 # shellcheck disable=SC2086  # EXPERIMENT_FLAGS is a list of flags
-timeout "$LIMIT_S" $PY -m "experiments.$EXPERIMENT" --scale "$SCALE" --dataset-root "$DATA_ROOT" \
+timeout "$limit" $PY -m "experiments.$EXPERIMENT" --scale "$SCALE" --dataset-root "$DATA_ROOT" \
     --work-dir "$WORK/${EXPERIMENT}_$SCALE" --output-dir "$OUT" ${EXPERIMENT_FLAGS:-} 2>&1 |
     tr '\r' '\n' | grep -v "it/s\]$\|s/it\]$"
 status=${PIPESTATUS[0]}
