@@ -117,7 +117,7 @@ PAPER = {
     "channels)",
     "training": "the original train.py defaults: SGD lr 0.1, momentum 0.9, weight decay 5e-4, batch 128, "
     "350 epochs, milestones 150/250 (the original Fig. 1 notebook loads epoch-100 checkpoints)",
-    "data": "Dirty-MNIST with the released Ambiguous-MNIST (60,000 training and 60,000 test pairs)",
+    "data": "Dirty-MNIST with the released Ambiguous-MNIST (training: 6,000 samples x 10 labels)",
 }
 
 
@@ -134,7 +134,10 @@ def differences(preset: Scale) -> list[str]:
         lines.append(f"{t.spec.label}: {size}; {amount}; milestones {milestones[0]}/{milestones[1]}")
     lines.append("Ambiguous-MNIST is this project's regeneration, not the released set")
     if any(t.spec.label == RESNET for t in preset.trainings):
-        lines.append("ResNet-18 also has -mod (leaky ReLU, average-pool shortcuts) as the issue asks")
+        lines.append(
+            "ResNet-18 also has -mod (leaky ReLU, average-pool shortcuts), the DDU recipe; the original "
+            "README's Dirty-MNIST command and Fig. 1 notebook use SN alone"
+        )
     if preset.subset:
         lines.append(f"data: the first images only, {dict(preset.subset)} (train, test)")
     return lines
