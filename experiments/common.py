@@ -1,0 +1,215 @@
+"""What every reproduction experiment shares: the command line, model specifications, calls of the top-level
+scripts through their own `get_args_parser()` and `main(args)`, the record of where and how a run ran, and
+the printed table.
+
+An experiment module defines its scale presets in one dict (`SCALES`), each a frozen dataclass whose
+fields are exactly what differs between scales and from the paper; the whole preset is printed at the start
+and stored in the result JSON, next to the paper's setting (`PAPER`) and the list of differences.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+import os
+import platform
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from utils.io import atomic_write_json
+
+SCALE_NAMES = ("smoke", "cpu", "gpu")
+REPO = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One network of an experiment: its label in tables and figures, `net` name, SN/mod and size overrides.
+
+    `arch` holds `net.create_model` size overrides as (name, value) pairs, e.g. (("base_width", 8),).
+    """
+
+    label: str
+    model: str
+    sn: bool = False
+    mod: bool = False
+    arch: tuple[tuple[str, int], ...] = ()
+
+    def flags(self, coeff: float = 3.0) -> list[str]:
+        """The flags of train.py / evaluate.py / active_learning.py that build this network."""
+        flags = ["--model", self.model, "--coeff", str(coeff)]
+        flags += ["-sn"] * self.sn + ["-mod"] * self.mod
+        for name, value in self.arch:
+            flags += [f"--{name.replace('_', '-')}", str(value)]
+        return flags
+
+    def run_name(self, seed: int, coeff: float = 3.0) -> str:
+        """train.py's file name stem for this network (the original naming), e.g. `resnet18_sn_3.0_mod_1`."""
+        from utils.naming import run_name
+
+        return run_name(self.model, seed, self.sn, self.mod, coeff)
+
+
+def scaled_milestones(
+    epochs: int, paper_epochs: int = 350, paper: tuple[int, int] = (150, 250)
+) -> tuple[int, int]:
+    """The paper's learning-rate milestones at the same fractions of a shorter schedule (at least 1 apart)."""
+    first = max(1, round(epochs * paper[0] / paper_epochs))
+    second = max(first + 1, round(epochs * paper[1] / paper_epochs))
+    return first, second
+
+
+def base_parser(name: str, description: str) -> argparse.ArgumentParser:
+    """`--scale` and the folders; every experiment adds nothing else it does not need."""
+    parser = argparse.ArgumentParser(
+        prog=f"python -m experiments.{name}",
+        description=description,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--scale",
+        choices=SCALE_NAMES,
+        default="cpu",
+        help="smoke: seconds, for tests; cpu: about 30 min on 2 cores; gpu: one ~8 min command on an H200",
+    )
+    parser.add_argument(
+        "--dataset-root", default="./", help="folder holding the data sets in their official layouts"
+    )
+    parser.add_argument(
+        "--work-dir",
+        default=None,
+        help=f"checkpoints and intermediate files (default runs/experiments/{name}_SCALE); a rerun "
+        "continues the trainings found there",
+    )
+    parser.add_argument(
+        "--output-dir", default="results/repro", help=f"where {name}_SCALE.json and {name}_SCALE.png go"
+    )
+    parser.add_argument("--no-gpu", action="store_true", help="run on the CPU even if a GPU is available")
+    parser.add_argument(
+        "--num-threads", type=int, default=0, help="torch CPU threads (0: leave torch's default)"
+    )
+    return parser
+
+
+@dataclass
+class Paths:
+    work: Path
+    json: Path
+    figure: Path
+
+
+def prepare_run(args: argparse.Namespace, name: str) -> Paths:
+    """Folders of this run; sets the thread count; returns where the outputs go."""
+    from utils.io import check_writable_dir
+
+    if args.num_threads:
+        torch.set_num_threads(args.num_threads)
+    work = Path(args.work_dir or Path("runs") / "experiments" / f"{name}_{args.scale}")
+    out = Path(args.output_dir)
+    check_writable_dir(work, "work folder (--work-dir)")
+    check_writable_dir(out, "output folder (--output-dir)")
+    return Paths(work, out / f"{name}_{args.scale}.json", out / f"{name}_{args.scale}.png")
+
+
+def run_script(module, argv: Sequence[str]) -> Any:
+    """A top-level script as on its command line: `module.main(module.get_args_parser().parse_args(argv))`."""
+    print(f"$ python {module.__name__.replace('.', '/')}.py {' '.join(map(str, argv))}", flush=True)
+    return module.main(module.get_args_parser().parse_args([str(a) for a in argv]))
+
+
+def _git_revision() -> str:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True, timeout=5
+        )
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def environment(device: torch.device) -> dict[str, Any]:
+    """Where and how this ran: date, hardware, software, threads and the machine's load (1-min average)."""
+    record = {
+        "date_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M"),
+        "device": str(device),
+        "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+        "cpu": _cpu_model(),
+        "cpu_cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "git_revision": _git_revision(),
+    }
+    if hasattr(os, "getloadavg"):
+        record["load_average_1min_start"] = round(os.getloadavg()[0], 2)
+    return record
+
+
+def finish_environment(record: dict[str, Any], started: float) -> dict[str, Any]:
+    """Adds the wall time and the load at the end (how busy the machine was, for reading the time)."""
+    record = dict(record, wall_time_s=round(time.perf_counter() - started, 1))
+    if hasattr(os, "getloadavg"):
+        record["load_average_1min_end"] = round(os.getloadavg()[0], 2)
+    return record
+
+
+def preset_record(preset) -> dict[str, Any]:
+    return json.loads(json.dumps(dataclasses.asdict(preset)))
+
+
+def print_preset(name: str, scale: str, preset, paper: dict[str, Any], differences: Sequence[str]) -> None:
+    print(f"experiment {name}, scale {scale}:", flush=True)
+    for key, value in preset_record(preset).items():
+        print(f"  {key}: {value}")
+    print("the paper's setting:")
+    for key, value in paper.items():
+        print(f"  {key}: {value}")
+    if differences:
+        print("differences from the paper at this scale:")
+        for line in differences:
+            print(f"  - {line}")
+    print(flush=True)
+
+
+def write_record(path: Path, record: dict[str, Any]) -> None:
+    """The result JSON, written atomically (also after each stage, so a cut-off run leaves what it did)."""
+    atomic_write_json(path, record)
+
+
+def fmt(value: Any, digits: int = 4) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A Markdown table (what the README's Reproduction section shows), floats to 4 decimals."""
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
+    started = time.perf_counter()
+    result = fn()
+    return result, time.perf_counter() - started
