@@ -53,7 +53,7 @@ class ModelSpec:
 
     def run_name(self, seed: int, coeff: float = 3.0) -> str:
         """train.py's file name stem for this network (the original naming), e.g. `resnet18_sn_3.0_mod_1`."""
-        from utils.naming import run_name
+        from utils.run_files import run_name
 
         return run_name(self.model, seed, self.sn, self.mod, coeff)
 
