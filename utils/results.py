@@ -21,11 +21,16 @@ ORIGINAL_KEYS = (
 )
 
 
-def standard_error(values: list[float]) -> float:
-    """Unbiased standard deviation / sqrt(n), as the original (`tensor.std() / sqrt(n)`); 0 for one value."""
+def standard_error(values: list[float]) -> float | None:
+    """Unbiased standard deviation / sqrt(n), as the original (`tensor.std() / sqrt(n)`).
+
+    None (JSON null) for fewer than two values: the unbiased deviation of one value is undefined. The
+    original writes NaN there, which `json.dump` emits as the bare token `NaN`, not valid JSON; null keeps
+    the key, says "undefined" and parses everywhere.
+    """
     n = len(values)
     if n < 2:
-        return 0.0
+        return None
     mean = sum(values) / n
     variance = sum((v - mean) ** 2 for v in values) / (n - 1)
     return math.sqrt(variance) / math.sqrt(n)
@@ -35,7 +40,7 @@ def aggregate(per_run: list[dict[str, float] | None], info: dict[str, Any]) -> d
     """`per_run[i]` holds run i's metrics, or None for a failed run (kept as null in `values`).
 
     Means and standard errors are over the runs that produced the metric; failed runs are listed separately
-    by the caller, never silently dropped.
+    by the caller, never silently dropped. A metric with fewer than two values has `std` null.
     """
     keys = list(ORIGINAL_KEYS)
     for run in per_run:
@@ -48,6 +53,6 @@ def aggregate(per_run: list[dict[str, float] | None], info: dict[str, Any]) -> d
         present = [v for v in values if v is not None]
         result["values"][key] = values
         result["mean"][key] = sum(present) / len(present) if present else None
-        result["std"][key] = standard_error(present) if present else None
+        result["std"][key] = standard_error(present)
     result["info"] = info
     return result
