@@ -71,6 +71,12 @@ def get_args_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="GMM: weight class Gaussians by their training frequency (default: uniform, as the original)",
     )
+    parser.add_argument(
+        "--original-quirks",
+        action="store_true",
+        help="gmm: compute m2 (entropy over class densities) from float32 log-densities, as the original "
+        "code does (nearly every in-distribution entropy is then exactly 0); default: float64, as the paper",
+    )
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"], help="inference precision")
     parser.add_argument("--loader", default="gpu", choices=["gpu", "torchvision"], help="data pipeline")
     return parser
@@ -163,6 +169,7 @@ def evaluate_run(evaluator: Evaluator, args: argparse.Namespace, run: int) -> di
         out["val"],
         out["train"],
         weight_by_class_frequency=args.weight_by_class_frequency,
+        original_quirks=args.original_quirks,
         **common,
     )
 
