@@ -10,9 +10,10 @@ ensembles `--ensemble` models with seeds `seed + (i-1)*E ... seed + i*E - 1`. Ex
     python evaluate.py --seed 1 --dataset dirty_mnist --ood_dataset fashion_mnist --load-path runs/ \
         --model resnet18 --runs 1 -sn -mod --model-type gmm
 
-Writes `res_{name}_{model-type}_{dataset}_{ood}.json` into --output-dir with `mean`, `std` (standard error),
-`values` and `info` as the original, plus extra metrics (NLL, FPR95, temperatures, GMM jitters, MSP and
-Mahalanobis detectors, failed runs).
+Writes `res_{name}_{model-type}_{dataset}_{ood}.json` into --output-dir with `mean`, `std` (standard error;
+null with one run, where the original writes NaN), `values` and `info` as the original, plus extra metrics
+(NLL, FPR95, temperatures, GMM jitters, MSP and Mahalanobis detectors, failed runs). `--original-quirks`
+computes the gmm m2 score from float32 log-densities, as the original code does.
 """
 
 from __future__ import annotations

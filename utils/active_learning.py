@@ -18,10 +18,10 @@ Everything (pool, labelled set, validation and test sets) lives on the device as
 pool is scored in large batches. Each (run, step) gets its own seed, so a resumed experiment continues with
 exactly the numbers an uninterrupted one would have produced.
 
-`original_quirks=True` (`active_learning.py --original-quirks`) reproduces two things the original code does
-that the paper does not describe: it keeps the last epoch's model instead of the best one
-(`train_best_model`), and it ranks the pool by feature densities summed in float32, where they all
-underflow to 0 (`original_ddu_acquisition`).
+`original_quirks=True` (`active_learning.py --original-quirks`) reproduces two places where the original
+code, in effect, does not do what it intends and the paper describes: it keeps the last epoch's model
+instead of the best one (`train_best_model`), and it ranks the pool by feature densities summed in float32,
+where they underflow to 0 and tie (`original_ddu_acquisition`).
 """
 
 from __future__ import annotations
