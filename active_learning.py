@@ -159,8 +159,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--original-quirks",
         action="store_true",
-        help="as the original code: keep the last epoch's model (not the best on validation) and rank the gmm "
-        "acquisition by densities summed in float32, which underflow to 0 and tie; default: as the paper",
+        help="as the original code: keep the last epoch's model (not the best on validation) and rank the "
+        "gmm acquisition by densities summed in float32, which underflow to 0 and tie; default: as the paper",
     )
     parser.add_argument("--no-gpu", action="store_true", help="run on the CPU")
     parser.add_argument("--precision", default=None, choices=["fp32", "bf16"], help="default: bf16 on a GPU")
@@ -237,7 +237,7 @@ def _load_state(args: argparse.Namespace, state_path: Path) -> dict:
 
 
 def _initial_labelled(args: argparse.Namespace, pool, num_classes: int) -> list[int]:
-    """The class-balanced initial labelled set every run starts from (drawn once from --seed, as the original)."""
+    """The class-balanced initial labelled set of every run, drawn once from --seed as the original does."""
     generator = torch.Generator().manual_seed(args.seed)
     try:
         return utils.active_learning.balanced_initial_indices(
@@ -263,11 +263,13 @@ def _new_record(initial: list[int]) -> dict:
 def _acquisition_step(args, record: dict, run_seed: int, splits, settings, ambiguity_model, num_classes):
     """One step of a run: train on the labelled set, record the test accuracy, then move the top-scoring
     pool samples into the labelled set and, with -ambiguous, record the enlarged set's ambiguity (the
-    original measures it after each acquisition, so there is none for the initial set). Returns the accuracy."""
+    original measures it after each acquisition, so there is none for the initial set). Returns the
+    accuracy."""
     pool, validation, test = splits
     device, precision = settings.device, settings.precision
     step = len(record["test_accs"])
-    # In pool order, as the original's labelled subset (a mask over the pool); `record` keeps acquisition order.
+    # In pool order, as the original's labelled subset (a mask over the pool); `record` keeps the
+    # acquisition order.
     labelled_idx = torch.as_tensor(sorted(record["labelled"]), device=device)
     labelled = pool.take(labelled_idx)
     step_seed = run_seed * 1000 + step

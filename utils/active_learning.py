@@ -128,9 +128,9 @@ class ResampledLoader:
     `length` entries of a random permutation of `0..M-1`, each taken modulo `n`. Sample `i` therefore
     appears `M / n = ceil(length / n)` times less the number of its copies among the dropped `M - length < n`
     entries: usually 0 or 1 (so floor or ceil of `length / n`), now and then more, and exactly `length / n`
-    for every sample when `n` divides `length`. The batches follow the permutation's order. When `length < n` the epoch is
-    one permutation of all `n` samples (the original never drops a sample). Epoch `e` draws from a
-    generator seeded with `(seed, e)`.
+    for every sample when `n` divides `length`. The batches follow the permutation's order. When
+    `length < n` the epoch is one permutation of all `n` samples (the original never drops a sample).
+    Epoch `e` draws from a generator seeded with `(seed, e)`.
     """
 
     def __init__(self, split: Split, length: int, batch_size: int, seed: int):
