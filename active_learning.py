@@ -17,9 +17,13 @@ Quick run on the CPU (small model, small pool, two epochs):
 Outputs (`{name}` as train.py names runs, e.g. `resnet18_sn_3.0_mod_1`), written atomically after every step:
 `test_accs_{name}_{al-type}[_mi]_mnist.json` (or `..._dirty_mnist_{subsample}.json` with -ambiguous): run index
 to the list of MNIST test accuracies (percent) per step; with -ambiguous also `ambiguous_{...}.json` (run to the
-fraction of ambiguous samples in the labelled set per step) and `ambiguous_entropies_{...}.json` (run to step to
-the entropies of the labelled samples). `--resume` continues an interrupted experiment from its state file.
-`--tensorboard [DIR]` also writes TensorBoard scalars (per epoch and per step); `--al-type ensemble` trains its
+fraction of ambiguous samples in the labelled set after each acquisition) and `ambiguous_entropies_{...}.json`
+(run to acquisition to the entropies of the labelled samples). `--resume` continues an interrupted experiment
+from its state file.
+
+The pool, validation split and initial labelled set are built once from --seed and shared by the runs, as the
+original; run r trains with seed + r. `--original-quirks` keeps the last epoch's model and ranks the DDU
+acquisition by float32 densities (ties at 0), as the original code does; the default follows the paper.`--tensorboard [DIR]` also writes TensorBoard scalars (per epoch and per step); `--al-type ensemble` trains its
 members stacked where that is exact on a GPU (`--ensemble-mode`, as train.py --ensemble).
 """
 
@@ -86,6 +90,7 @@ RESUME_MUST_MATCH = (
     "max_pool",
     *ARCH_FLAGS,
     "threshold",
+    "original_quirks",
 )
 
 
@@ -153,6 +158,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--runs", type=int, default=5, help="independent runs (hard-coded 5 in the original)")
     parser.add_argument(
         "--max-pool", type=int, default=None, help="cap the pool size (quick runs; not in the original)"
+    )
+    parser.add_argument(
+        "--original-quirks",
+        action="store_true",
+        help="as the original code: keep the last epoch's model (not the best on validation) and rank the "
+        "gmm acquisition by densities summed in float32, which underflow to 0 and tie; default: as the paper",
     )
     parser.add_argument("--no-gpu", action="store_true", help="run on the CPU")
     parser.add_argument("--precision", default=None, choices=["fp32", "bf16"], help="default: bf16 on a GPU")
@@ -245,30 +256,43 @@ def _load_state(args: argparse.Namespace, state_path: Path) -> dict:
     return {"args": experiment, "runs": {}}
 
 
-def _new_record(args: argparse.Namespace, pool, run_seed: int, num_classes: int) -> dict:
-    """A run's record before its first step: the class-balanced initial labelled set, no results yet."""
-    generator = torch.Generator().manual_seed(run_seed)
+def _initial_labelled(args: argparse.Namespace, pool, num_classes: int) -> list[int]:
+    """The class-balanced initial labelled set of every run, drawn once from --seed as the original does."""
+    generator = torch.Generator().manual_seed(args.seed)
     try:
-        labelled = utils.active_learning.balanced_initial_indices(
+        return utils.active_learning.balanced_initial_indices(
             pool.y, args.num_initial_samples, num_classes, generator
         )
     except ValueError as err:
         raise UserError(
             f"{err} for the class-balanced initial set; lower --num-initial-samples or raise --max-pool"
         ) from None
-    return {"labelled": labelled, "test_accs": [], "ambiguous_fraction": [], "entropies": [], "done": False}
+
+
+def _new_record(initial: list[int]) -> dict:
+    """A run's record before its first step: the shared initial labelled set, no results yet."""
+    return {
+        "labelled": list(initial),
+        "test_accs": [],
+        "ambiguous_fraction": [],
+        "entropies": [],
+        "done": False,
+    }
 
 
 def _acquisition_step(
     args, record: dict, run_seed: int, splits, settings, ambiguity_model, num_classes, board=None
 ):
-    """One step of a run: train on the labelled set, record the test accuracy (and the labelled set's
-    ambiguity), then move the top-scoring pool samples into the labelled set. Returns the accuracy.
-    `board` (a TensorBoard writer or None) receives the training epochs' and the step's numbers."""
+    """One step of a run: train on the labelled set, record the test accuracy, then move the top-scoring
+    pool samples into the labelled set and, with -ambiguous, record the enlarged set's ambiguity (the
+    original measures it after each acquisition, so there is none for the initial set). Returns the
+    accuracy. `board` (a TensorBoard writer or None) receives the training epochs' and the step's numbers."""
     pool, validation, test = splits
     device, precision = settings.device, settings.precision
     step = len(record["test_accs"])
-    labelled_idx = torch.as_tensor(record["labelled"], device=device)
+    # In pool order, as the original's labelled subset (a mask over the pool); `record` keeps the
+    # acquisition order.
+    labelled_idx = torch.as_tensor(sorted(record["labelled"]), device=device)
     labelled = pool.take(labelled_idx)
     step_seed = run_seed * 1000 + step
     seed_everything(step_seed)
@@ -293,6 +317,7 @@ def _acquisition_step(
         samples_per_epoch=args.samples_per_epoch,
         settings=settings,
         on_epoch_end=on_epoch_end if board is not None else None,
+        original_quirks=args.original_quirks,
     )
     if len(models) == 1:
         accuracy = utils.active_learning.test_accuracy_percent(
@@ -309,33 +334,60 @@ def _acquisition_step(
         step=epochs_before + args.epochs,
         keys=("test_accuracy", "labelled"),
     )
-    if ambiguity_model is not None:
-        entropies = utils.active_learning.sample_entropies(
-            ambiguity_model, labelled, args.scoring_batch_size, device
-        )
-        record["entropies"].append(entropies.tolist())
-        record["ambiguous_fraction"].append(float((entropies > args.threshold).float().mean()))
     if len(record["labelled"]) >= args.max_training_samples:
         record["done"] = True
         return accuracy
     mask = torch.ones(len(pool), dtype=torch.bool, device=device)
     mask[labelled_idx] = False
     candidates = torch.nonzero(mask).flatten()
-    scores = utils.active_learning.acquisition_scores(
-        args.al_type,
-        models,
+    if args.original_quirks and args.al_type == "gmm":
+        chosen = _original_ddu_choice(
+            args, models[0], pool, candidates, labelled, step_seed, settings, num_classes
+        )
+    else:
+        scores = utils.active_learning.acquisition_scores(
+            args.al_type,
+            models,
+            pool.take(candidates),
+            labelled,
+            mutual_information=args.mi,
+            batch_size=args.scoring_batch_size,
+            device=device,
+            precision=precision,
+            num_classes=num_classes,
+            seed=step_seed,
+        )
+        chosen = utils.active_learning.select_top(scores, candidates, args.acquisition_batch_size)
+    record["labelled"] = record["labelled"] + chosen.tolist()
+    if ambiguity_model is not None:
+        acquired = pool.take(torch.as_tensor(record["labelled"], device=device))
+        entropies = utils.active_learning.sample_entropies(
+            ambiguity_model, acquired, args.scoring_batch_size, device
+        )
+        record["entropies"].append(entropies.tolist())
+        record["ambiguous_fraction"].append(float((entropies > args.threshold).float().mean()))
+    return accuracy
+
+
+def _original_ddu_choice(args, model, pool, candidates, labelled, step_seed: int, settings, num_classes: int):
+    """`--original-quirks` with `--al-type gmm`: the candidates (pool indices) the original's float32 density
+    ranking picks (see `utils.active_learning.original_ddu_acquisition`), class weights counted over one
+    more resampled epoch of the model's loader, as the original."""
+    weights = utils.active_learning.original_class_weights(
+        labelled, args.samples_per_epoch, step_seed * 10, args.epochs, num_classes
+    )
+    positions = utils.active_learning.original_ddu_acquisition(
+        model,
         pool.take(candidates),
         labelled,
-        mutual_information=args.mi,
+        args.acquisition_batch_size,
+        weights,
         batch_size=args.scoring_batch_size,
-        device=device,
-        precision=precision,
+        device=settings.device,
+        precision=settings.precision,
         num_classes=num_classes,
-        seed=step_seed,
     )
-    chosen = utils.active_learning.select_top(scores, candidates, args.acquisition_batch_size)
-    record["labelled"] = record["labelled"] + chosen.tolist()
-    return accuracy
+    return candidates[positions.to(candidates.device)]
 
 
 def _write_outputs(args: argparse.Namespace, state: dict, out_dir: Path, names: dict[str, str]) -> None:
@@ -380,26 +432,29 @@ def run_experiment(args: argparse.Namespace) -> dict:
         args.max_training_samples - args.num_initial_samples + args.acquisition_batch_size - 1
     ) // args.acquisition_batch_size + 1
 
+    # One pool, validation split and initial labelled set for all runs, as the original.
+    splits = utils.active_learning.build_pool(
+        args.dataset_root,
+        ambiguous=args.ambiguous,
+        subsample=args.subsample,
+        seed=args.seed,
+        device=device,
+        max_pool=args.max_pool,
+    )
+    pool = splits[0]
+    if len(pool) < args.max_training_samples:
+        raise UserError(
+            f"the pool has {len(pool)} samples (after the 10% validation hold-out), fewer than "
+            f"--max-training-samples {args.max_training_samples}; lower it or raise --max-pool"
+        )
+    initial = _initial_labelled(args, pool, num_classes)
+
     total_bar = progress_bar(total=args.runs * num_steps, desc="active learning", unit="step")
     for run in range(args.runs):
         key, run_seed = str(run), args.seed + run
-        splits = utils.active_learning.build_pool(
-            args.dataset_root,
-            ambiguous=args.ambiguous,
-            subsample=args.subsample,
-            seed=run_seed,
-            device=device,
-            max_pool=args.max_pool,
-        )
-        pool = splits[0]
-        if len(pool) < args.max_training_samples:
-            raise UserError(
-                f"the pool has {len(pool)} samples (after the 10% validation hold-out), fewer than "
-                f"--max-training-samples {args.max_training_samples}; lower it or raise --max-pool"
-            )
         record = state["runs"].get(key)
         if record is None:
-            record = state["runs"][key] = _new_record(args, pool, run_seed, num_classes)
+            record = state["runs"][key] = _new_record(initial)
         total_bar.update(len(record["test_accs"]))
         log_dir = None if board_dir is None else board_dir / f"run{run}"
         purge = len(record["test_accs"]) * args.epochs + 1

@@ -18,7 +18,7 @@ from metrics.classification import (
     expected_calibration_error,
     negative_log_likelihood,
 )
-from metrics.ddu import DDUScorer
+from metrics.ddu import DDUScorer, original_float32_density, original_float32_entropy
 from metrics.gmm import (
     ClassGaussians,
     GaussianFitError,
@@ -60,6 +60,8 @@ __all__ = [
     "fpr_at_95_tpr",
     "logsumexp_score",
     "mahalanobis_score",
+    "original_float32_density",
+    "original_float32_entropy",
     "max_softmax_probability",
     "negative_log_likelihood",
     "ood_metrics",

@@ -15,6 +15,12 @@ set and scores a feature vector `z` by
 
 It composes `metrics.gmm` (`fit_class_gaussians`, `class_log_densities`, `ddu_scores`), which does the
 numerical work; see that module for the covariance estimate and the jitter search.
+
+Two functions reproduce what the original DDU code computes where it departs from the paper, for
+`--original-quirks`: it stores the class log-densities in float32 before exponentiating
+(`original_float32_density`, its active-learning acquisition) and before taking the entropy
+(`original_float32_entropy`, its evaluation's m2). Both underflow: log-densities of 512-d features lie
+hundreds of nats apart, beyond float32's range for `exp`.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from torch import Tensor
 
 from metrics.gmm import ClassGaussians, class_log_densities, ddu_scores, fit_class_gaussians
@@ -60,7 +67,44 @@ class DDUScorer:
         """`log q(z | c)` (plus `log q(c)` when weighted) of `features` `(M, D)` -> `(M, C)` float64."""
         return class_log_densities(self.gaussians, features, chunk_size=chunk_size)
 
-    def predict_features(self, features: Tensor, *, chunk_size: int | None = None) -> dict[str, Tensor]:
+    def predict_features(
+        self, features: Tensor, *, chunk_size: int | None = None, original_quirks: bool = False
+    ) -> dict[str, Tensor]:
         """DDU's scores of `features` `(M, D)`: `log_density` and `entropy`, each `(M,)` float64 on the
-        Gaussians' device (see the module docstring for their formulas and orientation)."""
-        return ddu_scores(self.class_log_densities(features, chunk_size=chunk_size))
+        Gaussians' device (see the module docstring for their formulas and orientation).
+
+        With `original_quirks` the entropy is the original code's, from float32 log-densities
+        (`original_float32_entropy`); `log_density` is the same either way.
+        """
+        log_densities = self.class_log_densities(features, chunk_size=chunk_size)
+        scores = ddu_scores(log_densities)
+        if original_quirks:
+            scores["entropy"] = original_float32_entropy(log_densities).double()
+        return scores
+
+
+def original_float32_entropy(class_log_densities: Tensor) -> Tensor:
+    """The original DDU code's m2 score, `(N, C)` class log-densities -> `(N,)` float32 (`--original-quirks`).
+
+    The original copies the log-densities into a float32 tensor and computes
+    `-sum_c softmax(x)_c * log_softmax(x)_c` in float32. When the largest class log-density exceeds the
+    others by more than about 104 nats (float32's smallest `exp`), every other `softmax` entry is exactly 0
+    and the entropy exactly 0: on in-distribution features that is nearly every sample, so m2 mostly
+    measures which OoD samples happen to sit between two classes. The paper's entropy over the class
+    densities is `metrics.ddu_scores`'s float64 one, the default.
+    """
+    x = class_log_densities.float()
+    return -(torch.softmax(x, dim=1) * torch.log_softmax(x, dim=1)).sum(dim=1)
+
+
+def original_float32_density(class_log_densities: Tensor, class_weights: Tensor) -> Tensor:
+    """The original DDU code's active-learning density, `(N, C)` log-densities -> `(N,)` float32 on the CPU.
+
+    `sum_c exp(float32(log q(z | c))) * w_c` computed in float32, as the original's acquisition does
+    (`class_weights` `(C,)` are its `w_c`). `exp` underflows to 0 below about -104, so for the
+    512-dimensional features of the paper's ResNet-18 nearly every sample's density is exactly 0 and ranking
+    by it picks among ties (`--original-quirks`). The paper ranks by the density itself, which the default
+    path does through the float64 log-density.
+    """
+    x = class_log_densities.detach().to(device="cpu", dtype=torch.float32)
+    return (torch.exp(x) * class_weights.to(device="cpu", dtype=torch.float32)).sum(dim=1)

@@ -19,8 +19,11 @@ import torch
 from torch import nn
 
 import active_learning
+import data
+import metrics
 import net
 import utils.active_learning
+from metrics import DDUScorer
 from utils import training
 from utils.active_learning import (
     ResampledLoader,
@@ -28,6 +31,8 @@ from utils.active_learning import (
     acquisition_scores,
     balanced_initial_indices,
     build_pool,
+    original_class_weights,
+    original_ddu_acquisition,
     sample_entropies,
     select_top,
     train_best_model,
@@ -273,6 +278,50 @@ def test_gmm_acquisition_picks_the_samples_far_from_the_labelled_features():
     assert scores[3] > scores[11] > scores[17] > scores[[i for i in range(20) if i not in (3, 11, 17)]].max()
 
 
+def test_original_quirks_rank_float32_densities_that_tie_at_zero():
+    """Labelled: two tight 3-d clusters. Pool: 30 samples, every one at least 30 standard deviations from
+    both (log-densities below -400: exp is exactly 0 in float32), three of them (3, 11, 17) much farther.
+    The paper's ranking takes those three; the original's takes `torch.topk(zeros, 3, largest=False)`,
+    whatever its tie-breaking gives, and never looks at the distances."""
+    gen = torch.Generator().manual_seed(0)
+    centres = torch.tensor([[0.0, 0.0, 0.0], [8.0, 8.0, 0.0]])
+    labelled_y = torch.arange(40) % 2
+    labelled_z = centres[labelled_y] + 0.3 * torch.randn(40, 3, generator=gen)
+    pool_z = torch.tensor([4.0, 4.0, 30.0]) + torch.randn(30, 3, generator=gen)
+    pool_z[[3, 11, 17]] += torch.tensor([0.0, 0.0, 60.0])
+    model = TableModel(torch.cat([labelled_z, pool_z]), num_classes=2)
+    labelled, pool = index_split(range(40), labelled_y), index_split(range(40, 70))
+    candidates = torch.arange(100, 130)
+
+    paper = select_top(scores_for("gmm", [model], pool, labelled, classes=2), candidates, 3)
+    assert set(paper.tolist()) == {103, 111, 117}
+
+    weights = torch.tensor([0.5, 0.5])
+    scorer = DDUScorer.fit_features(labelled_z, labelled_y, 2)
+    log_densities = scorer.class_log_densities(pool_z)
+    assert log_densities.max() < -400  # so exp underflows ...
+    density = metrics.original_float32_density(log_densities, weights)
+    assert density.dtype == torch.float32 and torch.equal(density, torch.zeros(30))  # ... to exact ties
+    positions = original_ddu_acquisition(model, pool, labelled, 3, weights, batch_size=7, device=CPU,
+                                         num_classes=2)  # fmt: skip
+    assert positions.tolist() == torch.topk(torch.zeros(30), 3, largest=False).indices.tolist()
+    assert set(candidates[positions].tolist()) != {103, 111, 117}
+
+
+def test_original_class_weights_count_one_more_resampled_epoch():
+    """The original's `class_probs`: class counts over one pass of the resampling loader, divided by the
+    labelled-set size (not by the epoch length), so they sum to about 5056 / n, not 1."""
+    labels = torch.tensor([0, 0, 0, 1, 2, 2, 2, 2, 2, 2])
+    split = Split(torch.zeros(10, 1, 1, 1), labels)
+    weights = original_class_weights(split, 5056, seed=4, epoch=3, num_classes=3)
+    loader = ResampledLoader(split, 5056, 64, seed=4)
+    loader.set_epoch(3)
+    counts = torch.bincount(torch.cat([y for _, y in loader]), minlength=3)
+    assert weights.dtype == torch.float32 and torch.equal(weights, counts.float() / 10)
+    assert float(weights.sum()) == pytest.approx(505.6)
+    assert weights.tolist() == pytest.approx([151.7, 50.6, 303.4], abs=0.31)  # 3, 1 and 6 of 10 samples
+
+
 class ExplodingModel(nn.Module):
     """A network that must not run: random acquisition scores the pool without any forward pass."""
 
@@ -303,26 +352,86 @@ def test_random_acquisition_is_seeded_uniform_and_runs_no_network():
     assert chi_square < 90.0  # 49 degrees of freedom: P(chi2 > 90) < 3e-4 for a uniform choice
 
 
-def test_balanced_initial_indices_takes_the_same_number_of_each_class():
+def originals_balanced_walk(labels: torch.Tensor, per_class: int, seed: int) -> list[int]:
+    """The original's procedure, step by step: `torch.manual_seed(seed)`, one `torch.randperm` from the
+    global generator, then walk it and keep a sample while its class has fewer than `per_class`."""
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        order = torch.randperm(len(labels)).tolist()
+    taken: dict[int, int] = {}
+    kept = []
+    for index in order:
+        c = int(labels[index])
+        if taken.get(c, 0) < per_class:
+            kept.append(index)
+            taken[c] = taken.get(c, 0) + 1
+        if len(kept) == per_class * NUM_CLASSES:
+            break
+    return kept
+
+
+@pytest.mark.parametrize("seed", [0, 1, 7])
+def test_balanced_initial_indices_is_the_originals_walk_over_one_permutation(seed):
     labels = torch.tensor([c for c in range(NUM_CLASSES) for _ in range(3 + c)])
-    chosen = balanced_initial_indices(labels, 20, NUM_CLASSES, torch.Generator().manual_seed(0))
+    labels = labels[torch.randperm(len(labels), generator=torch.Generator().manual_seed(99))]
+    chosen = balanced_initial_indices(labels, 20, NUM_CLASSES, torch.Generator().manual_seed(seed))
+    assert chosen == originals_balanced_walk(labels, 2, seed)  # the same indices in the same order
     assert len(set(chosen)) == 20
     assert torch.bincount(labels[chosen], minlength=NUM_CLASSES).tolist() == [2] * NUM_CLASSES
     with pytest.raises(ValueError, match="class 0 has only 3"):
         balanced_initial_indices(labels, 40, NUM_CLASSES, torch.Generator().manual_seed(0))
 
 
-def test_resampled_loader_draws_a_fixed_length_with_replacement_reproducibly():
-    split = Split(torch.arange(7.0).view(7, 1, 1, 1), torch.arange(7))
-    loader = ResampledLoader(split, length=100, batch_size=32, seed=3)
-    batches = list(loader)
-    assert len(loader) == len(batches) == 4 and [len(y) for _, y in batches] == [32, 32, 32, 4]
-    drawn = torch.cat([y for _, y in batches])
-    assert set(drawn.tolist()) == set(range(7))  # 100 draws from 7 samples: repeats, and every one drawn
-    assert all(torch.equal(x.flatten(), y.float()) for x, y in batches)  # images stay with their labels
-    assert torch.equal(torch.cat([y for _, y in loader]), drawn)
-    loader.set_epoch(1)
-    assert not torch.equal(torch.cat([y for _, y in loader]), drawn)
+def originals_fixed_length_positions(n: int, length: int, generator: torch.Generator) -> list[int]:
+    """The original's `RandomFixedLengthSampler`, written out: fewer wanted than there are samples -> one
+    permutation of all; else a permutation of `length` rounded up to a multiple of `n`, cut to `length`,
+    modulo `n`."""
+    if length < n:
+        return torch.randperm(n, generator=generator).tolist()
+    padded = length + (-length % n)
+    return [int(i) % n for i in torch.randperm(padded, generator=generator)[:length]]
+
+
+@pytest.mark.parametrize("n, length", [(7, 100), (20, 5056), (32, 5056), (300, 5056), (9, 5)])
+def test_resampled_loader_repeats_each_sample_as_the_originals_sampler(n, length):
+    split = Split(torch.arange(float(n)).view(n, 1, 1, 1), torch.arange(n))
+    loader = ResampledLoader(split, length=length, batch_size=64, seed=3)
+    for epoch in (0, 1):
+        loader.set_epoch(epoch)
+        batches = list(loader)
+        drawn = torch.cat([y for _, y in batches])
+        generator = torch.Generator().manual_seed(3 * 100_003 + epoch)
+        assert drawn.tolist() == originals_fixed_length_positions(n, length, generator)
+        assert all(torch.equal(x.flatten(), y.float()) for x, y in batches)  # images stay with their labels
+        assert len(loader) == len(batches) and all(len(y) == 64 for _, y in batches[:-1])
+    counts = torch.bincount(drawn, minlength=n)
+    if length < n:  # the original never drops a sample: one pass over all of them
+        assert counts.tolist() == [1] * n
+        return
+    assert int(counts.sum()) == length
+    ceil = -(-length // n)
+    # ceil(length / n) copies of each, less its copies among the M - length dropped permutation entries
+    padded = ceil * n
+    generator = torch.Generator().manual_seed(3 * 100_003 + 1)
+    dropped = torch.randperm(padded, generator=generator)[length:] % n
+    assert counts.tolist() == (ceil - torch.bincount(dropped, minlength=n)).tolist()
+    if length % n == 0:
+        assert counts.tolist() == [length // n] * n  # 5056 = 32 * 158: every sample exactly 158 times
+
+
+def test_resampled_loader_counts_by_hand():
+    """7 samples, 100 per epoch: 105 = 15 * 7 permuted, the last 5 dropped, so each sample appears 15 times
+    less its copies among those 5: 100 = 15 * 7 - 5, counts between 10 and 15, mostly 14 or 15."""
+    split = Split(torch.zeros(7, 1, 1, 1), torch.arange(7))
+    totals = torch.zeros(7, dtype=torch.int64)
+    for epoch in range(50):
+        loader = ResampledLoader(split, length=100, batch_size=32, seed=0)
+        loader.set_epoch(epoch)
+        counts = torch.bincount(torch.cat([y for _, y in loader]), minlength=7)
+        assert int(counts.sum()) == 100 and counts.max() <= 15 and counts.min() >= 10
+        assert int((counts < 14).sum()) <= 2  # two samples short by two each at most: 5 dropped entries
+        totals += counts
+    assert totals.max() - totals.min() <= 25  # over 50 epochs each sample is drawn about 714 times
 
 
 def test_train_best_model_keeps_the_epoch_with_the_best_validation_accuracy(monkeypatch):
@@ -343,6 +452,46 @@ def test_train_best_model_keeps_the_epoch_with_the_best_validation_accuracy(monk
     )  # fmt: skip
     assert not model.training
     assert all(bool((p == 2).all()) for p in model.parameters())
+
+
+def test_original_quirks_keep_the_last_epoch_whatever_the_validation_says(monkeypatch):
+    """The original's `best_model = model` is a reference to the network that goes on training, so the
+    last epoch's weights come back: with accuracies 0.2, 0.9, 0.5 that is epoch 2 (weights 3), not epoch 1."""
+
+    def fake_epoch(model, loader, optimizer, settings, *, epoch=0):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.fill_(epoch + 1)
+
+    monkeypatch.setattr(training, "train_one_epoch", fake_epoch)
+    accuracies = iter([0.2, 0.9, 0.5])
+    monkeypatch.setattr(training, "evaluate_accuracy", lambda model, loader, settings: next(accuracies))
+    split = index_split(range(4))
+    model = train_best_model(
+        lambda: net.create_model("lenet", num_classes=NUM_CLASSES, mnist=True), split, split, epochs=3,
+        batch_size=2, test_batch_size=2, samples_per_epoch=4, settings=training.TrainSettings(device=CPU), seed=0,
+        original_quirks=True,
+    )  # fmt: skip
+    assert not model.training
+    assert all(bool((p == 3).all()) for p in model.parameters())
+
+
+def test_dirty_pool_subsamples_mnist_with_replacement_then_splits_off_validation_as_the_original(data_root):
+    """By hand: `RandomState(seed).choice(300, 400)` MNIST digits (with replacement: 400 of 300 images, so
+    repeats), then all of Ambiguous-MNIST; `floor(10%)` of that, shuffled as the original, is validation."""
+    pool, validation, test = build_pool(data_root, ambiguous=True, subsample=400, seed=5, device=CPU)
+    chosen = np.random.RandomState(5).choice(TRAIN_IMAGES, size=400, replace=True)
+    assert len(set(chosen.tolist())) < 400  # repeats: the draw is with replacement
+    images, labels = data.load_split("mnist", data_root, "train")
+    amb_images, amb_labels = data.load_split("ambiguous_mnist", data_root, "train")
+    x = torch.cat([images[chosen].float() / 255, amb_images])
+    y = torch.cat([labels[chosen], amb_labels])
+    train_idx, val_idx = data.split_indices(len(y), 0.1, val_seed=5)
+    assert len(val_idx) == (400 + 2 * AMBIGUOUS_SAMPLES) // 10 == len(validation)
+    assert torch.equal(pool.y, y[train_idx]) and torch.equal(validation.y, y[val_idx])
+    mean, std = data.get_info("mnist").mean[0], data.get_info("mnist").std[0]
+    torch.testing.assert_close(pool.x, (x[train_idx] - mean) / std)
+    assert len(test) == TEST_IMAGES
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -380,11 +529,14 @@ def test_original_readme_commands_parse_with_the_original_defaults():
 def check_labelled_sets(
     state: dict, args, root: Path, ambiguous: bool = False, subsample: int = 1000
 ) -> None:
-    """Per run: final size `max`, no duplicates, all inside the pool, and a class-balanced initial set."""
+    """Per run: final size `max`, no duplicates, all inside the pool (one pool for all runs, built from
+    --seed), and the same class-balanced initial set, the original's walk with --seed."""
+    pool, _, _ = build_pool(root, ambiguous=ambiguous, subsample=subsample, seed=args.seed, device=CPU,
+                               max_pool=args.max_pool)  # fmt: skip
+    initial_set = originals_balanced_walk(pool.y, args.num_initial_samples // NUM_CLASSES, args.seed)
     for run, record in state["runs"].items():
-        pool, _, _ = build_pool(root, ambiguous=ambiguous, subsample=subsample, seed=args.seed + int(run),
-                                   device=CPU, max_pool=args.max_pool)  # fmt: skip
         labelled = record["labelled"]
+        assert labelled[: args.num_initial_samples] == initial_set
         assert len(labelled) == args.max_training_samples and len(set(labelled)) == len(labelled)
         assert all(0 <= i < len(pool) for i in labelled)
         initial = pool.y[labelled[: args.num_initial_samples]]
@@ -421,8 +573,8 @@ def test_each_acquisition_type_writes_the_original_files(
         correct = [a * TEST_IMAGES / 100 for a in values]  # percent of the 100 test images
         assert correct == pytest.approx([round(c) for c in correct])
     state = read(tmp_path / f"al_state_lenet_1_{suffix}_mnist.json")
-    check_labelled_sets(state, args, data_root)
-    assert state["runs"]["0"]["labelled"] != state["runs"]["1"]["labelled"]  # runs use seeds seed + run
+    check_labelled_sets(state, args, data_root)  # one pool and one initial set for both runs ...
+    assert state["runs"]["0"]["labelled"][20:] != state["runs"]["1"]["labelled"][20:]  # ... seeds seed + run
 
 
 def test_spectral_resnet_run_is_named_as_train_py_names_it(data_root, tmp_path):
@@ -454,14 +606,15 @@ def test_ambiguous_run_records_ambiguity_of_the_labelled_set(
     model = net.create_model("lenet", num_classes=NUM_CLASSES, mnist=True)
     net.load_state_dict(model, pretrained_dir / PRETRAINED)
     model.eval()
+    pool, _, _ = build_pool(data_root, ambiguous=True, subsample=100, seed=1, device=CPU)
     for run in ("0", "1"):
         assert len(accs[run]) == 3 and all(0.0 <= a <= 100.0 for a in accs[run])
-        assert list(entropies[run]) == ["0", "1", "2"]
-        assert [len(entropies[run][s]) for s in ("0", "1", "2")] == [20, 25, 30]
-        assert len(fractions[run]) == 3
-        pool, _, _ = build_pool(data_root, ambiguous=True, subsample=100, seed=1 + int(run), device=CPU)
+        # Measured after each acquisition, as the original: none for the initial 20, one per acquisition.
+        assert list(entropies[run]) == ["0", "1"]
+        assert [len(entropies[run][s]) for s in ("0", "1")] == [25, 30]
+        assert len(fractions[run]) == 2
         labelled = state["runs"][run]["labelled"]
-        for step, size in enumerate((20, 25, 30)):
+        for step, size in enumerate((25, 30)):
             values = torch.tensor(entropies[run][str(step)])
             # the pretrained model's entropies of exactly the samples labelled at that step
             expected = sample_entropies(model, pool.take(torch.tensor(labelled[:size])), 64, CPU)
@@ -470,6 +623,43 @@ def test_ambiguous_run_records_ambiguity_of_the_labelled_set(
             assert fractions[run][step] == pytest.approx(float((values > args.threshold).float().mean()))
     every_entropy = torch.tensor([e for r in entropies.values() for s in r.values() for e in s])
     assert every_entropy.min() < args.threshold < every_entropy.max()  # the fraction is not trivially 0 or 1
+
+
+def test_original_quirks_flag_reaches_training_and_the_gmm_acquisition(data_root, tmp_path, monkeypatch):
+    """--original-quirks: every training keeps its last epoch, and the gmm acquisition is the original's
+    float32 ranking, whose positions in the pool's unlabelled part are what the run acquires."""
+    trained, acquired = [], []
+    real_train, real_acquire = (
+        utils.active_learning.train_best_model,
+        utils.active_learning.original_ddu_acquisition,
+    )
+
+    def train_spy(*args, **kwargs):
+        trained.append(kwargs["original_quirks"])
+        return real_train(*args, **kwargs)
+
+    def acquire_spy(model, pool, labelled, k, weights, **kwargs):
+        positions = real_acquire(model, pool, labelled, k, weights, **kwargs)
+        acquired.append((pool.y.clone(), positions, weights))
+        return positions
+
+    monkeypatch.setattr(utils.active_learning, "train_best_model", train_spy)
+    monkeypatch.setattr(utils.active_learning, "original_ddu_acquisition", acquire_spy)
+    args = tiny_args(data_root, tmp_path, "--original-quirks", max_samples=30)
+    active_learning.main(args)
+    state = read(tmp_path / "al_state_lenet_1_gmm_mnist.json")
+    assert trained == [True, True, True] and len(acquired) == 2 and state["args"]["original_quirks"] is True
+    pool, _, _ = build_pool(data_root, ambiguous=False, subsample=1000, seed=1, device=CPU)
+    labelled = state["runs"]["0"]["labelled"]
+    for step, (candidate_labels, positions, weights) in enumerate(acquired):
+        unlabelled = [i for i in range(len(pool)) if i not in labelled[: 20 + 5 * step]]
+        assert labelled[20 + 5 * step : 25 + 5 * step] == [unlabelled[p] for p in positions.tolist()]
+        assert torch.equal(candidate_labels, pool.y[unlabelled])
+        assert float(weights.sum()) == pytest.approx(64 / (20 + 5 * step), abs=1e-5)  # 64 samples per epoch
+
+    sizes = record_training(monkeypatch)  # the paper's default uses neither path
+    active_learning.main(tiny_args(data_root, tmp_path / "paper", max_samples=25))
+    assert sizes == [20, 25] and len(acquired) == 2
 
 
 @pytest.mark.parametrize("interrupt_at", [2, 4], ids=["run0-step2", "run1-step1"])

@@ -9,9 +9,12 @@ from __future__ import annotations
 import json
 
 import pytest
+import test_active_learning
 from conftest import requires_counted_torch
 
-from benchmarks import dispatch, ensemble, loader, throughput, train_throughput
+from benchmarks import dispatch, ensemble, loader, quirk_ties, throughput, train_throughput
+
+data_root = test_active_learning.data_root  # the tiny MNIST (IDX files) the active-learning tests write
 
 pytestmark = pytest.mark.slow
 
@@ -111,3 +114,22 @@ def test_ensemble_benchmark_times_stacked_and_one_after_another(tmp_path):
         ensemble.main(
             ensemble.get_args_parser().parse_args("--model resnet18 -sn --base-width 2 --no-gpu".split())
         )
+
+
+@pytest.mark.filterwarnings("ignore::data.formats.ChecksumWarning")
+def test_quirk_ties_measures_each_labelled_set_size(data_root, tmp_path, monkeypatch):
+    """On the tiny MNIST of the active-learning tests: a LeNet per size, both rankings, the shares in [0, 1].
+    Two samples per class give rank-1 covariances, so the densities underflow to exact ties at 20 labels."""
+    monkeypatch.setenv("DDU_NO_DOWNLOAD", "1")
+    out = tmp_path / "ties.json"
+    args = quirk_ties.get_args_parser().parse_args(
+        f"--dataset-root {data_root} --model lenet --epochs 1 --samples-per-epoch 64 --max-pool 200 "
+        f"--sizes 20,40 --json {out}".split()
+    )
+    rows = quirk_ties.main(args)
+    assert json.loads(out.read_text()) == rows
+    assert [r["labelled"] for r in rows] == [20, 40] and [r["pool"] for r in rows] == [160, 140]
+    assert rows[0]["zero_share"] == rows[0]["tied_at_min_share"] == 1.0
+    for row in rows:
+        assert 0.0 < row["tied_at_min_share"] <= 1.0 and row["zero_share"] in (0.0, row["tied_at_min_share"])
+        assert len(row["original_picks"]) == len(row["paper_picks"]) == 5 and row["feature_dim"] == 84

@@ -276,6 +276,51 @@ def test_gmm_auprc_orientation_is_the_originals():
     assert result["m2_auroc"] == pytest.approx(roc_auc_score(ood_positive, ent), abs=1e-12)
 
 
+def far_apart(n: int, centre: float, generator: torch.Generator) -> torch.Tensor:
+    """`(n, 2)` float32 features around `(+-centre, 0)` (alternating signs), std 1 along x, 0.5 along y."""
+    sign = torch.where(torch.arange(n) % 2 == 0, -1.0, 1.0)
+    x = sign * (centre + torch.randn(n, generator=generator, dtype=torch.float64).clamp(-2.0, 2.0))
+    y = 0.5 * torch.randn(n, generator=generator, dtype=torch.float64)
+    return torch.stack([x, y], 1).float()
+
+
+def test_original_quirks_take_m2_from_float32_log_densities():
+    """Classes at x = -12 and +12 (std 1): an in-distribution sample's two class log-densities lie about
+    24 |x| = 190..340 nats apart, so its float64 entropy is tiny but positive and its float32 entropy exactly
+    0 (exp underflows below about -104). OoD: 40 samples between the classes (entropy near log 2) and 40
+    beyond them at |x| = 25 (about 600 nats apart: float64 entropies below every in-distribution one, float32
+    ones exactly 0 again). Float64 ranks the far OoD below all in-distribution samples (m2 AUROC 0.5); float32
+    ties them with it (0.5 + 0.25 = 0.75). m1 does not change."""
+    gen = torch.Generator().manual_seed(5)
+
+    def blob_outputs(features: torch.Tensor) -> Outputs:
+        labels = (features[:, 0] > 0).long()
+        return Outputs(torch.stack([-features[:, 0], features[:, 0]], 1), features, labels)
+
+    train_, val, test = (blob_outputs(far_apart(n, 12.0, gen)) for n in (400, 50, 100))
+    between = torch.stack([torch.empty(40).uniform_(-0.5, 0.5, generator=gen), torch.zeros(40)], 1)
+    beyond = far_apart(40, 25.0, gen)
+    beyond[:, 0] = beyond[:, 0].sign() * 25.0
+    ood = blob_outputs(torch.cat([between, beyond]))
+
+    paper = gmm_run(test, ood, val, train_, num_classes=2)
+    quirk = gmm_run(test, ood, val, train_, num_classes=2, original_quirks=True)
+    scorer = metrics.DDUScorer.fit_features(train_.features, train_.labels, 2)
+    log_densities = scorer.class_log_densities(test.features)
+    # the original's formula, written out: float32 softmax times float32 log-softmax
+    x = log_densities.float()
+    by_hand = -(torch.nn.functional.softmax(x, 1) * torch.nn.functional.log_softmax(x, 1)).sum(1)
+    assert torch.equal(by_hand, torch.zeros(100))  # every in-distribution entropy exactly 0 in float32
+    assert (scorer.predict_features(test.features)["entropy"] > 0).all()  # and positive in float64
+    assert torch.equal(
+        scorer.predict_features(test.features, original_quirks=True)["entropy"], by_hand.double()
+    )
+    assert paper["m2_auroc"] == pytest.approx(0.5) and quirk["m2_auroc"] == pytest.approx(0.75)
+    assert quirk["t_m2_auroc"] == quirk["m2_auroc"]
+    for key in ("m1_auroc", "m1_auprc", "m1_fpr95", "accuracy", "ece", "mahalanobis_auroc"):
+        assert quirk[key] == paper[key], key
+
+
 def test_ensemble_scores_detect_disagreement_and_uncertainty():
     labels = torch.arange(40) % 10
     test_logits = torch.nn.functional.one_hot(labels, 10) * 10.0
@@ -464,6 +509,24 @@ def test_softmax_and_gmm_evaluate_the_same_networks_on_the_same_splits(evaluated
     assert softmax["m1_auroc"] != gmm["m1_auroc"]  # log-sum-exp of logits versus feature density
 
 
+def test_original_quirks_reach_the_gmm_run_and_change_only_m2(evaluated, layouts, tmp_path, monkeypatch):
+    paper = evaluated("gmm").saved
+    calls = []
+    real_gmm_run = evaluate.gmm_run
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs["original_quirks"])
+        return real_gmm_run(*args, **kwargs)
+
+    monkeypatch.setattr(evaluate, "gmm_run", spy)
+    quirk = evaluate.main(eval_args(layouts["single"], tmp_path, "--original-quirks", model_type="gmm"))
+    assert calls == [True, True] and quirk["info"]["original_quirks"] is True
+    assert paper["info"]["original_quirks"] is False
+    for key in ("accuracy", "ece", "m1_auroc", "m1_auprc", "gmm_jitter"):
+        assert quirk["values"][key] == paper["values"][key], key
+    assert quirk["values"]["m2_auroc"] != paper["values"]["m2_auroc"]
+
+
 @pytest.mark.parametrize(
     "model_type, seeds", [("softmax", [1, 2]), ("gmm", [1, 2]), ("ensemble", [1, 2, 3, 4])]
 )
@@ -578,7 +641,7 @@ def test_a_gmm_fit_failure_is_recorded_and_the_command_fails(layouts, tmp_path, 
     assert list(saved["values"])[: len(ORIGINAL)] == ORIGINAL
     for key, values in saved["values"].items():
         assert len(values) == 2 and values[0] is not None and values[1] is None, key
-        assert saved["mean"][key] == values[0] and saved["std"][key] == 0.0, key
+        assert saved["mean"][key] == values[0] and saved["std"][key] is None, key  # one value: undefined
 
 
 def user_error(capsys, args) -> str:

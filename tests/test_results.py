@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 
 import pytest
 import torch
@@ -33,8 +34,23 @@ def test_standard_error_is_the_unbiased_std_over_sqrt_n(values):
 def test_standard_error_by_hand_and_of_one_value():
     # [1, 2, 3, 4]: mean 2.5, sum of squares 5, unbiased variance 5/3, stderr sqrt(5/3) / 2.
     assert standard_error([1.0, 2.0, 3.0, 4.0]) == pytest.approx(math.sqrt(5 / 3) / 2, rel=1e-12)
-    # The original gives NaN for a single run (std of one value); 0 keeps the JSON valid.
-    assert standard_error([0.7]) == 0.0
+    # The original gives NaN for a single run (the unbiased std of one value), which json.dump writes as
+    # the invalid token NaN; null keeps the key and says "undefined" in valid JSON.
+    with warnings.catch_warnings():  # torch warns that one value has no degrees of freedom
+        warnings.simplefilter("ignore")
+        assert math.isnan(original_stderr([0.7]))
+    assert standard_error([0.7]) is None and standard_error([]) is None
+
+
+def test_a_single_run_writes_a_null_std_that_is_valid_json():
+    result = aggregate([{"accuracy": 0.9, "m1_auroc": 0.8}], {"runs": 1})
+    assert list(result["std"]) == list(result["mean"])  # the keys stay
+    assert all(value is None for value in result["std"].values())
+
+    def refuse(constant):
+        raise AssertionError(f"{constant} is not JSON")
+
+    assert json.loads(json.dumps(result, allow_nan=False), parse_constant=refuse) == result
 
 
 def test_aggregate_means_stderrs_values_and_info():
@@ -63,7 +79,7 @@ def test_aggregate_keeps_extra_keys_after_the_original_ones_in_first_seen_order(
     assert result["values"]["accuracy"] == [0.9, 0.8]
     assert result["values"]["temperature"] == [1.5, None]
     assert result["values"]["mahalanobis_auroc"] == [None, 0.7]
-    assert result["mean"]["temperature"] == 1.5 and result["std"]["temperature"] == 0.0
+    assert result["mean"]["temperature"] == 1.5 and result["std"]["temperature"] is None  # one value
     assert result["mean"]["nll"] == pytest.approx(0.4)
     # An original key no run produced is still there, as null.
     assert result["values"]["t_m2_auprc"] == [None, None]
@@ -146,7 +162,7 @@ def test_each_method_reads_its_keys_and_runs_are_pooled_and_failures_counted(tmp
         in text
     )
     assert (
-        "| DDU | feature density (GDA) | resnet18_sn_3.0_mod | 92.00 ± 0.00 | 3.00 ± 0.00 | 97.00 ± 0.00 | 92.00 ± 0.00 | 1 of 2 (1 failed) |"
+        "| DDU | feature density (GDA) | resnet18_sn_3.0_mod | 92.00 | 3.00 | 97.00 | 92.00 | 1 of 2 (1 failed) |"
         in text
     )
     scaled_run = run(0.9, 0.02, 0.8, 0.7, t_ece=0.01, t_m1_auroc=0.81, t_m1_auprc=0.8, t_m2_auroc=0.71,

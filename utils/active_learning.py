@@ -1,9 +1,11 @@
 """Active learning on MNIST and Dirty-MNIST (DDU paper, Sec. 6.2 and App. C.3), as the original script.
 
-Each acquisition step trains a fresh network on the labelled set (Adam, weight decay 5e-4, the labelled set
-resampled with replacement to a fixed 5,056 samples per epoch), keeps the epoch with the best validation
-accuracy, records its MNIST test accuracy, then moves the `acquisition_batch_size` pool samples with the
-highest acquisition score into the labelled set:
+The pool, its validation split and the class-balanced initial labelled set are built once and shared by
+every run, as the original does (`build_pool`, `balanced_initial_indices`). Each acquisition step trains a
+fresh network on the labelled set (Adam, weight decay 5e-4; each epoch repeats every labelled sample about
+equally often to fill 5,056 samples, `ResampledLoader`), keeps the epoch with the best validation accuracy,
+records its MNIST test accuracy, then moves the `acquisition_batch_size` pool samples with the highest
+acquisition score into the labelled set:
 
 * softmax:  softmax entropy;
 * ensemble: predictive entropy of the ensemble (or mutual information with `-mi`);
@@ -19,6 +21,11 @@ after another otherwise.
 Everything (pool, labelled set, validation and test sets) lives on the device as normalised tensors; the
 pool is scored in large batches. Each (run, step) gets its own seed, so a resumed experiment continues with
 exactly the numbers an uninterrupted one would have produced.
+
+`original_quirks=True` (`active_learning.py --original-quirks`) reproduces two places where the original
+code, in effect, does not do what it intends and the paper describes: it keeps the last epoch's model
+instead of the best one (`train_best_model`), and it ranks the pool by feature densities summed in float32,
+where they underflow to 0 and tie (`original_ddu_acquisition`).
 """
 
 from __future__ import annotations
@@ -62,14 +69,19 @@ def _normalised(images: torch.Tensor, device: torch.device) -> torch.Tensor:
 def build_pool(
     root, *, ambiguous: bool, subsample: int, seed: int, device: torch.device, max_pool: int | None = None
 ) -> tuple[Split, Split, Split]:
-    """(pool, validation, test). The pool is MNIST's training set, or with `ambiguous` a random subsample
-    of `subsample` MNIST training digits plus the Ambiguous-MNIST training set; 10% of it is held out for
-    validation with the original's seeded split. `max_pool` (not in the original) caps the pool for quick
-    runs. The test set is always MNIST's."""
+    """(pool, validation, test), built once per experiment and shared by all its runs, as the original.
+
+    The pool is MNIST's training set, or with `ambiguous` `subsample` MNIST training digits drawn uniformly
+    *with replacement* (the original's `np.random.choice(60000, subsample)`, so a digit can appear twice)
+    followed by the Ambiguous-MNIST training set. `floor(10%)` of it is held out for validation with the
+    original's split (`data.split_indices(N, 0.1, val_seed=seed)`; the pool keeps the shuffled order of
+    the rest). The original draws the subsample from NumPy's unseeded global state; here it comes from
+    `RandomState(seed)`, so an experiment is reproducible. `max_pool` (not in the original) caps the pool
+    for quick runs. The test set is always MNIST's."""
     images, labels = data.load_split("mnist", root, "train")
     rng = np.random.RandomState(seed)
     if ambiguous:
-        chosen = torch.as_tensor(rng.choice(len(labels), size=min(subsample, len(labels)), replace=False))
+        chosen = torch.as_tensor(rng.choice(len(labels), size=subsample, replace=True))
         amb_images, amb_labels = data.load_split("ambiguous_mnist", root, "train")
         x = torch.cat([_normalised(images[chosen], device), _normalised(amb_images, device)])
         y = torch.cat([labels[chosen], amb_labels]).to(device)
@@ -92,21 +104,39 @@ def build_pool(
 def balanced_initial_indices(
     labels: torch.Tensor, total: int, num_classes: int, generator: torch.Generator
 ) -> list[int]:
-    """`total / num_classes` random indices of each class (the original's class-balanced initial set)."""
+    """The original's class-balanced initial labelled set: `total / num_classes` samples of each class.
+
+    As the original (`get_balanced_sample_indices`), one random permutation of the pool is walked in order
+    and a sample is kept while its class has fewer than `total / num_classes`; the indices come back in that
+    permutation order. The original draws the permutation from torch's global generator right after
+    `torch.manual_seed(seed)`, so a generator seeded with the same seed gives the same set (without
+    -ambiguous, where nothing draws before it).
+    """
     per_class = total // num_classes
-    cpu_labels = labels.cpu()
-    chosen = []
+    order = torch.randperm(len(labels), generator=generator)
+    permuted = labels.cpu()[order]
+    kept = []
     for c in range(num_classes):
-        members = torch.nonzero(cpu_labels == c).flatten()
-        if len(members) < per_class:
-            raise ValueError(f"class {c} has only {len(members)} pool samples, {per_class} needed")
-        chosen += members[torch.randperm(len(members), generator=generator)[:per_class]].tolist()
-    return chosen
+        positions = torch.nonzero(permuted == c).flatten()
+        if len(positions) < per_class:
+            raise ValueError(f"class {c} has only {len(positions)} pool samples, {per_class} needed")
+        kept.append(positions[:per_class])
+    return order[torch.cat(kept).sort().values].tolist()
 
 
 class ResampledLoader:
-    """Batches of a labelled set drawn with replacement to a fixed length per epoch (the original's
-    `RandomFixedLengthSampler`), so short and long labelled sets get the same number of steps."""
+    """Batches of a labelled set stretched to `length` samples per epoch, every sample repeated about
+    equally often: the original's `RandomFixedLengthSampler` (from BatchBALD), so short and long labelled
+    sets get the same number of optimiser steps.
+
+    Each epoch, with `n` labelled samples and `M = length` rounded up to a multiple of `n`: the first
+    `length` entries of a random permutation of `0..M-1`, each taken modulo `n`. Sample `i` therefore
+    appears `M / n = ceil(length / n)` times less the number of its copies among the dropped `M - length < n`
+    entries: usually 0 or 1 (so floor or ceil of `length / n`), now and then more, and exactly `length / n`
+    for every sample when `n` divides `length`. The batches follow the permutation's order. When
+    `length < n` the epoch is one permutation of all `n` samples (the original never drops a sample).
+    Epoch `e` draws from a generator seeded with `(seed, e)`.
+    """
 
     def __init__(self, split: Split, length: int, batch_size: int, seed: int):
         self.split, self.length, self.batch_size, self.seed = split, length, batch_size, seed
@@ -115,13 +145,25 @@ class ResampledLoader:
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
+    @property
+    def epoch_size(self) -> int:
+        return max(self.length, len(self.split))
+
     def __len__(self) -> int:
-        return math.ceil(self.length / self.batch_size)
+        return math.ceil(self.epoch_size / self.batch_size)
+
+    def positions(self) -> torch.Tensor:
+        """`(epoch_size,)` int64 positions into the labelled set for the current epoch, in batch order."""
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        n = len(self.split)
+        if self.length < n:
+            return torch.randperm(n, generator=generator)
+        padded = self.length + (-self.length % n)
+        return torch.randperm(padded, generator=generator)[: self.length] % n
 
     def __iter__(self):
-        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        order = torch.randint(0, len(self.split), (self.length,), generator=generator).to(self.split.y.device)
-        for start in range(0, self.length, self.batch_size):
+        order = self.positions().to(self.split.y.device)
+        for start in range(0, len(order), self.batch_size):
             index = order[start : start + self.batch_size]
             yield self.split.x[index], self.split.y[index]
 
@@ -154,10 +196,16 @@ def train_best_model(
     settings: training.TrainSettings,
     seed: int,
     on_epoch_end: Callable[[training.EpochStats], None] | None = None,
+    original_quirks: bool = False,
 ):
     """A fresh model trained with Adam (weight decay 5e-4) for `epochs`; the epoch with the best validation
-    accuracy is kept (its weights are returned, in eval mode). `on_epoch_end(stats)` sees each epoch's
-    statistics with the validation accuracy."""
+    accuracy is kept (its weights are returned, in eval mode), as the paper describes. `on_epoch_end(stats)`
+    sees each epoch's statistics with the validation accuracy.
+
+    With `original_quirks` the last epoch's weights are returned, as the original code effectively does: it
+    "keeps" the best epoch with `best_model = model`, a reference to the network that later epochs go on
+    training, so after the loop it holds the last epoch's weights whatever the validation accuracies were.
+    """
     torch.manual_seed(seed)
     model = make_model().to(settings.device)
     if settings.channels_last:
@@ -175,7 +223,8 @@ def train_best_model(
             on_epoch_end(stats)
         if accuracy > best_accuracy:
             best_accuracy, best_state = accuracy, copy.deepcopy(model.state_dict())
-    model.load_state_dict(best_state)
+    if not original_quirks:
+        model.load_state_dict(best_state)
     return model.eval()
 
 
@@ -192,17 +241,20 @@ def train_best_models(
     samples_per_epoch: int,
     settings: training.TrainSettings,
     on_epoch_end: Callable[[int, training.EpochStats], None] | None = None,
+    original_quirks: bool = False,
 ) -> list:
     """`train_best_model` for each of `seeds` (member k: seed `seeds[k]`, its own resampling of the labelled
     set, the common validation split), stacked or one after another as `utils.ensemble.choose_mode` picks
     for `mode`; `on_epoch_end(k, stats)` sees member k's epochs. Raises `ValueError` when `mode` is
-    `stacked` and the network cannot be stacked."""
+    `stacked` and the network cannot be stacked. `original_quirks`: each member is its last epoch (see
+    `train_best_model`)."""
     common = dict(
         epochs=epochs,
         batch_size=batch_size,
         test_batch_size=test_batch_size,
         samples_per_epoch=samples_per_epoch,
         settings=settings,
+        original_quirks=original_quirks,
     )
     chosen = "sequential"
     if len(seeds) > 1:
@@ -226,7 +278,7 @@ def train_best_models(
 
 def _train_best_models_stacked(
     make_model, labelled, validation, *, seeds, epochs, batch_size, test_batch_size, samples_per_epoch, settings,
-    on_epoch_end,
+    on_epoch_end, original_quirks,
 ) -> list:  # fmt: skip
     """The members of `train_best_models` stacked (see `utils.ensemble`): the same seeds, initial weights,
     batches and Adam updates as one after another; each member keeps its own best epoch."""
@@ -250,7 +302,7 @@ def _train_best_models_stacked(
             if on_epoch_end is not None:
                 member_stats.val_accuracy = accuracy
                 on_epoch_end(k, member_stats)
-            if accuracy > best_accuracy[k]:
+            if accuracy > best_accuracy[k] or (original_quirks and epoch == epochs - 1):
                 best_accuracy[k] = accuracy
                 best_state[k] = {name: t.clone() for name, t in stack.member_state_dict(k).items()}
     for member, state in zip(members, best_state):
@@ -308,6 +360,52 @@ def select_top(scores: torch.Tensor, candidates: torch.Tensor, k: int) -> torch.
     """The `k` entries of `candidates` (pool indices, aligned with `scores`) with the highest scores."""
     k = min(k, len(candidates))
     return candidates[torch.topk(scores.to(torch.float64), k).indices.to(candidates.device)]
+
+
+def original_class_weights(
+    labelled: Split, samples_per_epoch: int, seed: int, epoch: int, num_classes: int
+) -> torch.Tensor:
+    """The class weights of the original's DDU acquisition (`--original-quirks`), `(C,)` float32 on the CPU.
+
+    The original counts each class over one more pass of its resampling loader (the epoch after training,
+    here `ResampledLoader(labelled, samples_per_epoch, ..., seed)` at `epoch`) and divides by the number of
+    labelled samples, so the weights sum to about `samples_per_epoch / n`, not 1. The paper's density uses
+    the labelled set's class frequencies, as the default path does.
+    """
+    loader = ResampledLoader(labelled, samples_per_epoch, 1, seed)
+    loader.set_epoch(epoch)
+    labels = labelled.y.cpu()[loader.positions()]
+    return torch.bincount(labels, minlength=num_classes).float() / len(labelled)
+
+
+@torch.no_grad()
+def original_ddu_acquisition(
+    model,
+    pool: Split,
+    labelled: Split,
+    k: int,
+    class_weights: torch.Tensor,
+    *,
+    batch_size: int,
+    device: torch.device,
+    precision: str = "fp32",
+    num_classes: int = 10,
+) -> torch.Tensor:
+    """Positions (into `pool`) of the `k` samples the original's DDU acquisition picks (`--original-quirks`).
+
+    The original stores the class log-densities `log q(z | c)` in float32, sums `exp(log q(z | c)) * w_c`
+    in float32 (`metrics.original_float32_density`) and takes `torch.topk(..., largest=False)` on the CPU.
+    With hundreds of feature dimensions and 20 to 300 labelled samples nearly every pool density underflows
+    to exactly 0, so the choice is topk's tie-breaking among zeros (on current PyTorch, for a large pool,
+    the first pool positions), not the lowest density. The default path ranks the float64 log-densities
+    themselves (`acquisition_scores`), as the paper does. The Gaussians are the same fit as the default's
+    (`metrics.DDUScorer`), without class priors: the original applies `class_weights` after the exp.
+    """
+    labelled_out = collect_outputs(model, _SplitLoader(labelled, batch_size), device, precision)
+    pool_out = collect_outputs(model, _SplitLoader(pool, batch_size), device, precision)
+    scorer = metrics.DDUScorer.fit_features(labelled_out.features, labelled_out.labels, num_classes)
+    density = metrics.original_float32_density(scorer.class_log_densities(pool_out.features), class_weights)
+    return torch.topk(density, min(k, len(pool)), largest=False).indices
 
 
 def sample_entropies(

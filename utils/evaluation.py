@@ -133,8 +133,12 @@ def gmm_run(
     num_classes: int,
     weight_by_class_frequency: bool = False,
     parts: tuple[Outputs, Outputs] | None = None,
+    original_quirks: bool = False,
 ) -> dict[str, float]:
     """DDU: fit one Gaussian per class on the training features, score test and OoD features.
+
+    `original_quirks` computes m2 as the original code does, from float32 class log-densities, where
+    nearly every in-distribution entropy is exactly 0 (`metrics.original_float32_entropy`); m1 is the same.
 
     Raises `metrics.GaussianFitError` when no jitter makes the covariances positive definite.
     """
@@ -143,8 +147,8 @@ def gmm_run(
         train.features, train.labels, num_classes, weight_by_class_frequency=weight_by_class_frequency
     )
     result["gmm_jitter"] = scorer.jitter
-    test_scores = scorer.predict_features(test.features)
-    ood_scores = scorer.predict_features(ood.features)
+    test_scores = scorer.predict_features(test.features, original_quirks=original_quirks)
+    ood_scores = scorer.predict_features(ood.features, original_quirks=original_quirks)
     density = _detection("m1", test_scores["log_density"], ood_scores["log_density"], True)
     entropy = _detection("m2", test_scores["entropy"], ood_scores["entropy"], False)
     result.update(density)

@@ -362,7 +362,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     al = sub.add_parser("al", help="active-learning curves from JSON files")
     al.add_argument("--curve", action="append", required=True, help="LABEL=PATH.json, repeatable")
     al.add_argument(
-        "--initial", type=int, default=20, help="initial labelled-set size (--num-initial-samples)"
+        "--initial",
+        type=int,
+        default=20,
+        help="labelled-set size of the first value: --num-initial-samples for test_accs_*.json, that plus "
+        "--acquisition-batch-size for ambiguous_*.json (measured after each acquisition)",
     )
     al.add_argument(
         "--batch", type=int, default=5, help="samples acquired per step (--acquisition-batch-size)"

@@ -35,11 +35,16 @@ ORIGINAL_KEYS = (
 )
 
 
-def standard_error(values: list[float]) -> float:
-    """Unbiased standard deviation / sqrt(n), as the original (`tensor.std() / sqrt(n)`); 0 for one value."""
+def standard_error(values: list[float]) -> float | None:
+    """Unbiased standard deviation / sqrt(n), as the original (`tensor.std() / sqrt(n)`).
+
+    None (JSON null) for fewer than two values: the unbiased deviation of one value is undefined. The
+    original writes NaN there, which `json.dump` emits as the bare token `NaN`, not valid JSON; null keeps
+    the key, says "undefined" and parses everywhere.
+    """
     n = len(values)
     if n < 2:
-        return 0.0
+        return None
     mean = sum(values) / n
     variance = sum((v - mean) ** 2 for v in values) / (n - 1)
     return math.sqrt(variance) / math.sqrt(n)
@@ -49,7 +54,7 @@ def aggregate(per_run: list[dict[str, float] | None], info: dict[str, Any]) -> d
     """`per_run[i]` holds run i's metrics, or None for a failed run (kept as null in `values`).
 
     Means and standard errors are over the runs that produced the metric; failed runs are listed separately
-    by the caller, never silently dropped.
+    by the caller, never silently dropped. A metric with fewer than two values has `std` null.
     """
     keys = list(ORIGINAL_KEYS)
     for run in per_run:
@@ -62,7 +67,7 @@ def aggregate(per_run: list[dict[str, float] | None], info: dict[str, Any]) -> d
         present = [v for v in values if v is not None]
         result["values"][key] = values
         result["mean"][key] = sum(present) / len(present) if present else None
-        result["std"][key] = standard_error(present) if present else None
+        result["std"][key] = standard_error(present)
     result["info"] = info
     return result
 
@@ -121,7 +126,7 @@ class Row:
         """Runs without an AUROC for this method: the run failed (GMM fit) or the score was not computed."""
         return sum(value is None for value in self.values["auroc"])
 
-    def mean_and_error(self, column: str) -> tuple[float, float] | None:
+    def mean_and_error(self, column: str) -> tuple[float, float | None] | None:
         present = [v for v in self.values[column] if v is not None]
         if not present:
             return None
@@ -195,11 +200,14 @@ def table_rows(
 
 
 def _cell(row: Row, column: str, separator: str = " ± ") -> str:
-    """`mean ± standard error` in percent, as the paper prints its table; '-' when no run has the value."""
+    """`mean ± standard error` in percent, as the paper prints its table; '-' when no run has the value, and
+    the mean alone for a single run, whose standard error is undefined."""
     stats = row.mean_and_error(column)
     if stats is None:
         return "-"
     mean, error = stats
+    if error is None:
+        return f"{100 * mean:.2f}"
     return f"{100 * mean:.2f}{separator}{100 * error:.2f}"
 
 
@@ -231,7 +239,10 @@ def format_table(rows: Sequence[Row], fmt: str = "markdown") -> str:
             ]
             for column in TABLE_COLUMNS:
                 stats = row.mean_and_error(column)
-                line += ["", ""] if stats is None else [f"{stats[0]:.6g}", f"{stats[1]:.6g}"]
+                if stats is None:
+                    line += ["", ""]
+                else:
+                    line += [f"{stats[0]:.6g}", "" if stats[1] is None else f"{stats[1]:.6g}"]
             writer.writerow(line)
         return out.getvalue()
     if fmt != "markdown":
