@@ -11,6 +11,10 @@ import os
 # CLI runs) inherit it.
 os.environ.setdefault("OMP_NUM_THREADS", os.environ.get("DDU_TEST_THREADS", "1"))
 os.environ.setdefault("MKL_NUM_THREADS", os.environ.get("DDU_TEST_THREADS", "1"))
+# No test may touch the network: on a machine that is online a missing file would otherwise start a real
+# download (slow, and another outcome than offline). Tests of the download path patch the lookup and the
+# download themselves; subprocesses inherit this.
+os.environ["DDU_NO_DOWNLOAD"] = "1"
 
 import subprocess
 import sys

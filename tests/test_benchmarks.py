@@ -29,6 +29,13 @@ def test_network_throughput_measures_every_configuration(tmp_path):
     }
     assert all(r["images_per_s"] > 0 and r["achieved_tflop_s"] > 0 for r in rows)
     assert len({r["gflop_per_image"] for r in rows}) == 1 and rows[0]["gflop_per_image"] > 0
+    for r in rows:  # the rate times the work per image, whatever the machine's speed (SN adds per-step work);
+        # the bounds allow for the rounding of the rate (0.1 images/s) and of the work (0.001 GFLOP)
+        low = (r["images_per_s"] - 0.05) * (r["gflop_per_image"] - 0.0005) / 1e3
+        high = (r["images_per_s"] + 0.05) * (r["gflop_per_image"] + 0.0005) / 1e3
+        assert r["achieved_tflop_s"] >= low * (1 - 1e-3)
+        if not r["sn"]:
+            assert r["achieved_tflop_s"] <= high * (1 + 1e-3)
 
 
 def test_wide_resnet_28_10_costs_the_published_flops():
