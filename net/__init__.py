@@ -14,13 +14,14 @@ from net.checkpoint import (
     read_checkpoint,
 )
 from net.layers import DDUNetwork
-from net.registry import create_model, list_models, unwrap_model
+from net.registry import ModelOptions, create_model, list_models, model_options, unwrap_model
 from net.spectral_norm import SpectralNormConv2d, SpectralNormLinear
 
 __all__ = [
     "CheckpointMismatchError",
     "DDUNetwork",
     "SpectralNormConv2d",
+    "ModelOptions",
     "SpectralNormLinear",
     "StateDictMismatch",
     "compare_state_dict",
@@ -28,5 +29,6 @@ __all__ = [
     "list_models",
     "load_state_dict",
     "read_checkpoint",
+    "model_options",
     "unwrap_model",
 ]
