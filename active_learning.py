@@ -131,7 +131,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--subsample", type=int, default=1000, help="MNIST digits in the Dirty-MNIST pool")
     parser.add_argument(
-        "--al-type", default="softmax", choices=["softmax", "ensemble", "gmm"], help="acquisition"
+        "--al-type",
+        default="softmax",
+        choices=["softmax", "ensemble", "gmm", "random"],
+        help="acquisition (random: a uniformly random batch, a baseline the original lacks)",
     )
     parser.add_argument(
         "-mi", "--mi", dest="mi", action="store_true", help="ensemble: mutual information, not PE"
@@ -372,6 +375,7 @@ def _acquisition_step(args, record: dict, run_seed: int, splits, settings, ambig
         device=device,
         precision=precision,
         num_classes=num_classes,
+        seed=step_seed,
     )
     # The last acquisition may be smaller, so the labelled set never exceeds --max-training-samples.
     room = args.max_training_samples - len(record["labelled"])

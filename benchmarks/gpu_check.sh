@@ -1,14 +1,13 @@
 #!/usr/bin/env bash
-# Every GPU check of the issues in one prepared run, for the device machine (15 minutes of device time in
-# all, the machine's start included, so this script keeps itself to about 8 minutes).
+# Every GPU check in one prepared run on a CUDA machine, kept to about 8 minutes (BUDGET_S, 500 s by default).
 #
-# Here, first (the data archives do not travel with the tree; device_carry/ is git-ignored):
+# The data archives are read from device_carry/ (git-ignored) beside the tree:
 #     mkdir -p device_carry && cp ../shared/data/{prepare.py,cifar10-jpeg.tar.xz,tiny-imagenet-test.tar.xz} device_carry/
-# then call the device tool's run with:
-#     command="PYTHONUNBUFFERED=1 bash benchmarks/gpu_check.sh", carry=["device_carry"], timeout_s=540
+#     PYTHONUNBUFFERED=1 bash benchmarks/gpu_check.sh
 # The most important check runs first; every stage has its own time limit, cut to what is left of the
-# budget, and a stage that fails does not stop the others. Results (JSON and one log) land in $OUT, at most
-# 8 files as the tool returns; the table at the end is what to copy into the README, with date and hardware.
+# budget, and a stage that fails does not stop the others. Results (JSON and one log, at most 8 files) land
+# in $OUT; the table at the end is what to copy into the README, with date and hardware.
+# benchmarks/NOTES.md says how to run it on the shared GPU machine.
 set -uo pipefail
 OUT=${OUT:-gpu_out}
 BUDGET_S=${BUDGET_S:-500}
@@ -33,12 +32,12 @@ timeout "$(limit 120)" $PY device_carry/prepare.py "$ROOT" --only cifar10,tiny_i
     exit 1
 }
 
-step "issue 5: training loop, this project's default (and + compile) vs the original-style pipeline"
+step "training loop, this project's default (and + compile) vs the original-style pipeline"
 timeout "$(limit 240)" $PY -m benchmarks.train_throughput --dataset-root "$ROOT" --model wide_resnet -sn -mod \
     --compile --steps 60 --warmup 10 --json "$OUT/train_throughput.json"
 record "train_throughput (WRN-28-10 + SN + mod, batch 128)" "exit $?"
 
-step "issues 5, 6: a short real run (2 epochs of WRN-28-10 + SN + mod), then DDU against Tiny-ImageNet"
+step "a short real run (2 epochs of WRN-28-10 + SN + mod), then DDU against Tiny-ImageNet"
 timeout "$(limit 120)" $PY train.py --seed 1 --dataset cifar10 --dataset-root "$ROOT" --model wide_resnet -sn -mod \
     -e 2 --save-interval 2 --validate-every 1 --save-path "$RUNS/Run1" 2>&1 | tr '\r' '\n' | grep -v "it/s\]$\|s/it\]$"
 record "train.py 2 epochs" "exit $?"
@@ -49,12 +48,12 @@ timeout "$(limit 90)" $PY evaluate.py --seed 1 --dataset cifar10 --ood_dataset t
 record "evaluate.py gmm" "exit $?"
 cp "$RUNS"/eval/*.json "$OUT/" 2>/dev/null
 
-step "issue 2: network throughput, fp32 vs bf16 + channels_last, SN on and off (batch 128)"
+step "network throughput, fp32 vs bf16 + channels_last, SN on and off (batch 128)"
 timeout "$(limit 90)" $PY -m benchmarks.throughput --model wide_resnet -mod --batch-size 128 --steps 30 --warmup 5 \
     --json "$OUT/throughput.json"
 record "throughput" "exit $?"
 
-step "issue 3: loaders, one augmented CIFAR-10 epoch"
+step "loaders, one augmented CIFAR-10 epoch"
 timeout "$(limit 60)" $PY -m benchmarks.loader --dataset-root "$ROOT" --device cuda
 record "loader" "exit $?"
 
@@ -79,5 +78,5 @@ for path in sorted(out.glob("*_log.jsonl")):
         print(path.name, line)
 for r in network:
     print(f"network sn={r['sn']!s:<5} {r['config']:<20} {r['images_per_s']:>9,.0f} images/s = {r['achieved_tflop_s']:6.1f} TFLOP/s")
-print("ceilings measured on an H200 here (KINDS.md): bf16 matrix product about 790 TFLOP/s, copy about 4.3 TB/s")
+print("H200 ceilings (measured): bf16 matrix product about 790 TFLOP/s, copy about 4.3 TB/s")
 EOF

@@ -100,7 +100,7 @@ def benchmark(args: argparse.Namespace, kind: str) -> dict:
         "threads": torch.get_num_threads(),
         "setup_s": round(setup_s, 3),
         "epoch_s": round(elapsed / args.epochs, 3),
-        "images_per_s": round(images / elapsed),
+        "images_per_s": float(f"{images / elapsed:.4g}"),
     }
 
 
@@ -113,7 +113,7 @@ def main(args: argparse.Namespace) -> list[dict]:
         result = benchmark(args, kind.strip())
         results.append(result)
         print(
-            f"{result['loader']:>11} loader on {result['device']}: {result['images_per_s']:>9,} images/s "
+            f"{result['loader']:>11} loader on {result['device']}: {result['images_per_s']:>11,.0f} images/s "
             f"({result['epoch_s']:.3f} s per augmented epoch, set-up {result['setup_s']:.2f} s)",
             flush=True,
         )

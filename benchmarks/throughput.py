@@ -128,15 +128,16 @@ def main(args: argparse.Namespace) -> list[dict]:
                 mod=args.mod,
                 config=label,
                 batch=args.batch_size,
-                images_per_s=round(rate, 1),
-                gflop_per_image=round(per_image / 1e9, 3),
-                achieved_tflop_s=float(f"{tflops:.4g}"),  # 4 significant digits: a busy CPU is below 0.005
+                # Significant digits, not decimals: a slow CPU must not round its rate to 0.
+                images_per_s=float(f"{rate:.4g}"),
+                gflop_per_image=float(f"{per_image / 1e9:.4g}"),
+                achieved_tflop_s=float(f"{tflops:.4g}"),
                 device=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
             )
             results.append(row)
             print(
                 f"{args.model:12s} sn={str(sn):5s} {label:28s} batch {args.batch_size:4d}: {rate:10.1f} images/s"
-                f" = {tflops:7.2f} TFLOP/s",
+                f" = {tflops:8.3g} TFLOP/s",
                 flush=True,
             )
     by_key = {(r["sn"], r["config"]): r["images_per_s"] for r in results}

@@ -3,6 +3,9 @@
 The registry (`data.registry`) is the single source of truth for names, class counts, shapes and
 normalisation; `load_split` reads one split as raw tensors; `get_train_valid_loader` and
 `get_test_loader` build the GPU-resident (default) or torchvision loaders. See `data/README.md`.
+
+`data.ambiguous_mnist` (imported on its own, run as `python -m data.ambiguous_mnist`) regenerates
+Ambiguous-MNIST from MNIST, one module per stage.
 """
 
 from data.loaders import (

@@ -6,6 +6,7 @@
 - `ood`: one AUROC/AUPRC/FPR95 routine for every score, oriented as the DDU code.
 - `temperature`: the DDU grid search for temperature scaling.
 - `gmm`: DDU's per-class feature Gaussians and Lee et al.'s tied-covariance Mahalanobis score.
+- `ddu`: `DDUScorer`, the one way to fit DDU on training features and score features with it.
 
 Scalar metrics return Python floats; functions work on CPU and CUDA tensors and compute in float64 where
 precision matters.
@@ -17,6 +18,7 @@ from metrics.classification import (
     expected_calibration_error,
     negative_log_likelihood,
 )
+from metrics.ddu import DDUScorer
 from metrics.gmm import (
     ClassGaussians,
     GaussianFitError,
@@ -40,6 +42,7 @@ from metrics.uncertainty import (
 
 __all__ = [
     "ClassGaussians",
+    "DDUScorer",
     "GaussianFitError",
     "SharedGaussian",
     "accuracy",

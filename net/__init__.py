@@ -4,6 +4,8 @@ strict checkpoint loading (`load_state_dict`) that reports a mismatch as data (`
 model = net.create_model("wide_resnet", num_classes=10, spectral_normalization=True, mod=True, coeff=3.0)
 features = model.forward_features(x)   # (B, model.num_features)
 logits = model(x)                      # the classifier applied to those features
+
+`ResidualMLP` (`net.residual_mlp`), the 2-d network of the two-moons illustration, is not in the registry.
 """
 
 from net.checkpoint import (
@@ -15,20 +17,22 @@ from net.checkpoint import (
 )
 from net.layers import DDUNetwork
 from net.registry import ModelOptions, create_model, list_models, model_options, unwrap_model
+from net.residual_mlp import ResidualMLP
 from net.spectral_norm import SpectralNormConv2d, SpectralNormLinear
 
 __all__ = [
     "CheckpointMismatchError",
     "DDUNetwork",
-    "SpectralNormConv2d",
     "ModelOptions",
+    "ResidualMLP",
+    "SpectralNormConv2d",
     "SpectralNormLinear",
     "StateDictMismatch",
     "compare_state_dict",
     "create_model",
     "list_models",
     "load_state_dict",
-    "read_checkpoint",
     "model_options",
+    "read_checkpoint",
     "unwrap_model",
 ]

@@ -263,6 +263,36 @@ def test_gmm_acquisition_picks_the_samples_far_from_the_labelled_features():
     assert scores[3] > scores[11] > scores[17] > scores[[i for i in range(20) if i not in (3, 11, 17)]].max()
 
 
+class ExplodingModel(nn.Module):
+    """A network that must not run: random acquisition scores the pool without any forward pass."""
+
+    def forward(self, x):  # pragma: no cover - reaching it is the failure
+        raise AssertionError("random acquisition ran the network")
+
+    forward_features = forward
+
+
+def test_random_acquisition_is_seeded_uniform_and_runs_no_network():
+    pool, labelled = index_split(range(50)), index_split(range(5))
+
+    def scores(seed: int) -> torch.Tensor:
+        return acquisition_scores("random", [ExplodingModel()], pool, labelled, mutual_information=False,
+                                     batch_size=3, device=CPU, seed=seed)  # fmt: skip
+
+    first = scores(7)
+    assert first.shape == (50,) and first.dtype == torch.float64
+    assert torch.equal(first, scores(7))  # the same (run, step) seed acquires the same batch on resume
+    assert not torch.equal(first, scores(8))
+    assert ((first >= 0) & (first < 1)).all() and len(set(first.tolist())) == 50  # no ties for top-k
+    # Uniform over the pool: over 2,000 seeds each of 50 samples lands in the top 5 about 200 times.
+    counts = torch.zeros(50)
+    for seed in range(2000):
+        counts[select_top(scores(seed), torch.arange(50), 5)] += 1
+    expected = 2000 * 5 / 50
+    chi_square = float(((counts - expected) ** 2 / expected).sum())
+    assert chi_square < 90.0  # 49 degrees of freedom: P(chi2 > 90) < 3e-4 for a uniform choice
+
+
 def test_balanced_initial_indices_takes_the_same_number_of_each_class():
     labels = torch.tensor([c for c in range(NUM_CLASSES) for _ in range(3 + c)])
     chosen = balanced_initial_indices(labels, 20, NUM_CLASSES, torch.Generator().manual_seed(0))
@@ -358,6 +388,7 @@ def check_labelled_sets(
         ("ensemble", ["--num-ensemble", "2"], "ensemble"),
         ("ensemble", ["--num-ensemble", "2", "-mi"], "ensemble_mi"),
         ("gmm", [], "gmm"),
+        ("random", [], "random"),
     ],
 )
 def test_each_acquisition_type_writes_the_original_files(

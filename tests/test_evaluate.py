@@ -557,16 +557,16 @@ def test_an_sn_mod_resnet_in_the_original_dataparallel_layout_loads(tmp_path):
 
 
 def test_a_gmm_fit_failure_is_recorded_and_the_command_fails(layouts, tmp_path, monkeypatch, capsys):
-    fit = metrics.fit_class_gaussians
+    fit = metrics.DDUScorer.fit_features
     calls = []
 
-    def fail_on_the_second_run(*args, **kwargs):
+    def fail_on_the_second_run(cls, *args, **kwargs):
         calls.append(1)
         if len(calls) == 2:
             raise metrics.GaussianFitError("the covariance of class 3 is not positive definite (test)")
         return fit(*args, **kwargs)
 
-    monkeypatch.setattr(metrics, "fit_class_gaussians", fail_on_the_second_run)
+    monkeypatch.setattr(metrics.DDUScorer, "fit_features", classmethod(fail_on_the_second_run))
     with pytest.raises(SystemExit) as info:
         evaluate.main(eval_args(layouts["single"], tmp_path, model_type="gmm"))
     assert info.value.code not in (0, None)

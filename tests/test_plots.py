@@ -16,6 +16,7 @@ import pytest
 import data
 from utils import plots
 from utils.errors import UserError
+from utils.evaluation import dirty_scores
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -167,14 +168,14 @@ def tiny_lenet(tmp_path_factory) -> Path:
 
 def test_dirty_scores_of_a_tiny_model(tiny_lenet):
     model = plots.load_model("lenet", tiny_lenet, "digits")
-    scores = plots.dirty_scores(model, "digits", "digits_ood", None)
+    scores = dirty_scores(model, "digits", "digits_ood", None)
     for group, name in (("clean", "digits_clean"), ("ambiguous", "digits_ambiguous"), ("ood", "digits_ood")):
         size = len(data.load_split(name, None, "test")[1])
         assert scores[group]["entropy"].shape == scores[group]["log_density"].shape == (size,)
         assert np.isfinite(scores[group]["log_density"]).all()
         assert ((scores[group]["entropy"] >= 0) & (scores[group]["entropy"] <= math.log(10) + 1e-9)).all()
     with pytest.raises(UserError, match="no clean/ambiguous parts"):
-        plots.dirty_scores(model, "mnist", "digits_ood", None)
+        dirty_scores(model, "mnist", "digits_ood", None)
     with pytest.raises(UserError):
         plots.load_model("resnet18", tiny_lenet, "digits", sn=True, mod=True)  # not this checkpoint
 

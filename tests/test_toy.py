@@ -1,4 +1,4 @@
-"""utils/toy.py: the residual MLP of the two-moons illustration and the effect it is there to show."""
+"""utils/toy.py and net.ResidualMLP: the two-moons network and the effect it is there to show."""
 
 from __future__ import annotations
 
@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from net import SpectralNormLinear
+from net import ResidualMLP, SpectralNormLinear
 from utils import toy
 
 
 @pytest.mark.parametrize("sn", [False, True])
 def test_residual_mlp_shapes_and_gradients(sn):
-    model = toy.ResidualMLP(width=8, depth=2, spectral_normalization=sn)
+    model = ResidualMLP(width=8, depth=2, spectral_normalization=sn)
     x = torch.randn(5, 2)
     model.eval()  # in training mode every forward refines the SN estimate, so two passes differ slightly
     z = model.forward_features(x)
@@ -38,7 +38,7 @@ def test_sn_model_density_is_low_and_softmax_overconfident_far_from_the_data():
     while the softmax is confident there (entropy near 0)."""
     x, y = toy.two_moons(200, 0.1, seed=0)
     torch.manual_seed(0)
-    model = toy.ResidualMLP(width=32, depth=3, spectral_normalization=True, coeff=0.95)
+    model = ResidualMLP(width=32, depth=3, spectral_normalization=True, coeff=0.95)
     threads = torch.get_num_threads()
     losses = toy.train_toy(model, x, y, steps=200, seed=0)
     assert torch.get_num_threads() == threads  # the one-thread setting does not leak

@@ -8,7 +8,9 @@ highest acquisition score into the labelled set:
 * softmax:  softmax entropy;
 * ensemble: predictive entropy of the ensemble (or mutual information with `-mi`);
 * gmm (DDU): negative feature log-density under the class-conditional Gaussians fitted on the labelled
-  set's features, classes weighted by their frequency in the labelled set (the same code evaluate.py uses).
+  set's features, classes weighted by their frequency in the labelled set (the same code evaluate.py uses);
+* random (a baseline the original lacks): i.i.d. uniform scores from a generator seeded per (run, step),
+  so the acquired batch is a uniformly random subset of the pool, reproducible and resumable.
 
 Everything (pool, labelled set, validation and test sets) lives on the device as normalised tensors; the
 pool is scored in large batches. Each (run, step) gets its own seed, so a resumed experiment continues with
@@ -184,8 +186,15 @@ def acquisition_scores(
     device: torch.device,
     precision: str = "fp32",
     num_classes: int = 10,
+    seed: int = 0,
 ) -> torch.Tensor:
-    """Per pool sample, higher = acquire first (see the module docstring for each `al_type`)."""
+    """Per pool sample, higher = acquire first (see the module docstring for each `al_type`).
+
+    `seed` seeds the random scores of `al_type` "random" (which runs no network); other types ignore it.
+    """
+    if al_type == "random":
+        generator = torch.Generator().manual_seed(seed)
+        return torch.rand(len(pool), generator=generator, dtype=torch.float64)
     pool_out = [collect_outputs(m, _SplitLoader(pool, batch_size), device, precision) for m in models]
     if al_type == "softmax":
         return metrics.softmax_entropy(pool_out[0].logits)
@@ -196,13 +205,10 @@ def acquisition_scores(
         return metrics.ensemble_predictive_entropy(probs)
     if al_type == "gmm":
         train = collect_outputs(models[0], _SplitLoader(labelled, batch_size), device, precision)
-        gaussians = metrics.fit_class_gaussians(
+        scorer = metrics.DDUScorer.fit_features(
             train.features, train.labels, num_classes, weight_by_class_frequency=True
         )
-        density = metrics.ddu_scores(metrics.class_log_densities(gaussians, pool_out[0].features))[
-            "log_density"
-        ]
-        return -density
+        return -scorer.predict_features(pool_out[0].features)["log_density"]
     raise ValueError(f"unknown acquisition type {al_type!r}")
 
 

@@ -47,7 +47,8 @@ def _auroc(positive, negative) -> float:
 
 
 def separation_table(scores: dict) -> dict[str, dict[str, float]]:
-    """AUROCs from `utils.plots.dirty_scores` output. Entropy: higher = more uncertain; log-density: lower."""
+    """AUROCs from `utils.evaluation.dirty_scores` output. Entropy: higher = more uncertain; log-density:
+    lower."""
     table = {}
     for key, label, sign in (
         ("entropy", "softmax entropy", 1.0),
@@ -66,10 +67,14 @@ def separation_table(scores: dict) -> dict[str, dict[str, float]]:
 
 
 def main(args: argparse.Namespace) -> dict:
+    import matplotlib
+
     import evaluate
     import train
-    from utils.plots import dirty_scores, plot_fig1
+    from utils.evaluation import dirty_scores
+    from utils.plots import plot_fig1
 
+    matplotlib.use("Agg")  # the demo only writes its figure to a file
     started = time.perf_counter()
     out = Path(args.out)
     run_dir = out / "runs" / "Run1"

@@ -11,17 +11,24 @@ keys. Scores and their orientation, as the original:
   density, confidence), m2 = entropy of the softmax over those log-densities (uncertainty).
 
 For confidence scores the in-distribution test set is the positive class, for uncertainty scores the OoD set.
+
+`dirty_scores` gives the per-sample scores behind the paper's Fig. 1 (softmax entropy and DDU feature density
+of the clean, ambiguous and OoD test samples) straight from a network.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from pathlib import Path
 
+import numpy as np
 import torch
 
+import data
 import metrics
-from utils.features import Outputs
+from utils.errors import UserError
+from utils.features import Outputs, collect_outputs
 
 log = logging.getLogger(__name__)
 
@@ -164,12 +171,12 @@ def gmm_run(
     Raises `metrics.GaussianFitError` when no jitter makes the covariances positive definite.
     """
     result, _ = calibration_block(test, val)
-    gaussians = metrics.fit_class_gaussians(
+    scorer = metrics.DDUScorer.fit_features(
         train.features, train.labels, num_classes, weight_by_class_frequency=weight_by_class_frequency
     )
-    result["gmm_jitter"] = float(gaussians.jitter)
-    test_scores = metrics.ddu_scores(metrics.class_log_densities(gaussians, test.features))
-    ood_scores = metrics.ddu_scores(metrics.class_log_densities(gaussians, ood.features))
+    result["gmm_jitter"] = scorer.jitter
+    test_scores = scorer.predict_features(test.features)
+    ood_scores = scorer.predict_features(ood.features)
     density = _detection("m1", test_scores["log_density"], ood_scores["log_density"], True)
     entropy = _detection("m2", test_scores["entropy"], ood_scores["entropy"], False)
     result.update(density)
@@ -224,4 +231,40 @@ def ensemble_run(
         clean = torch.stack([p[0].logits.softmax(1) for p in parts])
         ambiguous = torch.stack([p[1].logits.softmax(1) for p in parts])
         result.update(aleatoric_split(clean, ambiguous, metrics.ensemble_predictive_entropy))
+    return result
+
+
+def dirty_scores(
+    model: torch.nn.Module,
+    dataset: str,
+    ood: str,
+    root: str | Path | None,
+    device=None,
+    batch_size: int = 512,
+) -> dict[str, dict[str, np.ndarray]]:
+    """Softmax entropy and DDU feature log-density of the clean, ambiguous and OoD test samples.
+
+    `dataset` is a dirty set (`data.dirty_parts` gives its clean and ambiguous parts); the GMM is fitted
+    as in evaluate.py, on the features of the 90% training split (no augmentation). Returns
+    `scores[group] = {"entropy": (N,), "log_density": (N,)}` for the groups 'clean', 'ambiguous' and 'ood'.
+    """
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    model = model.to(device).eval()
+    parts = data.dirty_parts(dataset)
+    if parts is None:
+        raise UserError(f"{dataset} has no clean/ambiguous parts; use dirty_mnist or digits")
+    train_loader, _ = data.get_train_valid_loader(
+        dataset, root, batch_size, augment=False, val_seed=1, device=device, shuffle=False
+    )
+    train = collect_outputs(model, train_loader, device)
+    scorer = metrics.DDUScorer.fit_features(train.features, train.labels, data.get_info(dataset).num_classes)
+    result = {}
+    for group, name in (("clean", parts[0]), ("ambiguous", parts[1]), ("ood", ood)):
+        loader = data.get_test_loader(name, root, batch_size, device=device, like=dataset)
+        out = collect_outputs(model, loader, device)
+        density = scorer.predict_features(out.features)["log_density"]
+        result[group] = {
+            "entropy": metrics.softmax_entropy(out.logits).cpu().numpy(),
+            "log_density": density.cpu().numpy(),
+        }
     return result

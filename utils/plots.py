@@ -24,13 +24,11 @@ import json
 from pathlib import Path
 
 import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from utils.errors import UserError, exit_on_user_error  # noqa: E402
+from utils.errors import UserError, exit_on_user_error
 
 GROUP_COLOURS = {"clean": "tab:blue", "ambiguous": "tab:orange", "ood": "tab:green"}
 # How the figures name data sets: the dirty sets' (clean, ambiguous) parts, and every set used as OoD.
@@ -44,7 +42,8 @@ AXIS_WIDEN = 5.0
 
 
 def group_names(dataset: str, ood: str) -> dict[str, str]:
-    """Legend names of the 'clean', 'ambiguous' and 'ood' groups of `dirty_scores(..., dataset, ood, ...)`."""
+    """Legend names of the 'clean', 'ambiguous' and 'ood' groups of
+    `utils.evaluation.dirty_scores(..., dataset, ood, ...)`."""
     import data
 
     dataset, ood = data.canonical_name(dataset), data.canonical_name(ood)
@@ -102,8 +101,8 @@ def plot_fig1(
     """The paper's Fig. 1: one row per model, softmax entropy (left) and feature log-density (right).
 
     `scores[model][group] = {"entropy": (N,), "log_density": (N,)}`, groups 'clean', 'ambiguous' and 'ood'
-    (`dirty_scores` output). `group_names` maps groups to legend names (default: Dirty-MNIST's parts and
-    Fashion-MNIST; `group_names(dataset, ood)` gives them for any pair).
+    (`utils.evaluation.dirty_scores` output). `group_names` maps groups to legend names (default:
+    Dirty-MNIST's parts and Fashion-MNIST; `group_names(dataset, ood)` gives them for any pair).
     """
     names = group_names or {"clean": "MNIST", "ambiguous": "Ambiguous-MNIST", "ood": "Fashion-MNIST"}
     fig, axes = plt.subplots(
@@ -296,44 +295,6 @@ def load_model(
     return load_checkpoint(build_model(flags, dataset), path, config=model_config(flags, dataset)).eval()
 
 
-def dirty_scores(
-    model: torch.nn.Module,
-    dataset: str,
-    ood: str,
-    root: str | Path | None,
-    device=None,
-    batch_size: int = 512,
-) -> dict[str, dict[str, np.ndarray]]:
-    """Softmax entropy and DDU feature log-density of the clean, ambiguous and OoD test samples.
-
-    The GMM is fitted as in evaluate.py: on the features of the 90% training split (no augmentation).
-    """
-    import data
-    import metrics
-    from utils.features import collect_outputs
-
-    device = torch.device(device) if device is not None else torch.device("cpu")
-    model = model.to(device).eval()
-    parts = data.dirty_parts(dataset)
-    if parts is None:
-        raise UserError(f"{dataset} has no clean/ambiguous parts; use dirty_mnist or digits")
-    train_loader, _ = data.get_train_valid_loader(
-        dataset, root, batch_size, augment=False, val_seed=1, device=device, shuffle=False
-    )
-    train = collect_outputs(model, train_loader, device)
-    gaussians = metrics.fit_class_gaussians(train.features, train.labels, data.get_info(dataset).num_classes)
-    result = {}
-    for group, name in (("clean", parts[0]), ("ambiguous", parts[1]), ("ood", ood)):
-        loader = data.get_test_loader(name, root, batch_size, device=device, like=dataset)
-        out = collect_outputs(model, loader, device)
-        density = metrics.ddu_scores(metrics.class_log_densities(gaussians, out.features))["log_density"]
-        result[group] = {
-            "entropy": metrics.softmax_entropy(out.logits).cpu().numpy(),
-            "log_density": density.cpu().numpy(),
-        }
-    return result
-
-
 def _parse_checkpoint(spec: str) -> tuple[str, str, dict, str]:
     """'LABEL=MODEL:FLAGS:PATH' -> (label, model, keyword arguments of `load_model`, path)."""
     try:
@@ -439,6 +400,7 @@ def check_args(args: argparse.Namespace) -> None:
 @exit_on_user_error
 def main(args: argparse.Namespace) -> None:
     check_args(args)
+    matplotlib.use("Agg")  # the command line only writes files; importers (notebooks) keep their backend
     if args.figure == "al":
         curves = {}
         for spec in args.curve:
@@ -450,6 +412,7 @@ def main(args: argparse.Namespace) -> None:
         print(f"wrote {args.out}")
         return
     from utils.device import select_device
+    from utils.evaluation import dirty_scores
 
     device = select_device(args.no_gpu)
     scores = {}

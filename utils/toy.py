@@ -1,14 +1,13 @@
 """The two-moons toy of DDU's argument (Mukhoti et al. 2021, Sec. 4): why feature density needs a
 sensitive and smooth feature extractor.
 
-A small residual MLP `z = h_L(...h_1(W_0 x))`, `h_l(z) = z + relu(W_l z)`, is trained on scikit-learn's
-two moons. With soft spectral normalisation (every `W` has Lipschitz constant at most `coeff < 1`) each
-residual block is bi-Lipschitz, `(1 - coeff) |a - b| <= |h(a) - h(b)| <= (1 + coeff) |a - b|`, so points
-far from the data keep far-away features and the GDA density fitted on the training features (as DDU) is
-low there. Softmax entropy is low far from the data with or without it: the classifier extrapolates
+A small residual MLP (`net.ResidualMLP`: `z = h_L(...h_1(W_0 x))`, `h_l(z) = z + relu(W_l z)`) is trained
+on scikit-learn's two moons. With soft spectral normalisation each residual block is bi-Lipschitz, so
+points far from the data keep far-away features and the GDA density fitted on the training features (as
+DDU) is low there. Softmax entropy is low far from the data with or without it: the classifier extrapolates
 confidently, which is why DDU does not use it for epistemic uncertainty.
 
-    model = ResidualMLP(spectral_normalization=True)
+    model = net.ResidualMLP(spectral_normalization=True)
     train_toy(model, x, y)                       # full-batch Adam, a second or two on a CPU core
     maps = plane_maps(model, x, y, grid)         # {"entropy": (G,), "log_density": (G,)}
 
@@ -25,7 +24,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import metrics
-from net import SpectralNormLinear
 
 
 def two_moons(n_samples: int = 400, noise: float = 0.1, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -34,44 +32,6 @@ def two_moons(n_samples: int = 400, noise: float = 0.1, seed: int = 0) -> tuple[
 
     x, y = make_moons(n_samples=n_samples, noise=noise, random_state=seed)
     return torch.from_numpy(x.astype(np.float32)), torch.from_numpy(y.astype(np.int64))
-
-
-class ResidualMLP(nn.Module):
-    """`width`-wide residual MLP on 2-d inputs; `forward_features` gives the `(N, width)` features the
-    GDA is fitted on, `forward_head` the logits, as the DDU networks do."""
-
-    def __init__(
-        self,
-        width: int = 64,
-        depth: int = 4,
-        num_classes: int = 2,
-        *,
-        spectral_normalization: bool = False,
-        coeff: float = 0.95,
-    ):
-        super().__init__()
-
-        def linear(n_in: int, n_out: int) -> nn.Module:
-            if spectral_normalization:
-                return SpectralNormLinear(n_in, n_out, coeff=coeff, n_power_iterations=1)
-            return nn.Linear(n_in, n_out)
-
-        self.num_features = width
-        self.stem = linear(2, width)
-        self.blocks = nn.ModuleList(linear(width, width) for _ in range(depth))
-        self.head = nn.Linear(width, num_classes)
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        z = self.stem(x)
-        for block in self.blocks:
-            z = z + F.relu(block(z))
-        return z
-
-    def forward_head(self, z: torch.Tensor) -> torch.Tensor:
-        return self.head(z)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
 
 
 @contextlib.contextmanager
@@ -127,13 +87,11 @@ def plane_maps(
     the training set `(x, y)`; each map is `(G,)` float64."""
     model.eval()
     with _one_thread():
-        gaussians = metrics.fit_class_gaussians(model.forward_features(x), y, int(y.max()) + 1)
+        scorer = metrics.DDUScorer.fit_features(model.forward_features(x), y, int(y.max()) + 1)
         z = model.forward_features(torch.as_tensor(points, dtype=torch.float32))
         return {
             "entropy": metrics.softmax_entropy(model.forward_head(z)).numpy(),
-            "log_density": metrics.ddu_scores(metrics.class_log_densities(gaussians, z))[
-                "log_density"
-            ].numpy(),
+            "log_density": scorer.predict_features(z)["log_density"].numpy(),
         }
 
 

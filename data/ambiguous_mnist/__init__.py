@@ -1,0 +1,108 @@
+"""Ambiguous-MNIST regenerated from MNIST alone: this project's regeneration, not the released set.
+
+DDU (Mukhoti et al. 2021, "Deterministic Neural Networks with Appropriate Inductive Biases Capture
+Epistemic and Aleatoric Uncertainty") uses Dirty-MNIST in Fig. 1 and 2 and in its active-learning runs:
+MNIST plus Ambiguous-MNIST, digits that are genuinely ambiguous between classes yet look like handwriting,
+each with several labels drawn from a predictive distribution. The released files cannot be downloaded
+everywhere, so this package builds a set in the same spirit and in exactly the released format:
+
+1. Fit a small convolutional VAE (Kingma & Welling 2014) to MNIST training digits.
+2. Train an ensemble of small MNIST classifiers (LeNets from `net`, different seeds).
+3. Candidates: decode convex combinations of the latent means of two or three training digits of
+   different classes (weights drawn from a symmetric Dirichlet), i.e. points between classes on the
+   VAE's learnt digit manifold rather than pixel blends.
+4. Keep candidates the ensemble finds ambiguous but not foreign: predictive entropy `H[mean_m p_m]` at
+   least `--min-entropy` (aleatoric), mutual information `H[mean p] - mean_m H[p_m]` at most `--max-mi`
+   (the members agree, so the uncertainty is not epistemic), and log feature density, under DDU's
+   class-conditional Gaussians fitted to each member's MNIST features, above the `--density-quantile`
+   of MNIST's own (the candidate sits near data; this is DDU's epistemic score used as a filter).
+5. Draw each kept sample's labels (10 by default) from the ensemble's mean softmax.
+
+Train and test samples are decoded from disjoint halves of the source digits, so no source digit appears
+in both. MNIST's test split is never used for generation; `--evaluate` uses it to check the result with
+an independent classifier (by default a ResNet-18: another architecture and seed, trained on clean MNIST).
+
+Outputs in `--out` (what the `dirty_mnist` loader reads): `amnist_samples.pt` float32 `(N, 1, 28, 28)` in
+[0, 1] and `amnist_labels.pt` int64 `(N, K)`, train samples first, then test; `amnist_manifest.json`
+(seed, counts, settings, label-entropy histogram, timings) and `amnist_grid.png` (one row per majority
+class, samples ordered left to right by increasing label entropy).
+
+Modules, in the order the pipeline runs them: `vae` (step 1), `ensemble` (step 2 and the scores of step 4),
+`candidates` (steps 3-5), `report` (files, manifest, grid and the independent check), `pipeline` (the
+command line and `generate`, one function per stage); `common` holds the file names and seed offsets.
+
+Run:
+    python -m data.ambiguous_mnist --mnist-root DATA --out DATA                  # 6000 + 6000 samples
+    python -m data.ambiguous_mnist --mnist-root DATA --out DATA --device cuda --evaluate
+    python -m data.ambiguous_mnist --mnist-root DATA --out DATA --evaluate-only  # re-check existing files
+    python -m data.ambiguous_mnist --mnist-root DATA --out DATA --num-threads 1    # on a busy shared CPU
+    python -m data.ambiguous_mnist --mnist-root DATA --out /tmp/am --train 200 --test 200 --max-mnist 4000 \
+        --vae-epochs 2 --vae-batch-size 32 --vae-lr 3e-3 --classifier-epochs 4 --ensemble-size 3  # ~20 s
+"""
+
+from data.ambiguous_mnist.candidates import _distinct_class_partner as _distinct_class_partner
+from data.ambiguous_mnist.candidates import (
+    dirichlet,
+    draw_labels,
+    generate_split,
+    make_candidates,
+    select_ambiguous,
+)
+from data.ambiguous_mnist.common import GRID_FILE, LABELS_FILE, MANIFEST_FILE, NUM_CLASSES, SAMPLES_FILE
+from data.ambiguous_mnist.ensemble import (
+    Ensemble,
+    build_ensemble,
+    ensemble_scores,
+    normalize,
+    predict,
+    train_classifier,
+)
+from data.ambiguous_mnist.pipeline import (
+    evaluate_existing,
+    generate,
+    get_args_parser,
+    load_mnist,
+    main,
+    random_subset,
+)
+from data.ambiguous_mnist.report import (
+    ENTROPY_BIN_EDGES,
+    build_manifest,
+    evaluate_quality,
+    label_entropy_summary,
+    render_grid,
+)
+from data.ambiguous_mnist.vae import ConvVAE, train_vae, vae_loss
+
+__all__ = [
+    "ENTROPY_BIN_EDGES",
+    "GRID_FILE",
+    "LABELS_FILE",
+    "MANIFEST_FILE",
+    "NUM_CLASSES",
+    "SAMPLES_FILE",
+    "ConvVAE",
+    "Ensemble",
+    "build_ensemble",
+    "build_manifest",
+    "dirichlet",
+    "draw_labels",
+    "ensemble_scores",
+    "evaluate_existing",
+    "evaluate_quality",
+    "generate",
+    "generate_split",
+    "get_args_parser",
+    "label_entropy_summary",
+    "load_mnist",
+    "main",
+    "make_candidates",
+    "normalize",
+    "predict",
+    "random_subset",
+    "render_grid",
+    "select_ambiguous",
+    "train_classifier",
+    "train_vae",
+    "vae_loss",
+]
