@@ -585,6 +585,29 @@ def test_14_plots_flags(tmp_path, capsys, argv, expected):
     assert_kept(before)
 
 
+GENERATOR_BAD = [
+    (["--vae-lr", "0"], "--vae-lr must be a finite number greater than 0"),
+    (["--ensemble-size", "2"], "--ensemble-size must be a whole number at least 3"),
+    (["--min-entropy=-0.1"], "--min-entropy must"),
+    (["--max-mi", "nan"], "--max-mi must"),
+    (["--num-threads", "-1"], "--num-threads must"),
+    (["--max-mnist", "50"], "--max-mnist must be a whole number at least 100"),
+    (["--classifier-model", "resnet9"], "unknown --classifier-model 'resnet9'"),
+    (["--density-quantile", "1"], "--density-quantile must"),
+]
+
+
+@pytest.mark.parametrize("argv, expected", GENERATOR_BAD, ids=[" ".join(a) for a, _ in GENERATOR_BAD])
+def test_14_ambiguous_mnist_generator_flags(mnist_root, tmp_path, capsys, argv, expected):
+    import data.ambiguous_mnist as am
+
+    (tmp_path / "amnist_manifest.json").write_text('{"earlier": true}')
+    before = snapshot(tmp_path)
+    args = am.get_args_parser().parse_args(["--mnist-root", str(mnist_root), "--out", str(tmp_path), *argv])
+    assert expected in fails(capsys, am.main, args)
+    assert_kept(before)
+
+
 def test_14_every_readme_command_passes_its_script_checks():
     """The checks refuse bad values only: every command the README shows passes them (paths aside)."""
     import importlib
