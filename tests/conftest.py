@@ -9,8 +9,11 @@ import os
 # torch down 10-50x. `DDU_TEST_THREADS=2 make test` runs the suite with two threads instead (the suite
 # must pass with either). Set before torch is imported so that subprocesses (torchrun, notebook kernels,
 # CLI runs) inherit it.
-os.environ.setdefault("OMP_NUM_THREADS", os.environ.get("DDU_TEST_THREADS", "1"))
-os.environ.setdefault("MKL_NUM_THREADS", os.environ.get("DDU_TEST_THREADS", "1"))
+# DDU_TEST_THREADS, when given, wins over an OMP_NUM_THREADS already in the environment.
+if os.environ.get("DDU_TEST_THREADS"):
+    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = os.environ["DDU_TEST_THREADS"]
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", os.environ["OMP_NUM_THREADS"])
 # No test may touch the network: on a machine that is online a missing file would otherwise start a real
 # download (slow, and another outcome than offline). Tests of the download path patch the lookup and the
 # download themselves; subprocesses inherit this.
@@ -37,6 +40,14 @@ requires_counted_torch = pytest.mark.skipif(
 )
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
+
+
+def pytest_report_header(config) -> str:
+    """What a run was checked on: the stack, the thread count and the CPU kernels torch dispatches to."""
+    return (
+        f"DDU: torch {torch.__version__}, {TEST_THREADS} torch thread(s), "
+        f"CPU capability {torch.backends.cpu.get_cpu_capability()}"
+    )
 
 
 @pytest.fixture(scope="session")
