@@ -19,11 +19,12 @@ Outputs (`{name}` as train.py names runs, e.g. `resnet18_sn_3.0_mod_1`), written
 to the list of MNIST test accuracies (percent) per step; with -ambiguous also `ambiguous_{...}.json` (run to the
 fraction of ambiguous samples in the labelled set after each acquisition) and `ambiguous_entropies_{...}.json`
 (run to acquisition to the entropies of the labelled samples). `--resume` continues an interrupted experiment
-from its state file.
+from its state file; an experiment already in --output-dir is never replaced unless `--overwrite` is given.
 
 The pool, validation split and initial labelled set are built once from --seed and shared by the runs, as the
 original; run r trains with seed + r. `--original-quirks` keeps the last epoch's model and ranks the DDU
-acquisition by float32 densities (ties at 0), as the original code does; the default follows the paper.`--tensorboard [DIR]` also writes TensorBoard scalars (per epoch and per step); `--al-type ensemble` trains its
+acquisition by float32 densities (ties at 0), as the original code does; the default follows the paper.
+`--tensorboard [DIR]` also writes TensorBoard scalars (per epoch and per step); `--al-type ensemble` trains its
 members stacked where that is exact on a GPU (`--ensemble-mode`, as train.py --ensemble).
 """
 
@@ -43,9 +44,16 @@ import utils.tensorboard
 from utils.cli import (
     ARCH_FLAGS,
     add_arch_flags,
+    arch_values,
     build_model,
+    check_count,
+    check_file,
+    check_network_flags,
+    check_number,
+    check_seed,
     flag_names,
     load_checkpoint,
+    model_config,
     model_parser,
 )
 from utils.device import select_device
@@ -186,7 +194,64 @@ def get_args_parser() -> argparse.ArgumentParser:
         f"per step: test accuracy, labelled-set size) into DIR/{{name}}/run{{r}} (default DIR: "
         f"{{output-dir}}/{utils.tensorboard.DEFAULT_FOLDER}); needs the tensorboard package",
     )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start over even though --output-dir holds this experiment's files (they are replaced)",
+    )
     return parser
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Every flag's value, checked before anything is read or written: a bad one ends in one sentence."""
+    check_count(args.runs, "--runs")
+    check_seed(args.seed, seeds_used=args.runs)
+    check_network_flags(args.model, args.coeff, arch_values(args))
+    num_classes = data.get_info(pool_dataset(args)).num_classes
+    if args.num_initial_samples % num_classes or args.num_initial_samples < num_classes:
+        raise UserError(
+            f"--num-initial-samples must be a positive multiple of {num_classes} (a class-balanced set), got "
+            f"{args.num_initial_samples}"
+        )
+    if args.max_training_samples < args.num_initial_samples:
+        raise UserError(
+            f"--max-training-samples {args.max_training_samples} must be at least --num-initial-samples "
+            f"{args.num_initial_samples}"
+        )
+    check_count(args.acquisition_batch_size, "--acquisition-batch-size")
+    to_acquire = args.max_training_samples - args.num_initial_samples
+    if 0 < to_acquire < args.acquisition_batch_size:
+        raise UserError(
+            f"--acquisition-batch-size {args.acquisition_batch_size} is more than the {to_acquire} samples between "
+            f"--num-initial-samples {args.num_initial_samples} and --max-training-samples "
+            f"{args.max_training_samples}; pass at most {to_acquire}, or raise --max-training-samples"
+        )
+    for flag, value in (
+        ("--epochs", args.epochs), ("--num-ensemble", args.num_ensemble), ("-b", args.train_batch_size),
+        ("-tb", args.test_batch_size), ("-sb", args.scoring_batch_size), ("--samples-per-epoch", args.samples_per_epoch),
+        ("--subsample", args.subsample),
+    ):  # fmt: skip
+        check_count(value, flag)
+    if args.max_pool is not None:
+        check_count(args.max_pool, "--max-pool")
+    if args.mi and args.al_type != "ensemble":
+        raise UserError(f"-mi applies to --al-type ensemble only, not {args.al_type}; drop -mi")
+    if args.resume and args.overwrite:
+        raise UserError("--resume continues the experiment and --overwrite replaces it; pass one of them")
+    if args.ambiguous:
+        check_number(args.threshold, "--threshold", at_least=0, hint="a softmax entropy in nats")
+        check_network_flags(
+            args.trained_model, args.tcoeff, arch_values(args, "trained_"), TRAINED_MODEL_FLAGS
+        )
+        if not args.saved_model_name:
+            raise UserError(
+                "-ambiguous needs the pretrained Dirty-MNIST model: pass --saved-model-path and --saved-model-name"
+            )
+        check_file(
+            Path(args.saved_model_path) / args.saved_model_name,
+            "--saved-model-path / --saved-model-name",
+            "the checkpoint of a network trained on Dirty-MNIST (train.py --dataset dirty_mnist)",
+        )
 
 
 def output_names(args: argparse.Namespace) -> dict[str, str]:
@@ -221,27 +286,31 @@ def load_ambiguity_model(args: argparse.Namespace, device: torch.device) -> torc
         **{name: getattr(args, f"trained_{name}") for name in ARCH_FLAGS},
     )
     model = build_model(flags, AMBIGUITY_MODEL_DATASET, flags=TRAINED_MODEL_FLAGS)
-    load_checkpoint(model, Path(args.saved_model_path) / args.saved_model_name, flags=TRAINED_MODEL_FLAGS)
+    load_checkpoint(
+        model,
+        Path(args.saved_model_path) / args.saved_model_name,
+        flags=TRAINED_MODEL_FLAGS,
+        config=model_config(flags, AMBIGUITY_MODEL_DATASET),
+    )
     return model.to(device).eval()
 
 
-def _check_args(args: argparse.Namespace, num_classes: int) -> None:
-    if args.num_initial_samples % num_classes or args.num_initial_samples < num_classes:
-        raise UserError(
-            f"--num-initial-samples must be a positive multiple of {num_classes}, got {args.num_initial_samples}"
-        )
-    if args.max_training_samples < args.num_initial_samples:
-        raise UserError("--max-training-samples must be at least --num-initial-samples")
-    for name in ("acquisition_batch_size", "epochs", "runs", "num_ensemble", "samples_per_epoch"):
-        if getattr(args, name) < 1:
-            raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
-
-
-def _load_state(args: argparse.Namespace, state_path: Path) -> dict:
-    """The experiment's state: a fresh one, or with --resume the saved one if its arguments match."""
+def _load_state(args: argparse.Namespace, out_dir: Path, names: dict[str, str]) -> dict:
+    """The experiment's state: a fresh one, or with --resume the saved one if its arguments match. Files of
+    an earlier experiment in `out_dir` are only replaced with --overwrite."""
+    state_path = out_dir / names["state"]
     experiment = {k: getattr(args, k) for k in RESUME_MUST_MATCH}
     if args.resume and state_path.is_file():
         state = read_json(state_path)
+        if not (
+            isinstance(state, dict)
+            and isinstance(state.get("args"), dict)
+            and isinstance(state.get("runs"), dict)
+        ):
+            raise UserError(
+                f"'{state_path}' is not a state file of active_learning.py (expected 'args' and 'runs'); move it "
+                "away to start afresh, or pass another --output-dir"
+            )
         check_resume_compatible(
             state["args"],
             experiment,
@@ -251,8 +320,20 @@ def _load_state(args: argparse.Namespace, state_path: Path) -> dict:
             output_flag="--output-dir",
         )
         return state
-    if state_path.is_file():
-        log.warning("%s exists; starting over (pass --resume to continue it)", state_path)
+    existing = [out_dir / name for name in names.values() if (out_dir / name).is_file()]
+    if existing and args.resume:
+        raise UserError(
+            f"'{existing[0]}' holds results of an earlier run of this experiment, but its state file "
+            f"'{state_path}' is missing, so it cannot be resumed; pass --overwrite instead of --resume to start "
+            "over, or another --output-dir"
+        )
+    if existing and not args.overwrite:
+        raise UserError(
+            f"'{existing[0]}' holds the results of an earlier run of this experiment; pass --resume to continue "
+            "it, --overwrite to replace it, or another --output-dir"
+        )
+    if existing:
+        log.warning("--overwrite: replacing %s", ", ".join(str(p) for p in existing))
     return {"args": experiment, "runs": {}}
 
 
@@ -340,9 +421,11 @@ def _acquisition_step(
     mask = torch.ones(len(pool), dtype=torch.bool, device=device)
     mask[labelled_idx] = False
     candidates = torch.nonzero(mask).flatten()
+    # The last acquisition may be smaller, so the labelled set never exceeds --max-training-samples.
+    count = min(args.acquisition_batch_size, args.max_training_samples - len(record["labelled"]))
     if args.original_quirks and args.al_type == "gmm":
         chosen = _original_ddu_choice(
-            args, models[0], pool, candidates, labelled, step_seed, settings, num_classes
+            args, models[0], pool, candidates, labelled, count, step_seed, settings, num_classes
         )
     else:
         scores = utils.active_learning.acquisition_scores(
@@ -357,7 +440,7 @@ def _acquisition_step(
             num_classes=num_classes,
             seed=step_seed,
         )
-        chosen = utils.active_learning.select_top(scores, candidates, args.acquisition_batch_size)
+        chosen = utils.active_learning.select_top(scores, candidates, count)
     record["labelled"] = record["labelled"] + chosen.tolist()
     if ambiguity_model is not None:
         acquired = pool.take(torch.as_tensor(record["labelled"], device=device))
@@ -369,8 +452,10 @@ def _acquisition_step(
     return accuracy
 
 
-def _original_ddu_choice(args, model, pool, candidates, labelled, step_seed: int, settings, num_classes: int):
-    """`--original-quirks` with `--al-type gmm`: the candidates (pool indices) the original's float32 density
+def _original_ddu_choice(
+    args, model, pool, candidates, labelled, count: int, step_seed: int, settings, num_classes: int
+):
+    """`--original-quirks` with `--al-type gmm`: the `count` candidates (pool indices) the original's float32 density
     ranking picks (see `utils.active_learning.original_ddu_acquisition`), class weights counted over one
     more resampled epoch of the model's loader, as the original."""
     weights = utils.active_learning.original_class_weights(
@@ -380,7 +465,7 @@ def _original_ddu_choice(args, model, pool, candidates, labelled, step_seed: int
         model,
         pool.take(candidates),
         labelled,
-        args.acquisition_batch_size,
+        count,
         weights,
         batch_size=args.scoring_batch_size,
         device=settings.device,
@@ -403,8 +488,8 @@ def _write_outputs(args: argparse.Namespace, state: dict, out_dir: Path, names: 
 
 
 def run_experiment(args: argparse.Namespace) -> dict:
+    check_args(args)
     num_classes = data.get_info(pool_dataset(args)).num_classes
-    _check_args(args, num_classes)
     device = select_device(args.no_gpu)
     settings = TrainSettings(
         device=device,
@@ -426,7 +511,7 @@ def run_experiment(args: argparse.Namespace) -> dict:
     board_dir = utils.tensorboard.resolve_folder(args.tensorboard, out_dir)
     if board_dir is not None:
         board_dir = board_dir / Path(names["test_accs"]).stem.removeprefix("test_accs_")
-    state = _load_state(args, out_dir / names["state"])
+    state = _load_state(args, out_dir, names)
     ambiguity_model = load_ambiguity_model(args, device) if args.ambiguous else None
     num_steps = (
         args.max_training_samples - args.num_initial_samples + args.acquisition_batch_size - 1

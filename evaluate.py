@@ -12,8 +12,10 @@ ensembles `--ensemble` models with seeds `seed + (i-1)*E ... seed + i*E - 1`. Ex
 
 Writes `res_{name}_{model-type}_{dataset}_{ood}.json` into --output-dir with `mean`, `std` (standard error;
 null with one run, where the original writes NaN), `values` and `info` as the original, plus extra metrics
-(NLL, FPR95, temperatures, GMM jitters, MSP and Mahalanobis detectors, failed runs). `--original-quirks`
-computes the gmm m2 score from float32 log-densities, as the original code does.
+(NLL, FPR95, temperatures, GMM jitters, MSP and Mahalanobis detectors, failed runs). A run whose GMM cannot be
+fitted, or whose network holds or computes NaN/inf, is listed in `failed_runs` with the reason (its values are
+null) and the command exits with status 1. `--original-quirks` computes the gmm m2 score from float32
+log-densities, as the original code does.
 """
 
 from __future__ import annotations
@@ -24,10 +26,27 @@ import sys
 from pathlib import Path
 
 import data
-from utils.cli import build_model, load_checkpoint, model_parser
+from utils.cli import (
+    arch_values,
+    build_model,
+    check_count,
+    check_dir,
+    check_network_flags,
+    check_seed,
+    load_checkpoint,
+    model_config,
+    model_parser,
+)
 from utils.device import select_device
 from utils.errors import Interrupted, UserError, exit_on_user_error
-from utils.evaluation import ensemble_run, gmm_run, softmax_run
+from utils.evaluation import (
+    RunFailedError,
+    check_finite_outputs,
+    check_finite_weights,
+    ensemble_run,
+    gmm_run,
+    softmax_run,
+)
 from utils.features import Outputs, collect_outputs
 from utils.io import atomic_write_json, check_writable_dir
 from utils.progress import progress_bar
@@ -83,6 +102,28 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def check_args(args: argparse.Namespace) -> None:
+    """Every flag's value, checked before anything is read or written: a bad one ends in one sentence."""
+    check_count(args.runs, "--runs")
+    check_count(args.ensemble, "--ensemble")
+    seeds_used = args.runs * (args.ensemble if args.model_type == "ensemble" else 1)
+    check_seed(args.seed, seeds_used=seeds_used)
+    check_count(args.epoch, "--epoch", hint="checkpoints are named {name}_{epoch}.model from epoch 1 on")
+    check_count(args.batch_size, "-b")
+    check_network_flags(args.model, args.coeff, arch_values(args))
+    if not data.get_info(args.dataset).has_train:  # an unknown name is a UserError listing the valid ones
+        raise UserError(
+            f"--dataset {args.dataset} has no training split, which evaluation needs (validation split, GMM "
+            "fit); pass the data set the networks were trained on"
+        )
+    data.get_info(args.ood_dataset)
+    if args.weight_by_class_frequency and args.model_type != "gmm":
+        raise UserError(
+            f"--weight-by-class-frequency applies to --model-type gmm only, not {args.model_type}; drop it"
+        )
+    check_dir(args.load_path, "--load-path", "Run1/, Run2/, ... with the checkpoints")
+
+
 class Evaluator:
     """Holds the data loaders (built once) and computes each network's outputs once per data set."""
 
@@ -123,10 +164,17 @@ class Evaluator:
         return self._split_cache[val_seed]
 
     def load(self, path: Path):
-        """The network of the flags with the checkpoint at `path`, on the device, in eval mode."""
-        return load_checkpoint(build_model(self.args), path).to(self.device).eval()
+        """The network of the flags with the checkpoint at `path`, on the device, in eval mode. The flags are
+        cross-checked with those its run recorded; NaN/inf weights raise `RunFailedError`."""
+        model = load_checkpoint(build_model(self.args), path, config=model_config(self.args))
+        check_finite_weights(model, f"'{path}'")
+        return model.to(self.device).eval()
 
-    def outputs(self, model, seed: int, need_train: bool) -> dict[str, Outputs]:
+    def outputs(
+        self, model, seed: int, need_train: bool, source: str = "the checkpoint"
+    ) -> dict[str, Outputs]:
+        """Logits and features on every data set the run needs; NaN/inf raise `RunFailedError` naming `source`."""
+
         def run(loader):
             return collect_outputs(model, loader, self.device, self.args.precision)
 
@@ -134,6 +182,7 @@ class Evaluator:
         out = {"test": run(self.test_loader), "ood": run(self.ood_loader), "val": run(val_loader)}
         if need_train:
             out["train"] = run(train_loader)
+        check_finite_outputs(out, source)
         if self.clean_size is not None:
             test, n = out["test"], self.clean_size
             out["parts"] = tuple(
@@ -150,7 +199,9 @@ def evaluate_run(evaluator: Evaluator, args: argparse.Namespace, run: int) -> di
         members = []
         for seed in run_seeds(args.seed, run, args.ensemble):
             path = locate_checkpoint(args.load_path, run, seed=seed, ensemble_naming=True, **checkpoint)
-            members.append(evaluator.outputs(evaluator.load(path), seed, need_train=False))
+            members.append(
+                evaluator.outputs(evaluator.load(path), seed, need_train=False, source=f"'{path}'")
+            )
         parts = [m["parts"] for m in members] if evaluator.clean_size is not None else None
         return ensemble_run(
             [m["test"] for m in members],
@@ -160,7 +211,7 @@ def evaluate_run(evaluator: Evaluator, args: argparse.Namespace, run: int) -> di
         )
     (seed,) = run_seeds(args.seed, run)
     path = locate_checkpoint(args.load_path, run, seed=seed, **checkpoint)
-    out = evaluator.outputs(evaluator.load(path), seed, need_train=True)
+    out = evaluator.outputs(evaluator.load(path), seed, need_train=True, source=f"'{path}'")
     common = dict(num_classes=num_classes, parts=out.get("parts"))
     if args.model_type == "softmax":
         return softmax_run(out["test"], out["ood"], out["val"], train=out["train"], **common)
@@ -185,14 +236,9 @@ def result_path(args: argparse.Namespace) -> Path:
 def main(args: argparse.Namespace) -> dict:
     import metrics
 
+    check_args(args)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     print("evaluate.py " + " ".join(f"{k}={v}" for k, v in sorted(vars(args).items())), flush=True)
-    if args.runs < 1:
-        raise UserError(f"--runs must be at least 1, got {args.runs}")
-    if args.model_type == "ensemble" and args.ensemble < 1:
-        raise UserError(f"--ensemble must be at least 1, got {args.ensemble}")
-    if not Path(args.load_path).is_dir():
-        raise UserError(f"--load-path '{args.load_path}' is not a folder; it should hold Run1/, Run2/, ...")
     output = result_path(args)
     check_writable_dir(output.parent, "output folder (--output-dir)")
     device = select_device(args.no_gpu)
@@ -212,7 +258,7 @@ def main(args: argparse.Namespace) -> dict:
             raise Interrupted(
                 f"interrupted during run {run} of {args.runs}; {kept}; rerun the command to evaluate all runs"
             ) from None
-        except metrics.GaussianFitError as err:
+        except (metrics.GaussianFitError, RunFailedError) as err:
             per_run.append(None)
             failed.append({"run": run, "reason": str(err)})
             log.error("run %d failed: %s", run, err)

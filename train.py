@@ -9,6 +9,7 @@ The original flags, defaults and file names all work, so the original README's c
 Useful additions:
 
     python train.py ... --resume                                   # continue after a crash or pre-emption
+    python train.py ... --resume --lr 0.01                         # continue with a lower rate (after a NaN)
     python train.py ... --precision fp32 --loader torchvision      # the original's numerics and pipeline
     torchrun --nproc_per_node=4 train.py --seed 1 ...              # DistributedDataParallel, -b stays global
     python train.py --seed 1 --dataset digits --model resnet18 --base-width 8 -e 3 --no-gpu --save-path runs
@@ -41,9 +42,20 @@ import torch
 import torch.nn as nn
 
 import data
-import net
 from utils import distributed, ensemble, tensorboard
-from utils.cli import ARCH_FLAGS, build_model, flag_names, model_config, model_parser
+from utils.cli import (
+    ARCH_FLAGS,
+    arch_values,
+    build_model,
+    check_count,
+    check_milestones,
+    check_network_flags,
+    check_number,
+    check_seed,
+    flag_names,
+    model_config,
+    model_parser,
+)
 from utils.device import select_device
 from utils.errors import UserError, exit_on_user_error
 from utils.io import BackgroundWriter, check_writable_dir
@@ -74,7 +86,8 @@ DEFAULT_RESUME = "auto"
 
 # Flags that change what is trained; a resume with any of them changed would silently be another run.
 # Flags that only change speed, logging or where files go (epochs, workers, compile, channels_last,
-# loader, dataset root, intervals, device) may differ on resume.
+# loader, dataset root, intervals, device) may differ on resume, and so may the learning rate (--lr): the
+# way on after a non-finite loss is to resume with a lower one; the schedule then continues from it.
 RESUME_MUST_MATCH = (
     "seed",
     "dataset",
@@ -87,7 +100,6 @@ RESUME_MUST_MATCH = (
     *ARCH_FLAGS,
     "train_batch_size",
     "per_rank_batch",
-    "learning_rate",
     "momentum",
     "nesterov",
     "weight_decay",
@@ -256,6 +268,46 @@ def _add_robustness_flags(g: argparse._ArgumentGroup) -> None:
     )
 
 
+def check_args(args: argparse.Namespace) -> None:
+    """Every flag's value, checked before anything is read or written: a bad one ends in one sentence."""
+    check_seed(args.seed)
+    if args.val_seed is not None:
+        check_seed(args.val_seed, "--val-seed")
+    if not data.get_info(args.dataset).has_train:  # an unknown name is a UserError listing the valid ones
+        raise UserError(
+            f"{args.dataset} has no training split (it is an out-of-distribution set); pick another --dataset"
+        )
+    check_network_flags(args.model, args.coeff, arch_values(args))
+    check_count(args.train_batch_size, "-b")
+    check_count(args.test_batch_size, "-tb")
+    check_count(args.epoch, "-e")
+    check_number(args.learning_rate, "--lr", above=0)
+    check_number(args.momentum, "--mom", at_least=0, below=1)
+    check_number(args.weight_decay, "--decay", at_least=0)
+    if args.nesterov and args.optimiser != "sgd":
+        raise UserError(f"--nesterov applies to --opt sgd only, not {args.optimiser}; drop --nesterov")
+    if args.nesterov and args.momentum == 0:
+        raise UserError("--nesterov needs a momentum above 0; pass --mom (e.g. 0.9) or drop --nesterov")
+    check_milestones(args.first_milestone, args.second_milestone)
+    check_count(args.log_interval, "--log-interval")
+    check_count(args.save_interval, "--save-interval")
+    check_count(args.workers, "--workers", at_least=0)
+    check_count(args.validate_every, "--validate-every", at_least=0)
+    check_count(args.steps_per_epoch, "--steps-per-epoch", at_least=0)
+    if args.ensemble is not None:
+        check_count(args.ensemble, "--ensemble")
+        if args.resume not in (None, DEFAULT_RESUME):
+            raise UserError(
+                "--resume PATH names one run's file; with --ensemble pass --resume alone, and each member "
+                "continues from its own {name}_resume.pt in --save-path"
+            )
+    if args.resume not in (None, DEFAULT_RESUME) and not Path(args.resume).is_file():
+        raise UserError(
+            f"the resume file '{args.resume}' given to --resume does not exist; pass the {{name}}_resume.pt of "
+            "the run to continue, or --resume alone to continue from --save-path"
+        )
+
+
 def _git_revision() -> str:
     try:
         out = subprocess.run(
@@ -276,28 +328,8 @@ def _resolve(
     """Validate names and fill the device-dependent defaults; user mistakes become one-sentence errors."""
     args = argparse.Namespace(**vars(args))
     args.dataset = data.canonical_name(args.dataset)
-    if args.model not in net.list_models():
-        raise UserError(f"unknown model '{args.model}'; choose one of: {', '.join(net.list_models())}")
-    info = data.get_info(args.dataset)
-    if not info.has_train:
-        raise UserError(
-            f"{args.dataset} has no training split (it is an out-of-distribution set); pick another --dataset"
-        )
-    for flag, value in (("-b", args.train_batch_size), ("-tb", args.test_batch_size), ("-e", args.epoch)):
-        if value < 1:
-            raise UserError(f"{flag} must be at least 1, got {value}")
-    if args.save_interval < 1 or args.log_interval < 1:
-        raise UserError("--save-interval and --log-interval must be at least 1")
     if args.val_seed is None:
         args.val_seed = args.seed
-    if args.ensemble is not None:
-        if args.ensemble < 1:
-            raise UserError(f"--ensemble must be at least 1, got {args.ensemble}")
-        if args.resume not in (None, DEFAULT_RESUME):
-            raise UserError(
-                "--resume PATH names one run's file; with --ensemble pass --resume alone, and each member "
-                "continues from its own {name}_resume.pt in --save-path"
-            )
     if args.tensorboard is not None:
         tensorboard.require_tensorboard()
     if args.precision is None:
@@ -323,6 +355,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
 
     Returns `{"history": [EpochStats], "model": the bare network, "files": RunFiles}` for tests and callers.
     """
+    check_args(args)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     dist_info = distributed.read_env()
     device = select_device(not args.gpu, dist_info.local_rank if dist_info.enabled else None)
@@ -617,6 +650,7 @@ def _resume(args, files, model, optimizer, scheduler, saved_args, dist_info) -> 
     history, done = resume_training(
         path, model, optimizer, scheduler, saved_args, keys=RESUME_MUST_MATCH, rank=dist_info.rank,
         flag_names={**flag_names(get_args_parser()), "world_size": "the process count"},
+        learning_rate=args.learning_rate,
     )  # fmt: skip
     if done > args.epoch:
         raise UserError(

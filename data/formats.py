@@ -1,7 +1,8 @@
 """Readers for the official on-disk formats, and the md5 check against the official releases.
 
 Every reader returns CPU tensors: images `(N, C, H, W)` uint8 (float32 in [0, 1] for Ambiguous-MNIST) and
-labels `(N,)` int64. Files are read directly, without torchvision's dataset classes, so that a whole split
+labels `(N,)` int64, checked to lie in `0..num_classes-1` (a file that holds others is named as damaged, instead
+of failing later inside the training loop). Files are read directly, without torchvision's dataset classes, so that a whole split
 becomes one tensor in one step (that is what the GPU-resident loader keeps on the device).
 
 md5 sums never gate loading: a file that differs from the official release (a re-encoded copy, another
@@ -107,10 +108,23 @@ def _corrupt(path: Path, what: str, detail: str) -> UserError:
     return UserError(f"'{path}' is not a valid {what} ({detail}); delete it and download the data set again")
 
 
-def read_cifar(paths: list[Path], label_key: str) -> tuple[torch.Tensor, torch.Tensor]:
+def _check_label_range(path: Path, what: str, labels: np.ndarray, low: int, high: int) -> None:
+    """Every label of the file `path` in `low..high`; the first one outside is named."""
+    outside = np.flatnonzero((labels < low) | (labels > high))
+    if outside.size:
+        first = int(outside[0])
+        raise _corrupt(
+            path,
+            what,
+            f"{outside.size} labels outside {low}..{high}, the first {int(labels.reshape(-1)[first])} at position {first}",
+        )
+
+
+def read_cifar(paths: list[Path], label_key: str, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
     """CIFAR-10/100 python pickles (`data` (N, 3072) uint8 rows in CHW order, labels under `label_key`).
 
-    Returns images `(N, 3, 32, 32)` uint8 and labels `(N,)` int64, files concatenated in the given order.
+    Returns images `(N, 3, 32, 32)` uint8 and labels `(N,)` int64 in `0..num_classes-1`, files concatenated
+    in the given order.
     """
     images, labels = [], []
     for path in paths:
@@ -121,8 +135,9 @@ def read_cifar(paths: list[Path], label_key: str) -> tuple[torch.Tensor, torch.T
             targets = np.asarray(entry[label_key], dtype=np.int64)
         except (pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError) as err:
             raise _corrupt(path, "CIFAR pickle", f"{type(err).__name__}: {err}") from None
-        if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or len(data) != len(targets):
+        if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or targets.ndim != 1 or len(data) != len(targets):
             raise _corrupt(path, "CIFAR pickle", f"data of shape {data.shape} for {len(targets)} labels")
+        _check_label_range(path, "CIFAR pickle", targets, 0, num_classes - 1)
         images.append(data.reshape(-1, 3, 32, 32))
         labels.append(targets)
     return torch.from_numpy(np.concatenate(images)), torch.from_numpy(np.concatenate(labels))
@@ -144,6 +159,7 @@ def read_svhn(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
         raise _corrupt(path, "SVHN .mat file", f"X of shape {x.shape} for {y.size} labels")
     images = np.ascontiguousarray(x.transpose(3, 2, 0, 1), dtype=np.uint8)
     labels = y.reshape(-1).astype(np.int64)
+    _check_label_range(path, "SVHN .mat file", labels, 1, 10)
     labels[labels == 10] = 0
     return torch.from_numpy(images), torch.from_numpy(labels)
 
@@ -167,38 +183,62 @@ def read_idx(path: Path) -> np.ndarray:
     return data.reshape(dims)
 
 
-def read_mnist(images_path: Path, labels_path: Path) -> tuple[torch.Tensor, torch.Tensor]:
-    """MNIST-style IDX pair. Returns images `(N, 1, 28, 28)` uint8 and labels `(N,)` int64."""
+def read_mnist(
+    images_path: Path, labels_path: Path, num_classes: int = 10
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """MNIST-style IDX pair. Returns images `(N, 1, 28, 28)` uint8 and labels `(N,)` int64 in 0..9."""
     images, labels = read_idx(images_path), read_idx(labels_path)
     if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
         raise _corrupt(images_path, "MNIST image file", f"images {images.shape} for labels {labels.shape}")
+    _check_label_range(labels_path, "MNIST label file", labels, 0, num_classes - 1)
     return torch.from_numpy(images[:, None].copy()), torch.from_numpy(labels.astype(np.int64))
 
 
-def read_amnist(samples_path: Path, labels_path: Path) -> tuple[torch.Tensor, torch.Tensor]:
+AMNIST_CONTENTS = {
+    "samples": "a float tensor [N, 1, 28, 28] with values in [0, 1]",
+    "labels": "an integer tensor [N, K] of labels 0..9",
+}
+
+
+def read_amnist(
+    samples_path: Path, labels_path: Path, num_classes: int = 10
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Ambiguous-MNIST as released: samples float `(M, 1, 28, 28)` in [0, 1], labels int64 `(M, K)`.
 
     Each sample carries K labels drawn from its (ambiguous) label distribution; callers flatten it into
-    M * K (sample, label) pairs, see `flatten_multilabel`.
+    M * K (sample, label) pairs, see `flatten_multilabel`. A file that cannot be read or holds something
+    else is named in one sentence that says what it should hold (torch's own multi-line advice is dropped).
     """
-    tensors = []
-    for path in (samples_path, labels_path):
+
+    def unreadable(path: Path, kind: str, detail: str) -> UserError:
+        return UserError(
+            f"'{path}' is not a valid Ambiguous-MNIST {kind} file ({detail}); it should hold "
+            f"{AMNIST_CONTENTS[kind]}, as `python -m data.ambiguous_mnist` writes it or the ddu_dirty_mnist "
+            "release provides it: regenerate or re-download it"
+        )
+
+    tensors = {}
+    for kind, path in (("samples", samples_path), ("labels", labels_path)):
         try:
-            tensors.append(torch.load(path, map_location="cpu", weights_only=True))
+            with warnings.catch_warnings():  # torch warns about a pickle it does not expect, in several lines
+                warnings.simplefilter("ignore")
+                tensors[kind] = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as err:  # noqa: BLE001  (torch.load raises many types for a damaged file)
-            raise _corrupt(path, "Ambiguous-MNIST tensor file", f"{type(err).__name__}: {err}") from None
-    samples, labels = tensors
-    ok = (
-        isinstance(samples, torch.Tensor)
-        and isinstance(labels, torch.Tensor)
-        and samples.ndim == 4
-        and tuple(samples.shape[1:]) == (1, 28, 28)
-        and labels.ndim == 2
-        and len(labels) == len(samples)
-    )
-    if not ok:
-        raise _corrupt(samples_path, "Ambiguous-MNIST pair", "expected samples [N,1,28,28] and labels [N,K]")
-    return samples.to(torch.float32), labels.to(torch.int64)
+            raise unreadable(path, kind, f"torch.load failed with {type(err).__name__}") from None
+        if not isinstance(tensors[kind], torch.Tensor):
+            raise unreadable(path, kind, f"it holds a {type(tensors[kind]).__name__}")
+    samples, labels = tensors["samples"], tensors["labels"]
+    if samples.ndim != 4 or tuple(samples.shape[1:]) != (1, 28, 28) or not samples.is_floating_point():
+        raise unreadable(samples_path, "samples", f"a {samples.dtype} tensor of shape {list(samples.shape)}")
+    if labels.ndim != 2 or labels.is_floating_point() or labels.is_complex() or len(labels) != len(samples):
+        raise unreadable(
+            labels_path,
+            "labels",
+            f"a {labels.dtype} tensor of shape {list(labels.shape)} for {len(samples)} samples",
+        )
+    labels = labels.to(torch.int64)
+    _check_label_range(labels_path, "Ambiguous-MNIST labels file", labels.numpy(), 0, num_classes - 1)
+    return samples.to(torch.float32), labels
 
 
 def flatten_multilabel(

@@ -144,7 +144,7 @@ def _cifar(dataset: str, root: Path, split: str) -> tuple[torch.Tensor, torch.Te
         _torchvision_download(cls_name, root),
     )
     formats.warn_if_modified(dataset, root, paths)
-    return formats.read_cifar(paths, label_key)
+    return formats.read_cifar(paths, label_key, get_info(dataset).num_classes)
 
 
 def _svhn(root: Path, split: str) -> tuple[torch.Tensor, torch.Tensor]:

@@ -16,13 +16,14 @@ from net.checkpoint import (
     read_checkpoint,
 )
 from net.layers import DDUNetwork
-from net.registry import create_model, list_models, unwrap_model
+from net.registry import ModelOptions, create_model, list_models, model_options, unwrap_model
 from net.residual_mlp import ResidualMLP
 from net.spectral_norm import SpectralNormConv2d, SpectralNormLinear
 
 __all__ = [
     "CheckpointMismatchError",
     "DDUNetwork",
+    "ModelOptions",
     "ResidualMLP",
     "SpectralNormConv2d",
     "SpectralNormLinear",
@@ -31,6 +32,7 @@ __all__ = [
     "create_model",
     "list_models",
     "load_state_dict",
+    "model_options",
     "read_checkpoint",
     "unwrap_model",
 ]

@@ -12,6 +12,7 @@ classifier stored as `linear.*` (pytorch-cifar's name) loads into our `fc.*` and
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,7 +58,9 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             f"checkpoint '{path}' does not exist; check --load-path / --saved-model-path and the epoch"
         )
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about a pickle it does not expect, in several lines
+            warnings.simplefilter("ignore")
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # truncated zip, pickle garbage, wrong file type, ...
         raise UserError(
             f"checkpoint '{path}' could not be read ({type(err).__name__}); the file is corrupt or truncated, "
@@ -72,9 +75,6 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     return dict(obj)
 
 
-_SN_BUFFERS = ("weight_orig", "weight_u", "weight_v", "weight_sigma")
-
-
 @dataclass(frozen=True)
 class StateDictMismatch:
     """How a state dict differs from the one a network expects: the keys, and the families they fall in.
@@ -84,11 +84,14 @@ class StateDictMismatch:
     families, each None (or False) when that family agrees:
 
     * `other_architecture`: the top-level modules differ (`conv1, layer1, ...` against `features, ...`);
-    * `spectral_norm_in`: "checkpoint" or "network", the side whose layers carry spectral-normalisation
-      buffers (`weight_orig`, `weight_u`, `weight_v`, `weight_sigma`) that the other side lacks;
+    * `spectral_norm_in`: "checkpoint" or "network", the side whose layers are spectrally normalised
+      (weight stored as `weight_orig`) where the same layers on the other side are plain (`weight`); only
+      layers both sides have count, so a layer present on one side only says nothing about SN;
     * `conv_shortcuts_in`: the side with convolutional (`.shortcut.`) keys the other lacks;
     * `input_channels`: `(checkpoint, network)` channels of the first convolution, when they differ;
-    * `num_classes`: `(checkpoint, network)` outputs of the classifier, when they differ.
+    * `num_classes`: `(checkpoint, network)` outputs of the classifier, when they differ;
+    * `width_ratio`: when every differing size among the shared keys is the network's size times one
+      factor (other than 1), that factor (checkpoint / network): the layers are uniformly wider or narrower.
 
     It states facts about tensors only; which command-line flag explains them is the scripts' business.
     """
@@ -102,6 +105,7 @@ class StateDictMismatch:
     conv_shortcuts_in: str | None = None
     input_channels: tuple[int, int] | None = None
     num_classes: tuple[int, int] | None = None
+    width_ratio: float | None = None
 
     def keys_summary(self) -> str:
         """The differing keys, a few of each kind: 'missing keys: a, b; unexpected keys: c (+3 more)'."""
@@ -136,6 +140,8 @@ class StateDictMismatch:
             out.append(
                 "the number of classes differs ({} in the checkpoint, {} here)".format(*self.num_classes)
             )
+        if self.width_ratio:
+            out.append(f"the checkpoint's layers are {self.width_ratio:g} times as wide as the network's")
         return out
 
 
@@ -160,11 +166,48 @@ def _side_with(marker, missing: list[str], unexpected: list[str]) -> str | None:
     return None
 
 
-def _first_conv_channels(state: Mapping[str, torch.Tensor]) -> int | None:
-    weight = next(
-        (v for k, v in state.items() if k.endswith(("weight", "weight_orig")) and v.dim() == 4), None
+def _spectral_norm_side(
+    state: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor]
+) -> str | None:
+    """'checkpoint' (or 'network') when some layer both sides have is spectrally normalised only there."""
+
+    def layers(keys, suffix: str) -> set[str]:
+        return {k[: -len(suffix)] for k in keys if k.endswith(suffix)}
+
+    only_checkpoint = layers(state, ".weight_orig") & layers(expected, ".weight")
+    only_network = layers(expected, ".weight_orig") & layers(state, ".weight")
+    if only_checkpoint and not only_network:
+        return "checkpoint"
+    if only_network and not only_checkpoint:
+        return "network"
+    return None
+
+
+def _first_conv_channels(
+    state: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor]
+) -> tuple[int, int] | None:
+    """Input channels of the network's first convolution, `(checkpoint, network)`, read from the same key."""
+    key = next(
+        (k for k, v in expected.items() if k.endswith(("weight", "weight_orig")) and v.dim() == 4), None
     )
-    return None if weight is None else int(weight.shape[1])
+    if key is None or key not in state or state[key].dim() != 4:
+        return None
+    return int(state[key].shape[1]), int(expected[key].shape[1])
+
+
+def _width_ratio(shapes: tuple[tuple[str, tuple[int, ...], tuple[int, ...]], ...]) -> float | None:
+    """The one factor `checkpoint size / network size` shared by every differing dimension of `shapes`."""
+    ratios = {
+        saved[i] / wanted[i]
+        for _, saved, wanted in shapes
+        if len(saved) == len(wanted)
+        for i in range(len(saved))
+        if saved[i] != wanted[i] and wanted[i] > 0
+    }
+    if any(len(saved) != len(wanted) for _, saved, wanted in shapes) or len(ratios) != 1:
+        return None
+    (ratio,) = ratios
+    return ratio if ratio > 0 else None
 
 
 def _classifier_outputs(target: nn.Module, state: Mapping[str, torch.Tensor]) -> int | None:
@@ -189,19 +232,33 @@ def compare_state_dict(target: nn.Module, state: Mapping[str, torch.Tensor]) -> 
     )
     if not (missing or unexpected or shapes):
         return None
-    channels = (_first_conv_channels(state), _first_conv_channels(expected))
+    channels = _first_conv_channels(state, expected)
     classes = (_classifier_outputs(target, state), _classifier_outputs(target, expected))
+    classes_differ = None not in classes and classes[0] != classes[1]
+    # The classifier's outputs are the class count, not a width: leave them out of the width factor.
+    classifier_keys = {
+        k for k in expected if classes_differ and k.split(".")[0] in _classifier_prefixes(target)
+    }
     return StateDictMismatch(
         network=type(target).__name__,
         missing=tuple(missing),
         unexpected=tuple(unexpected),
         shapes=shapes,
         other_architecture={k.split(".")[0] for k in state} != {k.split(".")[0] for k in expected},
-        spectral_norm_in=_side_with(lambda k: k.endswith(_SN_BUFFERS), missing, unexpected),
+        spectral_norm_in=_spectral_norm_side(state, expected),
         conv_shortcuts_in=_side_with(lambda k: ".shortcut." in k, missing, unexpected),
-        input_channels=channels if None not in channels and channels[0] != channels[1] else None,
-        num_classes=classes if None not in classes and classes[0] != classes[1] else None,
+        input_channels=channels if channels is not None and channels[0] != channels[1] else None,
+        num_classes=classes if classes_differ else None,
+        width_ratio=_width_ratio(tuple(s for s in shapes if s[0] not in classifier_keys)),
     )
+
+
+def _classifier_prefixes(target: nn.Module) -> set[str]:
+    get_classifier = getattr(target, "get_classifier", None)
+    if get_classifier is None:
+        return set()
+    classifier = get_classifier()
+    return {n.split(".")[0] for n, m in target.named_modules() if m is classifier and n}
 
 
 def load_state_dict(model: nn.Module, state_dict_or_path, *, source: str | None = None) -> nn.Module:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Callable
 
 import torch.nn as nn
@@ -36,6 +37,40 @@ _MODELS: dict[str, Callable[..., DDUNetwork]] = {
     "vgg16": vgg16,
     "lenet": _lenet,
 }
+
+
+@dataclass(frozen=True)
+class ModelOptions:
+    """What a model's constructor lets the scripts' flags change, beyond the class count and input shape.
+
+    `sizes` are the keyword arguments that change its size (the size flags); `width` is the one that scales
+    the width of (nearly) every layer by one factor, `width_default` its default, and `wider_when_larger`
+    says whether a larger value makes the layers wider (False for VGG's divisor). `sn_and_mod` is False for
+    a model that ignores `spectral_normalization`, `mod` and `coeff` (LeNet, as in the original). The flag
+    checks and the hint for a checkpoint of another width read this.
+    """
+
+    sizes: tuple[str, ...] = ()
+    width: str | None = None
+    width_default: int = 1
+    wider_when_larger: bool = True
+    sn_and_mod: bool = True
+
+
+_OPTIONS: dict[str, ModelOptions] = {
+    "wide_resnet": ModelOptions(("depth", "widen_factor"), "widen_factor", 10),
+    "resnet18": ModelOptions(("base_width",), "base_width", 64),
+    "resnet50": ModelOptions(("base_width",), "base_width", 64),
+    "vgg16": ModelOptions(("width_divisor",), "width_divisor", 1, wider_when_larger=False),
+    "lenet": ModelOptions(sn_and_mod=False),
+}
+
+
+def model_options(name: str) -> ModelOptions:
+    """The options of registered model `name` (see `ModelOptions`)."""
+    if name not in _MODELS:
+        raise UserError(f"unknown model '{name}'; choose one of: {', '.join(_MODELS)}")
+    return _OPTIONS[name]
 
 
 def list_models() -> list[str]:

@@ -103,6 +103,13 @@ def soft_spectral_scale(
     return _SoftSpectralScale.apply(weight, direction, sigma.detach(), float(coeff), float(divisor_eps))
 
 
+def _check_coeff(coeff: float) -> None:
+    """The bound must be a positive finite number: with `coeff <= 0`, `max(1, sigma / coeff)` is 1 and the
+    layer would silently not be normalised at all."""
+    if not (math.isfinite(coeff) and coeff > 0):
+        raise ValueError(f"coeff must be a positive finite number, got {coeff}")
+
+
 class SpectralNormConv2d(nn.Module):
     """A 2-d convolution whose weight is softly spectrally normalised (see module docstring).
 
@@ -127,6 +134,7 @@ class SpectralNormConv2d(nn.Module):
         super().__init__()
         if n_power_iterations < 0:
             raise ValueError(f"n_power_iterations must be >= 0, got {n_power_iterations}")
+        _check_coeff(coeff)
         self.in_channels, self.out_channels = in_channels, out_channels
         self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
         self.input_size = input_size
@@ -242,6 +250,7 @@ class SpectralNormLinear(nn.Module):
         eps: float = 1e-12,
     ):
         super().__init__()
+        _check_coeff(coeff)
         self.in_features, self.out_features = in_features, out_features
         self.coeff, self.n_power_iterations, self.eps = float(coeff), n_power_iterations, eps
         reference = nn.Linear(in_features, out_features, bias=bias)

@@ -9,8 +9,15 @@ import os
 # torch down 10-50x. `DDU_TEST_THREADS=2 make test` runs the suite with two threads instead (the suite
 # must pass with either). Set before torch is imported so that subprocesses (torchrun, notebook kernels,
 # CLI runs) inherit it.
-os.environ.setdefault("OMP_NUM_THREADS", os.environ.get("DDU_TEST_THREADS", "1"))
-os.environ.setdefault("MKL_NUM_THREADS", os.environ.get("DDU_TEST_THREADS", "1"))
+# DDU_TEST_THREADS, when given, wins over an OMP_NUM_THREADS already in the environment.
+if os.environ.get("DDU_TEST_THREADS"):
+    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = os.environ["DDU_TEST_THREADS"]
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", os.environ["OMP_NUM_THREADS"])
+# No test may touch the network: on a machine that is online a missing file would otherwise start a real
+# download (slow, and another outcome than offline). Tests of the download path patch the lookup and the
+# download themselves; subprocesses inherit this.
+os.environ["DDU_NO_DOWNLOAD"] = "1"
 
 import subprocess
 import sys
@@ -24,6 +31,19 @@ from filelock import FileLock
 TEST_THREADS = int(os.environ["OMP_NUM_THREADS"])
 torch.set_num_threads(TEST_THREADS)
 
+# torch.compile's kernel cache: one folder per Python, torch release and CPU capability, so that a run with
+# another setting (ATEN_CPU_CAPABILITY=avx2, another torch) never loads kernels built for this one: with one
+# shared folder, an AVX2 run crashed (segmentation fault) in a kernel an AVX-512 run had cached. Repeated
+# runs of one setting keep their warm cache. Subprocesses inherit the variable.
+_CAPABILITY = torch.backends.cpu.get_cpu_capability()
+os.environ.setdefault(
+    "TORCHINDUCTOR_CACHE_DIR",
+    str(
+        Path(tempfile.gettempdir())
+        / f"ddu_inductor_py{sys.version_info[0]}{sys.version_info[1]}_torch{torch.__version__}_{_CAPABILITY}"
+    ),
+)
+
 # Operation counts per training step (benchmarks/dispatch.py) depend on how a torch release decomposes
 # autograd and autocast; the bounds in the tests were checked on these releases, and are skipped on others.
 COUNTED_TORCH_RELEASES = ("2.11", "2.14")
@@ -33,6 +53,14 @@ requires_counted_torch = pytest.mark.skipif(
 )
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
+
+
+def pytest_report_header(config) -> str:
+    """What a run was checked on: the stack, the thread count and the CPU kernels torch dispatches to."""
+    return (
+        f"DDU: torch {torch.__version__}, {TEST_THREADS} torch thread(s), "
+        f"CPU capability {_CAPABILITY}, compile cache {os.environ['TORCHINDUCTOR_CACHE_DIR']}"
+    )
 
 
 @pytest.fixture(scope="session")

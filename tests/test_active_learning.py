@@ -111,16 +111,6 @@ def _offline(monkeypatch):
     monkeypatch.setenv("DDU_NO_DOWNLOAD", "1")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: the tiny LeNet steps gain nothing from more, and on shared CPU cores the
-    threads' spin-waits made these tests three times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # ----------------------------------------------------------------------------------------------------
 # Helpers
 

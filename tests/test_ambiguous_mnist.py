@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import TEST_THREADS
 from PIL import Image
 
 import data
@@ -21,11 +22,11 @@ import net
 from metrics.uncertainty import entropy_of_probs
 from utils.errors import UserError
 
-# The small setting: about 20 s on one CPU thread. One thread because on a CPU shared with other jobs two
-# oversubscribed threads were several times slower. The VAE needs a few hundred steps to leave the "mean
+# The small setting: about 20 s on one CPU thread. The suite's thread count (one unless DDU_TEST_THREADS says
+# otherwise) because on a CPU shared with other jobs two oversubscribed threads were several times slower. The VAE needs a few hundred steps to leave the "mean
 # digit" plateau (hence small batches and a higher learning rate) and the classifiers a few epochs to be
 # confident on clean digits; with less, every candidate is grey fog that all filters pass or all reject.
-COMMON = ["--device", "cpu", "--no-progress", "--num-threads", "1", "--ensemble-size", "3"]
+COMMON = ["--device", "cpu", "--no-progress", "--num-threads", str(TEST_THREADS), "--ensemble-size", "3"]
 SMALL = [
     *COMMON,
     *("--train", "200", "--test", "200", "--max-mnist", "4000", "--candidate-batch", "1024"),

@@ -32,6 +32,12 @@ def test_network_throughput_measures_every_configuration(tmp_path):
     }
     assert all(r["images_per_s"] > 0 and r["achieved_tflop_s"] > 0 for r in rows)
     assert len({r["gflop_per_image"] for r in rows}) == 1 and rows[0]["gflop_per_image"] > 0
+    for r in rows:  # the rate times the work per image, whatever the machine's speed (SN adds per-step work);
+        # each of the three numbers is rounded to 4 significant digits (relative error at most 5e-4)
+        per_image = r["images_per_s"] * r["gflop_per_image"] / 1e3
+        assert r["achieved_tflop_s"] >= per_image * (1 - 2e-3)
+        if not r["sn"]:
+            assert r["achieved_tflop_s"] <= per_image * (1 + 2e-3)
 
 
 def test_wide_resnet_28_10_costs_the_published_flops():

@@ -327,7 +327,7 @@ def test_ensemble_user_errors(tmp_path, capsys):
     err = one_line_error(capsys, ensemble_args(tmp_path, "--resume", str(tmp_path / "x.pt")))
     assert "--resume" in err and "--ensemble" in err
     err = one_line_error(capsys, ensemble_args(tmp_path, members=0))
-    assert "--ensemble must be at least 1" in err
+    assert "--ensemble must be a whole number at least 1" in err
 
 
 def test_spectral_norm_members_fall_back_to_one_after_another(tmp_path):

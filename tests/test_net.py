@@ -256,6 +256,7 @@ NO_FAMILY = dict(
     input_channels=None,
     num_classes=None,
 )
+# The families a width mismatch is not: it has a width factor instead.
 
 
 @pytest.mark.parametrize(
@@ -290,9 +291,46 @@ def test_reduced_widths_are_shape_facts_and_name_the_size_flags():
     mismatch = info.value.mismatch
     assert not mismatch.missing and not mismatch.unexpected
     assert ("conv1.weight", (4, 3, 3, 3), (8, 3, 3, 3)) in mismatch.shapes
-    assert {key: getattr(mismatch, key) for key in NO_FAMILY} == NO_FAMILY
-    with pytest.raises(UserError, match="layer widths differ.*--base-width"):
+    assert {key: getattr(mismatch, key) for key in NO_FAMILY} == NO_FAMILY and mismatch.width_ratio == 0.5
+    with pytest.raises(UserError, match="0.5 times as wide.*size flags.*--base-width"):
         load_checkpoint(small_model("resnet18", base_width=8), small_model("resnet18").state_dict())
+
+
+@pytest.mark.parametrize(
+    "name, saved, here, hint",
+    [
+        ("resnet18", dict(base_width=8), dict(base_width=4), "2 times as wide as these flags build: pass --base-width 8"),
+        # No --base-width given: the default 64 is what the flags build.
+        ("resnet18", dict(base_width=2), dict(base_width=None), "0.03125 times as wide as these flags build: pass --base-width 2"),
+        ("resnet50", dict(base_width=4, spectral_normalization=True), dict(base_width=2, spectral_normalization=True),
+         "pass --base-width 4"),
+        ("wide_resnet", dict(widen_factor=2), dict(widen_factor=1), "pass --widen-factor 2"),  # + a shortcut
+        ("wide_resnet", dict(widen_factor=4), dict(widen_factor=2), "pass --widen-factor 4"),
+        ("vgg16", dict(width_divisor=8), dict(width_divisor=16), "pass --width-divisor 8"),
+    ],
+)  # fmt: skip
+def test_a_checkpoint_of_another_width_names_the_width_flag_and_its_value(name, saved, here, hint):
+    """Every channel count differs by one factor: the hint is the model's width flag with the value that
+    fits, not the input shape, -mod, or a list of every size flag."""
+    here_kwargs = {k: v for k, v in {**SMALL.get(name, {}), **here}.items() if v is not None}
+    target = net.create_model(name, num_classes=10, **here_kwargs)
+    with pytest.raises(UserError) as info:
+        load_checkpoint(target, small_model(name, **saved).state_dict(), config={"name": name, **here_kwargs})
+    message = str(info.value)
+    assert hint in message and "-mod" not in message and "input" not in message and "-sn" not in message
+
+
+def test_an_sn_checkpoint_loaded_without_mod_names_only_mod():
+    """The shortcut convolutions a network without -mod has are spectrally normalised too; that they are missing
+    from an -sn -mod checkpoint says nothing about -sn."""
+    saved = small_model("resnet18", spectral_normalization=True, mod=True)
+    target = small_model("resnet18", spectral_normalization=True)
+    with pytest.raises(net.CheckpointMismatchError) as info:
+        net.load_state_dict(target, saved.state_dict())
+    assert info.value.mismatch.spectral_norm_in is None and info.value.mismatch.conv_shortcuts_in == "network"
+    with pytest.raises(UserError) as info:
+        load_checkpoint(target, saved.state_dict())
+    assert "add -mod" in str(info.value) and "-sn" not in str(info.value)
 
 
 def test_wrong_model_is_named():
@@ -367,3 +405,32 @@ def test_classifier_named_linear_or_fc_loads_either_way():
     target = small_model("resnet18")
     net.load_state_dict(target, renamed)
     assert torch.equal(target.fc.weight, source.fc.weight)
+
+
+def test_model_options_agree_with_the_constructors():
+    """`net.model_options` (read by the scripts' flag checks and the width hint) against the constructors: each
+    listed option is accepted, the other size options are refused, the width default is the constructor's."""
+    import inspect
+
+    from net.resnet import ResNet
+    from net.vgg import VGG
+    from net.wide_resnet import WideResNet
+
+    classes = {"wide_resnet": WideResNet, "resnet18": ResNet, "resnet50": ResNet, "vgg16": VGG}
+    all_options = ("depth", "widen_factor", "base_width", "width_divisor")
+    for name in net.list_models():
+        options = net.model_options(name)
+        base = {k: v for k, v in SMALL.get(name, {}).items() if k in options.sizes}
+        for option in all_options:
+            value = {"depth": 10, "widen_factor": 1, "base_width": 2, "width_divisor": 16}[option]
+            if option in options.sizes:
+                net.create_model(name, num_classes=10, **{**base, option: value})
+            else:
+                with pytest.raises(TypeError):
+                    net.create_model(name, num_classes=10, **{**base, option: value})
+        if options.width is not None:
+            default = inspect.signature(classes[name].__init__).parameters[options.width].default
+            assert options.width_default == default, name
+        plain = small_model(name).state_dict()
+        normalised = small_model(name, spectral_normalization=True, mod=True).state_dict()
+        assert options.sn_and_mod == (list(plain) != list(normalised)), name

@@ -12,7 +12,6 @@ from pathlib import Path
 import matplotlib.image
 import numpy as np
 import pytest
-import torch
 
 import data
 from utils import plots
@@ -93,8 +92,16 @@ def write_json(path: Path, obj) -> Path:
 def test_load_al_runs_orders_runs_and_cuts_to_the_shortest(tmp_path):
     path = write_json(tmp_path / "a.json", {"10": [3, 4], "2": [1, 2, 9], "0": [0, 0, 0]})
     np.testing.assert_array_equal(plots.load_al_runs(path), [[0, 0], [1, 2], [3, 4]])
-    with pytest.raises(ValueError):
+    with pytest.raises(UserError, match="empty.json.*no runs"):
         plots.load_al_runs(write_json(tmp_path / "empty.json", {}))
+    for name, content in (
+        ("list", [1, 2]),
+        ("key", {"a": [1]}),
+        ("values", {"0": "x"}),
+        ("nested", {"0": {"0": [1]}}),
+    ):
+        with pytest.raises(UserError, match=f"{name}.json' is not an active-learning result"):
+            plots.load_al_runs(write_json(tmp_path / f"{name}.json", content))
 
 
 def test_load_al_curves_skips_absent_and_empty_files(tmp_path, capsys):
@@ -153,14 +160,9 @@ def tiny_lenet(tmp_path_factory) -> Path:
     import train
 
     folder = tmp_path_factory.mktemp("runs")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # a tiny network: on a busy 2-core machine more threads are much slower
-    try:
-        argv = ["--seed", "1", "--dataset", "digits", "--model", "lenet", "-e", "1", "-b", "16", "--no-gpu",
-                "--steps-per-epoch", "2", "--save-path", str(folder)]  # fmt: skip
-        train.main(train.get_args_parser().parse_args(argv))
-    finally:
-        torch.set_num_threads(threads)
+    argv = ["--seed", "1", "--dataset", "digits", "--model", "lenet", "-e", "1", "-b", "16", "--no-gpu",
+            "--steps-per-epoch", "2", "--save-path", str(folder)]  # fmt: skip
+    train.main(train.get_args_parser().parse_args(argv))
     return folder / "lenet_1_1.model"
 
 
@@ -179,9 +181,9 @@ def test_dirty_scores_of_a_tiny_model(tiny_lenet):
 
 
 def run_cli(*argv: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg"}
+    env = {**os.environ, "MPLBACKEND": "Agg"}  # the suite's thread count (conftest) is inherited
     command = [sys.executable, "-m", "utils.plots", *argv]
-    return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run(command, cwd=REPO, env=env, capture_output=True, encoding="utf-8", errors="replace")
 
 
 @pytest.mark.slow
@@ -222,7 +224,7 @@ def test_cli_fig1_missing_checkpoint_is_one_line_error(tmp_path, capsys):
         plots.main(plots.get_args_parser().parse_args(argv))
     assert info.value.code == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("error: checkpoint") and "\n" not in err
+    assert err.startswith("error: the checkpoint") and "none.model" in err and "\n" not in err
 
 
 @pytest.mark.slow

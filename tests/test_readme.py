@@ -24,7 +24,7 @@ SCRIPTS = {
 
 
 def readme_commands() -> list[str]:
-    blocks = re.findall(r"```bash\n(.*?)```", README.read_text(), flags=re.S)
+    blocks = re.findall(r"```bash\n(.*?)```", README.read_text(encoding="utf-8"), flags=re.S)
     commands = []
     for block in blocks:
         for line in block.splitlines():
@@ -39,7 +39,9 @@ def test_readme_has_commands():
     assert any(c.startswith("python train.py") for c in commands)
     assert any(c.startswith("python evaluate.py") for c in commands)
     assert any(c.startswith("python active_learning.py") for c in commands)
-    assert "make demo" in README.read_text() and "make test" in README.read_text()
+    assert "make demo" in README.read_text(encoding="utf-8") and "make test" in README.read_text(
+        encoding="utf-8"
+    )
 
 
 def _module_and_args(command: str) -> tuple[str, list[str]]:
@@ -126,7 +128,7 @@ def test_gpu_check_script_is_valid_bash_and_its_commands_parse():
 
     script = README.parent / "benchmarks" / "gpu_check.sh"
     subprocess.run(["bash", "-n", str(script)], check=True)
-    text = script.read_text().replace("\\\n", " ")
+    text = script.read_text(encoding="utf-8").replace("\\\n", " ")
     commands = re.findall(r"\$PY (-m [\w.]+|\w+\.py)([^|\n]*)", text)
     assert len(commands) >= 5
     for target, rest in commands:

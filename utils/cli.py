@@ -1,18 +1,26 @@
-"""The network flags shared by the scripts (DINO-style parents) and the one path from flags to a loaded
-network, so that flag names, defaults and the meaning of a checkpoint live in one place.
+"""The network flags shared by the scripts (DINO-style parents), the checks every script runs on its flags
+before doing anything, and the one path from flags to a loaded network, so that flag names, defaults,
+valid values and the meaning of a checkpoint live in one place.
 
     model = build_model(args)                      # the flags of train.py / evaluate.py (`args.dataset`)
     model = build_model(state["model_config"])     # or the config a resume file stores (nanoGPT's model_args)
-    load_checkpoint(model, "runs/Run1/resnet18_sn_3.0_mod_1_350.model")
+    load_checkpoint(model, "runs/Run1/resnet18_sn_3.0_mod_1_350.model", config=model_config(args))
 
 `build_model` goes through `net.create_model`; `load_checkpoint` through `net.load_state_dict`, turning the
-mismatch facts it reports (`net.StateDictMismatch`) into the flags a user should change.
+mismatch facts it reports (`net.StateDictMismatch`) into the flags a user should change, and, given the
+config, first comparing it with the one the run's resume file beside the checkpoint records.
+
+Each script has one `check_args(args)` next to its `get_args_parser()`, built from the validators here
+(`check_number`, `check_count`, `check_seed`, `check_milestones`, `check_network_flags`, `check_file`,
+`check_dir`): a bad value ends in one sentence naming the flag, before any data is read or file written.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import torch.nn as nn
@@ -73,9 +81,130 @@ def model_parser(default_model: str = "resnet50") -> argparse.ArgumentParser:
     return parser
 
 
+# --------------------------------------------------------------------------------------------------------
+# Validators for the scripts' `check_args`: each raises a `UserError` that names the flag, the valid values
+# and the value given.
+
+SEED_MAX = 2**32 - 1  # NumPy's RandomState (the original's validation split) takes seeds in [0, 2**32)
+
+
+def _range_text(above, at_least, below, at_most) -> str:
+    parts = []
+    if above is not None:
+        parts.append(f"greater than {above:g}")
+    if at_least is not None:
+        parts.append(f"at least {at_least:g}")
+    if below is not None:
+        parts.append(f"below {below:g}")
+    if at_most is not None:
+        parts.append(f"at most {at_most:g}")
+    return " and ".join(parts)
+
+
+def check_number(
+    value: float,
+    flag: str,
+    *,
+    above: float | None = None,
+    at_least: float | None = None,
+    below: float | None = None,
+    at_most: float | None = None,
+    hint: str = "",
+) -> None:
+    """A finite number within the given bounds (`above`/`below` strict, `at_least`/`at_most` inclusive)."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    ok = ok and (above is None or value > above) and (at_least is None or value >= at_least)
+    ok = ok and (below is None or value < below) and (at_most is None or value <= at_most)
+    if not ok:
+        bounds = _range_text(above, at_least, below, at_most)
+        raise UserError(
+            f"{flag} must be a finite number{' ' + bounds if bounds else ''}, got {value}"
+            + (f" ({hint})" if hint else "")
+        )
+
+
+def check_count(
+    value: int, flag: str, *, at_least: int = 1, at_most: int | None = None, hint: str = ""
+) -> None:
+    """A whole number in `[at_least, at_most]`."""
+    ok = isinstance(value, int) and not isinstance(value, bool) and value >= at_least
+    if not ok or (at_most is not None and value > at_most):
+        bounds = f"between {at_least} and {at_most}" if at_most is not None else f"at least {at_least}"
+        raise UserError(
+            f"{flag} must be a whole number {bounds}, got {value}" + (f" ({hint})" if hint else "")
+        )
+
+
+def check_seed(value: int, flag: str = "--seed", *, seeds_used: int = 1) -> None:
+    """A seed the generators take: `value ... value + seeds_used - 1` all in `[0, 2**32)`."""
+    check_count(value, flag, at_least=0, at_most=SEED_MAX - (seeds_used - 1))
+
+
+def check_milestones(
+    first: int, second: int, flags: tuple[str, str] = ("--first-milestone", "--second-milestone")
+) -> None:
+    """Two learning-rate drops at epochs `1 <= first < second`. A milestone beyond the last epoch is allowed:
+    that drop simply does not happen in this run (short runs keep the defaults; a resumed run may reach it)."""
+    check_count(first, flags[0])
+    check_count(second, flags[1])
+    if second <= first:
+        raise UserError(
+            f"{flags[1]} {second} must come after {flags[0]} {first}; pass increasing epochs (defaults: 150 and 250)"
+        )
+
+
+def check_file(path: str | Path, flag: str, expected: str) -> Path:
+    """`path` names an existing file; `expected` says what it should hold."""
+    path = Path(path)
+    if not path.is_file():
+        what = "is a folder" if path.is_dir() else "does not exist"
+        raise UserError(f"{flag} '{path}' {what}; it should be {expected}")
+    return path
+
+
+def check_dir(path: str | Path, flag: str, expected: str) -> Path:
+    """`path` names an existing folder; `expected` says what it should hold."""
+    path = Path(path)
+    if not path.is_dir():
+        what = "is a file" if path.is_file() else "does not exist"
+        raise UserError(f"{flag} '{path}' {what}; it should be a folder holding {expected}")
+    return path
+
+
+def check_network_flags(
+    model: str, coeff: float, sizes: Mapping[str, int | None], flags: Mapping[str, str] = MODEL_FLAGS
+) -> None:
+    """The network flags of one model: a registered `--model`, `--coeff > 0` and size overrides (`sizes`,
+    keyed as `ARCH_FLAGS`, None when not given) that are at least 1 and that this model has."""
+    if model not in net.list_models():
+        raise UserError(f"unknown {flags['model']} '{model}'; choose one of: {', '.join(net.list_models())}")
+    check_number(
+        coeff,
+        flags["coeff"],
+        above=0,
+        hint=f"the Lipschitz bound of each layer under {flags['sn']}; the paper uses 3",
+    )
+    options = net.model_options(model)
+    for name, value in sizes.items():
+        if value is None:
+            continue
+        check_count(value, flags[name])
+        if name not in options.sizes:
+            takes = ", ".join(flags[n] for n in options.sizes) or "none"
+            raise UserError(
+                f"{flags[name]} does not apply to {flags['model']} {model} (its size flags: {takes}); drop it"
+            )
+
+
 def flag_names(parser: argparse.ArgumentParser) -> dict[str, str]:
     """Destination -> the flag a user types (the original's spelling first), for messages."""
     return {action.dest: action.option_strings[0] for action in parser._actions if action.option_strings}
+
+
+def arch_values(args: argparse.Namespace, prefix: str = "") -> dict[str, int | None]:
+    """Every size override of `args` keyed as `ARCH_FLAGS` (None when not given); `prefix` reads
+    `{prefix}{name}` (active_learning.py's `trained_depth`, ...)."""
+    return {name: getattr(args, f"{prefix}{name}", None) for name in ARCH_FLAGS}
 
 
 def arch_kwargs(args: argparse.Namespace) -> dict[str, int]:
@@ -123,10 +252,38 @@ def build_model(
         ) from None
 
 
-def mismatch_hints(mismatch: net.StateDictMismatch, flags: Mapping[str, str] = MODEL_FLAGS) -> list[str]:
-    """The flags that most likely explain a checkpoint mismatch, as sentences (`flags` spells them)."""
+def _width_hint(ratio: float, config: Mapping[str, Any] | None, flags: Mapping[str, str]) -> str:
+    """'the checkpoint's layers are 2 times as wide as these flags build: pass --base-width 16'."""
+    text = f"the checkpoint's layers are {ratio:g} times as wide as these flags build"
+    options = (
+        net.model_options(config["name"]) if config and config.get("name") in net.list_models() else None
+    )
+    if options is None or options.width is None:
+        sizes = ", ".join(flags[k] for k in ARCH_FLAGS if k in flags)
+        return f"{text}: check the size flags ({sizes})"
+    current = config.get(options.width) or options.width_default
+    wanted = current * ratio if options.wider_when_larger else current / ratio
+    flag = flags[options.width]
+    if abs(wanted - round(wanted)) < 1e-9 and round(wanted) >= 1:
+        return f"{text}: pass {flag} {round(wanted)}"
+    return f"{text}: change {flag}"
+
+
+def mismatch_hints(
+    mismatch: net.StateDictMismatch,
+    flags: Mapping[str, str] = MODEL_FLAGS,
+    config: Mapping[str, Any] | None = None,
+) -> list[str]:
+    """The flags that most likely explain a checkpoint mismatch, as sentences (`flags` spells them; `config`,
+    the network's `model_config`, lets a width mismatch name the value to pass)."""
     if mismatch.other_architecture:
         return [f"it holds another architecture than a {mismatch.network}: check {flags['model']}"]
+    width = _width_hint(mismatch.width_ratio, config, flags) if mismatch.width_ratio else None
+    # A Wide-ResNet of widen factor 1 has no shortcut convolution in its first block; wider ones have one:
+    # when the width explains every shape and only shortcuts are missing, the width is the whole story.
+    only_shortcuts = all(".shortcut." in k for k in (*mismatch.missing, *mismatch.unexpected))
+    if width and only_shortcuts and not (mismatch.spectral_norm_in or mismatch.input_channels):
+        return [width]
     hints = []
     sn, mod = flags["sn"], flags["mod"]
     if mismatch.spectral_norm_in == "checkpoint":
@@ -152,6 +309,8 @@ def mismatch_hints(mismatch: net.StateDictMismatch, flags: Mapping[str, str] = M
             f"the number of classes differs ({saved} in the checkpoint, {here} here): check "
             f"{flags.get('dataset', 'the data set')}"
         )
+    if not hints and width:
+        hints.append(width)
     if not hints:
         sizes = ", ".join(flags[k] for k in ARCH_FLAGS if k in flags)
         widths_only = mismatch.shapes and not (mismatch.missing or mismatch.unexpected)
@@ -160,21 +319,65 @@ def mismatch_hints(mismatch: net.StateDictMismatch, flags: Mapping[str, str] = M
     return hints
 
 
+def differing_flags(
+    saved: Mapping[str, Any], config: Mapping[str, Any], flags: Mapping[str, str] = MODEL_FLAGS
+) -> list[str]:
+    """The network flags whose values differ between a run's saved `model_config` and `config`, as
+    '--coeff 3.0 there vs 6.0 here'. -sn and -mod count only for a model that has them, `--coeff` only when
+    both use -sn, a size flag only when both give it (an absent one is the model's default, which the
+    state-dict check compares)."""
+
+    def shown(value: Any) -> str:
+        return ("given" if value else "not given") if isinstance(value, bool) else str(value)
+
+    keys = [("name", "model")]
+    name = config.get("name")
+    if saved.get("name") == name and name in net.list_models() and net.model_options(name).sn_and_mod:
+        keys += [("spectral_normalization", "sn"), ("mod", "mod")]
+        if saved.get("spectral_normalization") and config.get("spectral_normalization"):
+            keys.append(("coeff", "coeff"))
+    keys += [
+        (name, name) for name in ARCH_FLAGS if saved.get(name) is not None and config.get(name) is not None
+    ]
+    return [
+        f"{flags[flag]} {shown(saved.get(key))} there vs {shown(config.get(key))} here"
+        for key, flag in keys
+        if saved.get(key) != config.get(key)
+    ]
+
+
 def load_checkpoint(
     model: nn.Module,
     checkpoint,
     *,
     source: str | None = None,
     flags: Mapping[str, str] = MODEL_FLAGS,
+    config: Mapping[str, Any] | None = None,
 ) -> nn.Module:
     """`net.load_state_dict(model, checkpoint)` (a path or a state dict, strict); a mismatch becomes a
     `UserError` that names the differing keys and the flags (spelled by `flags`) that most likely explain
-    it. Returns `model`."""
+    it. Returns `model`.
+
+    With `config` (the `model_config` the network was built from) and a checkpoint path whose run left its
+    resume file beside it (`utils.run_files.saved_model_config`), the flags that file records are compared
+    first: a checkpoint of another `--coeff` loads without any shape mismatch, yet computes other outputs.
+    """
+    if config is not None and not isinstance(checkpoint, Mapping):
+        from utils.run_files import saved_model_config  # run_files builds on this module
+
+        saved = saved_model_config(checkpoint)
+        if saved is not None:
+            differ = differing_flags(saved[0], config, flags)
+            if differ:
+                raise UserError(
+                    f"'{checkpoint}' was trained with other network flags than these (its run's '{saved[1]}' "
+                    f"records them): {'; '.join(differ)}; pass the run's values"
+                )
     try:
         return net.load_state_dict(model, checkpoint, source=source)
     except net.CheckpointMismatchError as err:
         mismatch = err.mismatch
         raise UserError(
             f"{err.source} does not fit a {mismatch.network} built with these flags "
-            f"({mismatch.keys_summary()}); most likely {'; '.join(mismatch_hints(mismatch, flags))}"
+            f"({mismatch.keys_summary()}); most likely {'; '.join(mismatch_hints(mismatch, flags, config))}"
         ) from None

@@ -19,6 +19,7 @@ of the clean, ambiguous and OoD test samples) straight from a network.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +31,37 @@ from utils.errors import UserError
 from utils.features import Outputs, collect_outputs
 
 log = logging.getLogger(__name__)
+
+
+class RunFailedError(Exception):
+    """A run that cannot be scored (its network holds or computes NaN/inf); evaluate.py records it in
+    `failed_runs` with this message as the reason, as it does for a failed GMM fit."""
+
+
+def check_finite_weights(model: torch.nn.Module, source: str) -> None:
+    """Raise `RunFailedError` when a floating-point parameter or buffer of `model` is NaN or infinite."""
+    state = model.state_dict()
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise RunFailedError(
+            f"{source} holds NaN or infinite values in {len(bad)} of its {len(state)} tensors (first: {bad[0]}); "
+            "its training diverged: retrain it, or use an earlier epoch's checkpoint"
+        )
+
+
+def check_finite_outputs(outputs: Mapping[str, Outputs], source: str) -> None:
+    """Raise `RunFailedError` when the logits or features on a data set (`outputs[name]`) are not finite."""
+    for name, out in outputs.items():
+        if not isinstance(out, Outputs):
+            continue
+        for what, values in (("logits", out.logits), ("features", out.features)):
+            finite = torch.isfinite(values).all(dim=1)
+            if not bool(finite.all()):
+                count = int((~finite).sum())
+                raise RunFailedError(
+                    f"the network of {source} gives NaN or infinite {what} for {count} of {len(out)} "
+                    f"{name} samples; it cannot be scored"
+                )
 
 
 def _detection(prefix: str, in_scores, out_scores, higher_is_in_distribution: bool) -> dict[str, float]:

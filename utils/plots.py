@@ -151,14 +151,45 @@ def plot_fig2(
     return fig
 
 
+AL_JSON_EXPECTED = (
+    "an object mapping run indices ('0', '1', ...) to lists of numbers per step, as active_learning.py "
+    "writes in test_accs_*.json and ambiguous_*.json"
+)
+
+
 def load_al_runs(path: str | Path) -> np.ndarray:
-    """An active-learning JSON (run -> list per step) as an array (runs, steps), cut to the shortest run."""
-    runs = json.loads(Path(path).read_text())
-    lists = [np.asarray(v, dtype=np.float64) for _, v in sorted(runs.items(), key=lambda kv: int(kv[0]))]
-    if not lists:
-        raise ValueError(f"{path} holds no runs")
-    steps = min(len(v) for v in lists)
-    return np.stack([v[:steps] for v in lists])
+    """An active-learning JSON (run -> list per step) as an array (runs, steps), cut to the shortest run.
+
+    A file that is not such a JSON (unreadable, another structure, no runs) is a `UserError` naming it."""
+    path = Path(path)
+
+    def bad(detail: str) -> UserError:
+        return UserError(f"'{path}' is not an active-learning result ({detail}); expected {AL_JSON_EXPECTED}")
+
+    try:
+        runs = json.loads(path.read_bytes())
+    except OSError as err:
+        raise bad(f"it cannot be read: {err.strerror}") from None
+    except ValueError as err:  # JSONDecodeError, or bytes that are not text
+        raise bad(f"not valid JSON: {str(err).splitlines()[0]}") from None
+    if not isinstance(runs, dict):
+        raise bad(f"it holds a JSON {type(runs).__name__}")
+    if not runs:
+        raise bad("it holds no runs")
+    lists = []
+    for key, values in runs.items():
+        if not key.isdigit():
+            raise bad(f"the key {key!r} is not a run index")
+        if not (
+            isinstance(values, list)
+            and values
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+        ):
+            raise bad(f"run {key} is not a non-empty list of numbers")
+        lists.append((int(key), np.asarray(values, dtype=np.float64)))
+    lists.sort(key=lambda item: item[0])
+    steps = min(len(v) for _, v in lists)
+    return np.stack([v[:steps] for _, v in lists])
 
 
 def load_al_curves(folder: str | Path, files: dict[str, str]) -> dict[str, np.ndarray]:
@@ -172,7 +203,7 @@ def load_al_curves(folder: str | Path, files: dict[str, str]) -> dict[str, np.nd
             continue
         try:
             curves[label] = load_al_runs(path)
-        except ValueError as err:
+        except UserError as err:
             print(f"note: skipping {label}: {err}")
     return curves
 
@@ -299,13 +330,13 @@ def load_model(
 ) -> torch.nn.Module:
     """The network of a checkpoint trained on `dataset` with these flags and size overrides (`base_width`),
     in eval mode (`utils.cli.build_model` and `load_checkpoint`, as the scripts load theirs)."""
-    from utils.cli import ARCH_FLAGS, build_model, load_checkpoint
+    from utils.cli import ARCH_FLAGS, build_model, load_checkpoint, model_config
 
     unknown = sorted(set(arch) - set(ARCH_FLAGS))
     if unknown:
         raise UserError(f"unknown size overrides {unknown} for model {model}; use {', '.join(ARCH_FLAGS)}")
     flags = argparse.Namespace(model=model, sn=sn, mod=mod, coeff=coeff, **arch)
-    return load_checkpoint(build_model(flags, dataset), path).eval()
+    return load_checkpoint(build_model(flags, dataset), path, config=model_config(flags, dataset)).eval()
 
 
 def _parse_checkpoint(spec: str) -> tuple[str, str, dict, str]:
@@ -386,8 +417,57 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def check_args(args: argparse.Namespace) -> None:
+    """Every flag's value, checked before anything is read or written: a bad one ends in one sentence."""
+    from utils.cli import ARCH_FLAGS, MODEL_FLAGS, check_count, check_network_flags, check_number
+
+    if args.figure == "al":
+        check_count(args.initial, "--initial", at_least=0)
+        check_count(args.batch, "--batch")
+        for spec in args.curve:
+            label, sep, path = spec.partition("=")
+            if not sep or not label or not path:
+                raise UserError(
+                    f"--curve {spec!r} should be LABEL=PATH with PATH an active-learning JSON file"
+                )
+            if not Path(path).is_file():
+                raise UserError(
+                    f"--curve {spec!r}: '{path}' does not exist; it should be an active-learning JSON file"
+                )
+        return
+    if args.figure == "curves":
+        for spec in args.logs:
+            label, sep, path = spec.partition("=")
+            path = path if sep else spec
+            if sep and not label:
+                raise UserError(f"{spec!r} should be LOG or LABEL=LOG with LOG a train.py JSON-lines log")
+            if not Path(path).is_file():
+                raise UserError(
+                    f"the training log '{path}' does not exist; pass train.py's {{name}}_log.jsonl files"
+                )
+        return
+    check_number(args.coeff, "--coeff", above=0)
+    if args.base_width is not None:
+        check_count(args.base_width, "--base-width")
+    for spec in args.checkpoint:
+        label, model, kwargs, path = _parse_checkpoint(spec)
+        where = f"in --checkpoint {spec!r}"
+        flags = {
+            **MODEL_FLAGS,
+            "model": f"MODEL {where}",
+            **{name: f"{name}= {where}" for name in ARCH_FLAGS},
+        }
+        unknown = sorted(set(kwargs) - {"sn", "mod", *ARCH_FLAGS})
+        if unknown:
+            raise UserError(f"unknown size override {unknown[0]}= {where}; use {', '.join(ARCH_FLAGS)}")
+        check_network_flags(model, args.coeff, {name: kwargs.get(name) for name in ARCH_FLAGS}, flags)
+        if not Path(path).is_file():
+            raise UserError(f"the checkpoint '{path}' {where} does not exist; check its PATH")
+
+
 @exit_on_user_error
 def main(args: argparse.Namespace) -> None:
+    check_args(args)
     matplotlib.use("Agg")  # the command line only writes files; importers (notebooks) keep their backend
     if args.figure == "curves":
         logs = {}
@@ -402,11 +482,7 @@ def main(args: argparse.Namespace) -> None:
     if args.figure == "al":
         curves = {}
         for spec in args.curve:
-            label, sep, path = spec.partition("=")
-            if not sep or not Path(path).is_file():
-                raise UserError(
-                    f"--curve {spec!r} should be LABEL=PATH with PATH an active-learning JSON file"
-                )
+            label, _, path = spec.partition("=")
             curves[label] = load_al_runs(path)
         plot_active_learning(
             curves, initial=args.initial, batch=args.batch, ylabel=args.ylabel, title=args.title, out=args.out

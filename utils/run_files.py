@@ -10,15 +10,22 @@ Names follow the original DDU code, so its README's commands and its checkpoints
 * a resume file is one dict (torchvision's reference scripts): weights, optimiser, schedule, the flags, every
   rank's RNG states and the history, written atomically after every epoch (`EpochCheckpointer`), read back
   with `weights_only=True` (`load_resume_state`) and refused when a flag that changes the run differs
-  (`check_resume_compatible`, also used by active_learning.py for its state file).
+  (`check_resume_compatible`, also used by active_learning.py for its state file); the learning rate may
+  change on resume (`resume_training`), so a run stopped by a non-finite loss can continue more gently;
+* the network flags a run was trained with are read back from its resume file beside a checkpoint
+  (`saved_model_config`), so loading `{name}_{epoch}.model` with other flags is caught.
 """
 
 from __future__ import annotations
 
 import argparse
+import bisect
 import contextlib
 import json
+import logging
+import math
 import random
+import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +42,12 @@ from utils.errors import Interrupted, UserError
 from utils.io import BackgroundWriter, atomic_torch_save, atomic_write_bytes, atomic_write_json, cpu_snapshot
 from utils.training import EpochStats, NonFiniteLossError
 
+log = logging.getLogger(__name__)
+
 RESUME_FORMAT = 1
+# A mean training loss above this many nats (the true class's probability below e^-100 on average) means the
+# weights have already diverged: such a state is not offered as a point to resume from.
+DIVERGED_LOSS = 100.0
 
 # --------------------------------------------------------------------------------------------------------
 # Names
@@ -109,6 +121,29 @@ def locate_checkpoint(
         f"expected checkpoint '{candidates[0]}' but it does not exist (that folder has: {shown}); "
         "check --model, -sn, -mod, --coeff, --seed and --epoch"
     )
+
+
+def saved_model_config(checkpoint: str | Path) -> tuple[dict[str, Any], Path] | None:
+    """The `model_config` (flags of the network) recorded by the run that wrote `checkpoint`, and the file
+    it was read from: `{name}_resume.pt` beside `{name}_{epoch}.model`. None when there is no such file or
+    it cannot be read (it only adds a check; loading goes on without it).
+
+    The resume file is memory-mapped, so only its small `model_config` entry is read, whatever its size.
+    """
+    path = Path(checkpoint)
+    match = re.fullmatch(r"(.+)_\d+\.model", path.name)
+    resume = path.with_name(f"{match.group(1)}_resume.pt") if match else None
+    if resume is None or not resume.is_file():
+        return None
+    try:
+        state = torch.load(resume, map_location="cpu", weights_only=True, mmap=True)
+        config = state.get("model_config") if isinstance(state, dict) else None
+    except Exception as err:  # noqa: BLE001  (a damaged resume file must not stop an evaluation)
+        log.warning(
+            "could not read the run's flags from %s (%s); not cross-checked", resume, type(err).__name__
+        )
+        return None
+    return (dict(config), resume) if isinstance(config, Mapping) else None
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -221,23 +256,49 @@ def resume_training(
     path: Path,
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    scheduler: torch.optim.lr_scheduler.MultiStepLR,
     args: Mapping[str, Any],
     *,
     keys: Sequence[str],
     flag_names: Mapping[str, str],
     rank: int = 0,
+    learning_rate: float | None = None,
 ) -> tuple[list[EpochStats], int]:
     """Restore weights, optimiser, schedule and this rank's generators from the resume file `path` after
-    checking that the flags in `keys` match `args`; return the history so far and the epochs done."""
+    checking that the flags in `keys` match `args`; return the history so far and the epochs done.
+
+    `learning_rate` (this run's initial rate) may differ from the saved run's: the schedule then continues
+    from it, i.e. the rate becomes `learning_rate` times the drops already passed (`set_initial_lr`).
+    """
     state = load_resume_state(path)
     check_resume_compatible(state["args"], args, keys=keys, flag_names=flag_names, source=f"'{path}'")
     load_checkpoint(model, state["model"], source=str(path))
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
+    saved_lr = state["args"].get("learning_rate")
+    if learning_rate is not None and saved_lr is not None and learning_rate != saved_lr:
+        now = set_initial_lr(optimizer, scheduler, learning_rate)
+        log.warning(
+            "--lr changed on resume from %g to %g: the schedule continues from the new rate (%g from epoch %d)",
+            saved_lr, learning_rate, now, int(state["epoch"]) + 1,
+        )  # fmt: skip
     rng = state["rng"]
     restore_rng_state(rng[rank] if rank < len(rng) else rng[0])
     return [EpochStats.from_json(h) for h in state["history"]], int(state["epoch"])
+
+
+def set_initial_lr(
+    optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.MultiStepLR, lr: float
+) -> float:
+    """Make `lr` the schedule's initial rate after `scheduler` has already stepped: every group's rate becomes
+    `lr * gamma ** (milestones passed)`, as if the run had started with it. Returns the new current rate."""
+    passed = bisect.bisect_right(sorted(scheduler.milestones.elements()), scheduler.last_epoch)
+    current = lr * scheduler.gamma**passed
+    scheduler.base_lrs = [lr for _ in optimizer.param_groups]
+    for group in optimizer.param_groups:
+        group["initial_lr"], group["lr"] = lr, current
+    scheduler._last_lr = [current for _ in optimizer.param_groups]
+    return current
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -313,12 +374,25 @@ class RunFiles:
             )
             raise Interrupted(f"interrupted during epoch {len(history) + 1}; {kept}") from None
         except NonFiniteLossError as err:
-            kept = (
-                f"the last good state is {self.resume} (after epoch {len(history)}), which --resume continues"
-                if history
-                else "no checkpoint was written"
+            raise NonFiniteLossError(f"{err}; {self._after_divergence(history)}") from None
+
+    def _after_divergence(self, history: Sequence[EpochStats]) -> str:
+        """What to do after a non-finite loss, given the epochs whose state was saved."""
+        if not history:
+            return (
+                "no checkpoint was written: rerun with a lower --lr (or --precision fp32), or check the data"
             )
-            raise NonFiniteLossError(f"{err}; {kept}") from None
+        last = history[-1]
+        if math.isfinite(last.loss) and last.loss <= DIVERGED_LOSS:
+            return (
+                f"the state after epoch {len(history)} (loss {last.loss:.4g}) is in {self.resume}: rerun the same "
+                "command with --resume and a lower --lr to continue from it"
+            )
+        return (
+            f"the state saved after epoch {len(history)} had already diverged (loss {last.loss:.3g}), so do not "
+            f"resume from it: rerun without --resume and with a lower --lr (or --precision fp32), which starts "
+            f"afresh and replaces {self.resume}"
+        )
 
 
 @contextlib.contextmanager
@@ -414,4 +488,6 @@ __all__ = [
     "run_seeds",
     "sanitize_args",
     "save_resume_state",
+    "saved_model_config",
+    "set_initial_lr",
 ]

@@ -176,9 +176,10 @@ class EpochStats:
 
 
 def _nonfinite_message(epoch: int, step: int, value: float) -> str:
+    # train.py adds what was kept and how to go on (`utils.run_files.RunFiles.explain_stops`).
     return (
-        f"the training loss became {value} at epoch {epoch + 1}, step {step}; training stopped and the last "
-        "good state was kept: lower --lr, try --precision fp32, or check the data"
+        f"the training loss became {value} at epoch {epoch + 1}, step {step}, so training stopped (the "
+        "learning rate is too high for this network, bf16 overflowed, or the data is bad)"
     )
 
 

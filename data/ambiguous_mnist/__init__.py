@@ -58,6 +58,7 @@ from data.ambiguous_mnist.ensemble import (
     train_classifier,
 )
 from data.ambiguous_mnist.pipeline import (
+    check_args,
     evaluate_existing,
     generate,
     get_args_parser,
@@ -85,6 +86,7 @@ __all__ = [
     "Ensemble",
     "build_ensemble",
     "build_manifest",
+    "check_args",
     "dirichlet",
     "draw_labels",
     "ensemble_scores",

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+import net
 from data.ambiguous_mnist.candidates import draw_labels, generate_split
 from data.ambiguous_mnist.common import (
     LABELS_FILE,
@@ -37,6 +38,7 @@ from data.ambiguous_mnist.report import (
 )
 from data.ambiguous_mnist.vae import ConvVAE, train_vae
 from data.sources import AMNIST_TRAIN_PAIRS
+from utils.cli import check_count, check_number
 from utils.errors import UserError, exit_on_user_error
 from utils.io import atomic_write_json, check_writable_dir, read_json
 from utils.seed import seed_everything
@@ -91,8 +93,10 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         "--seed",
         type=int,
         default=1,
-        help="seed of every stage; on the CPU the same seed and --num-threads give byte-identical files "
-        "(another thread count changes float rounding, hence the files)",
+        help="seed of every stage. Rerunning with the same seed and --num-threads on the same machine (same CPU "
+        "instruction set, e.g. AVX-512) with the same library build (torch, MKL, oneDNN) gives byte-identical "
+        "files; another thread count, instruction set or library version changes float rounding in training, "
+        "which gives other samples of the same quality, not the same files",
     )
     parser.add_argument(
         "--train",
@@ -108,8 +112,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument(
         "--device",
         default=None,
-        help="'cpu', 'cuda', 'cuda:1', ...; default: CUDA if available. Bit-identical reruns "
-        "are promised on the CPU only",
+        help="'cpu', 'cuda', 'cuda:1', ...; default: CUDA if available. Byte-identical reruns are promised "
+        "on the CPU only (see --seed for what must stay the same); GPU kernels may round differently per run",
     )
     parser.add_argument(
         "--max-mnist",
@@ -127,8 +131,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         "--num-threads",
         type=int,
         default=0,
-        help="CPU threads for torch; 0 keeps torch's default (all cores). On a CPU shared with other jobs, "
-        "1 can be several times faster than oversubscribed cores. Part of what makes a CPU run reproducible",
+        help="CPU threads for torch; 0 keeps torch's default (all cores, so the files then depend on the core "
+        "count). On a CPU shared with other jobs, 1 can be several times faster than oversubscribed cores. "
+        "Files are byte-identical only for the same thread count (see --seed)",
     )
     parser.add_argument(
         "--progress",
@@ -189,8 +194,9 @@ def _add_selection_args(parser: argparse.ArgumentParser) -> None:
         "--min-entropy",
         type=float,
         default=0.6,
-        help="keep candidates whose ensemble predictive entropy (nats) is at least this; 0.61 is a 70/30 "
-        "split of two classes: lower admits nearly certain digits, higher needs more candidates",
+        help="keep candidates whose ensemble predictive entropy (nats) is at least this; the default 0.6 is "
+        "about a 70/30 split of two classes (0.611): lower admits nearly certain digits, higher needs more "
+        "candidates",
     )
     group.add_argument(
         "--max-mi",
@@ -248,26 +254,33 @@ def _add_evaluation_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _check_args(args: argparse.Namespace) -> None:
-    problems = []
-    if args.train < 1 or args.test < 1:
-        problems.append("--train and --test must be positive")
-    if args.labels_per_sample < 1:
-        problems.append("--labels-per-sample must be positive")
-    if args.ensemble_size < 3:
-        problems.append("--ensemble-size must be at least 3 (mutual information needs several members)")
-    if not 0.0 <= args.triple_fraction <= 1.0:
-        problems.append("--triple-fraction must lie in [0, 1]")
-    if not 0.0 <= args.density_quantile < 1.0:
-        problems.append("--density-quantile must lie in [0, 1)")
-    if args.mix_concentration < 1:
-        problems.append("--mix-concentration must be a positive integer")
-    if min(args.vae_epochs, args.classifier_epochs, args.candidate_batch, args.eval_epochs) < 1:
-        problems.append("epochs and --candidate-batch must be positive")
-    if args.max_mnist < 0 or 0 < args.max_mnist < 100:
-        problems.append("--max-mnist must be 0 (all) or at least 100")
-    if problems:
-        raise UserError("; ".join(problems))
+def check_args(args: argparse.Namespace) -> None:
+    """Every flag's value, checked before anything is read or written: a bad one ends in one sentence."""
+    for flag, value in (
+        ("--train", args.train), ("--test", args.test), ("--labels-per-sample", args.labels_per_sample),
+        ("--vae-epochs", args.vae_epochs), ("--vae-latent", args.vae_latent),
+        ("--vae-batch-size", args.vae_batch_size), ("--classifier-epochs", args.classifier_epochs),
+        ("--classifier-batch-size", args.classifier_batch_size), ("--mix-concentration", args.mix_concentration),
+        ("--candidate-batch", args.candidate_batch), ("--max-candidates-per-sample", args.max_candidates_per_sample),
+        ("--grid-columns", args.grid_columns), ("--eval-epochs", args.eval_epochs),
+        ("--eval-base-width", args.eval_base_width),
+    ):  # fmt: skip
+        check_count(value, flag)
+    check_count(
+        args.ensemble_size, "--ensemble-size", at_least=3, hint="mutual information needs several members"
+    )
+    check_count(args.num_threads, "--num-threads", at_least=0)
+    if args.max_mnist != 0:
+        check_count(args.max_mnist, "--max-mnist", at_least=100, hint="or 0 for all 60,000 digits")
+    for flag, value in (("--vae-lr", args.vae_lr), ("--classifier-lr", args.classifier_lr)):
+        check_number(value, flag, above=0)
+    check_number(args.triple_fraction, "--triple-fraction", at_least=0, at_most=1)
+    check_number(args.density_quantile, "--density-quantile", at_least=0, below=1)
+    check_number(args.min_entropy, "--min-entropy", at_least=0, hint="a predictive entropy in nats")
+    check_number(args.max_mi, "--max-mi", at_least=0, hint="a mutual information in nats")
+    for flag, name in (("--classifier-model", args.classifier_model), ("--eval-model", args.eval_model)):
+        if name not in net.list_models():
+            raise UserError(f"unknown {flag} '{name}'; choose one of: {', '.join(net.list_models())}")
 
 
 def _resolve_device(name: str | None) -> torch.device:
@@ -306,7 +319,7 @@ class _StageClock:
 
 def generate(args: argparse.Namespace) -> dict[str, Any]:
     """The whole pipeline; writes the four files into `args.out` and returns the manifest."""
-    _check_args(args)
+    check_args(args)
     device = _resolve_device(args.device)
     seed_everything(args.seed)
     clock = _StageClock()
@@ -459,6 +472,7 @@ def evaluate_existing(args: argparse.Namespace) -> dict[str, Any]:
 @exit_on_user_error
 def main(args: argparse.Namespace) -> dict[str, Any]:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    check_args(args)
     log.info("%s", json.dumps(run_settings(args), sort_keys=True))
     threads = torch.get_num_threads()
     if args.num_threads:
