@@ -57,7 +57,7 @@ step "loaders, one augmented CIFAR-10 epoch"
 timeout "$(limit 60)" $PY -m benchmarks.loader --dataset-root "$ROOT" --device cuda
 record "loader" "exit $?"
 
-step "issue 16: deep-ensemble members stacked (vmap) vs one after another, 5 members, batch 128 each, bf16"
+step "deep-ensemble members stacked (vmap) vs one after another, 5 members, batch 128 each, bf16"
 timeout "$(limit 45)" $PY -m benchmarks.ensemble --model lenet --members 5 --batch-size 128 --steps 30
 record "ensemble LeNet" "exit $?"
 timeout "$(limit 60)" $PY -m benchmarks.ensemble --model resnet18 --members 5 --batch-size 128 --steps 20

@@ -21,7 +21,8 @@ import torch.nn.functional as F
 import evaluate
 import net
 import train
-from utils import ensemble
+from utils import ensemble, train_run
+from utils.cli import build_model, model_config
 from utils.results import read_results, table_rows
 from utils.run_files import load_resume_state
 from utils.seed import seed_everything
@@ -92,11 +93,11 @@ def test_stacking_obstacles_and_mode_choice():
 
 def test_member_seeds_and_validation_splits_follow_the_original():
     args = argparse.Namespace(seed=6, val_seed=6, ensemble=5)
-    assert [(m.seed, m.val_seed) for m in (train.member_args(args, k) for k in range(5))] == [
+    assert [(m.seed, m.val_seed) for m in (train_run.member_args(args, k) for k in range(5))] == [
         (6, 6), (7, 7), (8, 8), (9, 9), (10, 10)
     ]  # fmt: skip
     args.val_seed = 100  # an explicit --val-seed shifts the same way
-    assert [train.member_args(args, k).val_seed for k in range(3)] == [100, 101, 102]
+    assert [train_run.member_args(args, k).val_seed for k in range(3)] == [100, 101, 102]
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -150,7 +151,7 @@ def test_a_member_trained_stacked_equals_it_trained_alone(tmp_path, model):
         state(tmp_path / "alone" / f"{name}_2.model"),
     )
     seed_everything(2)  # member 2's initial weights, as train.py draws them
-    initial = train.build_model(train.model_config(ensemble_args(tmp_path, *extra, model=model)))
+    initial = build_model(model_config(ensemble_args(tmp_path, *extra, model=model)))
     moved = 0.0
     for key in alone:
         if alone[key].is_floating_point():

@@ -4,7 +4,8 @@
   into it (`build_model`, `load_checkpoint`);
 * `run_files`: a run's files: naming, model files, logs, resume state, RNG capture, the resume check, the
   `Run{i}` checkpoint lookup;
-* `training`: optimiser, schedule and the epoch loop; `evaluation`, `features`, `results`: scoring and
+* `training`: optimiser, schedule and the epoch loop; `train_run`: one `train.py` run (or an ensemble's
+  members) from resolved flags to trained networks and their files; `evaluation`, `features`, `results`: scoring and
   aggregating runs; `active_learning`: the acquisition loop's pieces;
 * `ensemble`: deep-ensemble members stacked into one vmapped network and trained together;
   `tensorboard`: the optional TensorBoard scalars of the per-epoch log;

@@ -1,0 +1,328 @@
+"""One training run, or the members of a deep ensemble, from resolved train.py flags to trained networks
+and their files: loaders, the seeded network, optimiser and schedule, resume, the epoch loop with its
+checkpoints, logs and TensorBoard scalars.
+
+`train.py` resolves and checks the flags, then calls `prepare_run` + `train_run` (one network) or
+`train_ensemble` (`--ensemble N`: members stacked into one vmapped network where that is exact, else one
+after another; see `utils.ensemble`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+import torch.nn as nn
+
+import data
+from utils import distributed, ensemble, tensorboard
+from utils.cli import build_model, model_config
+from utils.errors import UserError
+from utils.io import BackgroundWriter
+from utils.progress import progress_enabled
+from utils.run_files import (
+    EpochCheckpointer,
+    RunFiles,
+    explain_ensemble_stops,
+    resume_training,
+    run_name,
+    sanitize_args,
+)
+from utils.seed import seed_everything
+from utils.training import (
+    EpochStats,
+    TrainSettings,
+    make_optimizer,
+    make_scheduler,
+    prepare_model,
+    train_epochs,
+)
+
+log = logging.getLogger("train")
+
+
+@dataclass(frozen=True)
+class ResumeRule:
+    """How `--resume` is read: `latest` is the value meaning "the run's own resume file in --save-path",
+    `keys` the flags that must match the saved run, `flag_names` their spellings for error messages."""
+
+    latest: str
+    keys: tuple[str, ...]
+    flag_names: Mapping[str, str]
+
+
+@dataclass
+class TrainingRun:
+    """One network's training run, ready to train: its flags, files, loaders, network and optimiser state."""
+
+    args: argparse.Namespace
+    files: RunFiles
+    train_loader: Any
+    valid_loader: Any
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    config: dict[str, Any]
+    saved_args: dict[str, Any]
+    history: list[EpochStats]
+    start_epoch: int
+
+    @property
+    def tensorboard_dir(self) -> Path | None:
+        folder = tensorboard.resolve_folder(self.args.tensorboard, self.args.save_loc)
+        return None if folder is None else folder / self.files.name
+
+
+def prepare_run(
+    args: argparse.Namespace, device: torch.device, dist_info: distributed.DistInfo, rule: ResumeRule
+) -> TrainingRun:
+    """Loaders, the seeded network, optimiser and schedule of the run `args` describes, resumed if asked."""
+    files = RunFiles(Path(args.save_loc), run_name(args.model, args.seed, args.sn, args.mod, args.coeff))
+    train_loader, valid_loader = data.get_train_valid_loader(
+        args.dataset,
+        args.dataset_root,
+        args.rank_batch_size,
+        augment=args.data_aug,
+        val_seed=args.val_seed,
+        val_size=0.1,
+        device=device,
+        loader=args.loader,
+        seed=args.seed,
+        rank=dist_info.rank,
+        world_size=dist_info.world_size,
+        test_batch_size=args.test_batch_size,
+        num_workers=args.workers,
+    )
+    seed_everything(args.seed)
+    config = model_config(args)
+    model = build_model(config).to(device)
+    optimizer = make_optimizer(
+        model.parameters(),
+        args.optimiser,
+        lr=args.learning_rate,
+        momentum=args.momentum,
+        weight_decay=args.weight_decay,
+        nesterov=args.nesterov,
+    )
+    scheduler = make_scheduler(optimizer, (args.first_milestone, args.second_milestone))
+    saved_args = sanitize_args(args)
+    history, start_epoch = _resume(args, files, model, optimizer, scheduler, saved_args, dist_info, rule)
+    return TrainingRun(args, files, train_loader, valid_loader, model, optimizer, scheduler, config, saved_args,
+                history, start_epoch)  # fmt: skip
+
+
+def train_settings(
+    args: argparse.Namespace, device: torch.device, dist_info: distributed.DistInfo
+) -> TrainSettings:
+    return TrainSettings(
+        device=device,
+        precision=args.precision,
+        channels_last=args.channels_last,
+        loss_function=args.loss_function,
+        loss_mean=args.loss_mean,
+        log_interval=args.log_interval,
+        world_size=dist_info.world_size,
+        progress=progress_enabled(dist_info.rank),
+        max_steps=args.steps_per_epoch,
+    )
+
+
+def _checkpointer(run: TrainingRun, writer: BackgroundWriter, model, optimizer, scheduler, is_main: bool):
+    """The end-of-epoch writer of `run`'s files; `model` and `optimizer` may be a stacked member's views."""
+    args = run.args
+    return EpochCheckpointer(
+        run.files, writer, model, optimizer, scheduler, model_config=run.config, args=run.saved_args,
+        history=run.history, save_interval=args.save_interval, epochs=args.epoch, is_main=is_main,
+    )  # fmt: skip
+
+
+def train_run(
+    run: TrainingRun, device: torch.device, dist_info: distributed.DistInfo, *, until: int | None = None
+) -> dict[str, Any]:
+    """Train one network from its start epoch to -e (or to epoch `until`: a stacked resume's catch-up)."""
+    args = run.args
+    epochs = args.epoch if until is None else until
+    log_dir = run.tensorboard_dir if dist_info.is_main else None
+    with (
+        run.files.explain_stops(run.history),
+        BackgroundWriter() as writer,
+        tensorboard.epoch_writer(log_dir, purge_step=run.start_epoch + 1) as board,
+    ):
+        checkpoint = _checkpointer(run, writer, run.model, run.optimizer, run.scheduler, dist_info.is_main)
+
+        def on_epoch_end(stats: EpochStats) -> None:
+            checkpoint(stats)
+            if dist_info.is_main:
+                prefix = f"{run.files.name} " if args.ensemble is not None else ""
+                log.info("%s%s", prefix, stats.summary(args.epoch))
+                tensorboard.add_scalars(board, stats.to_json(), step=stats.epoch + 1)
+
+        train_epochs(
+            prepare_model(
+                run.model, device, channels_last=args.channels_last, compile=args.compile, dist_info=dist_info
+            ),
+            run.train_loader,
+            run.optimizer,
+            run.scheduler,
+            train_settings(args, device, dist_info),
+            epochs=epochs,
+            start_epoch=run.start_epoch,
+            valid_loader=run.valid_loader,
+            validate_every=args.validate_every,
+            on_epoch_end=on_epoch_end,
+        )
+    if until is None:
+        _finish(run, dist_info)
+    else:
+        run.start_epoch = until
+    return {"history": run.history, "model": run.model, "files": run.files}
+
+
+def _finish(run: TrainingRun, dist_info: distributed.DistInfo) -> None:
+    args = run.args
+    if dist_info.is_main:
+        if run.start_epoch == args.epoch:
+            log.info("%s: already trained for %d epochs (-e %d); nothing to do", run.files.name, args.epoch,
+                     args.epoch)  # fmt: skip
+            if not run.files.model(args.epoch).is_file():
+                run.files.save_model(run.model, args.epoch)
+        log.info("Model saved to %s", run.files.model(args.epoch))
+
+
+def member_args(args: argparse.Namespace, k: int) -> argparse.Namespace:
+    """The flags of ensemble member k (from 0): seed `seed + k` and validation split `val_seed + k`, as the
+    original's train_ensemble.py, so that member k is the network `train.py --seed {seed + k}` trains and
+    evaluate.py finds it (and its split) as member k of the run."""
+    member = argparse.Namespace(**vars(args))
+    member.seed, member.val_seed = args.seed + k, args.val_seed + k
+    return member
+
+
+def train_ensemble(
+    args: argparse.Namespace, device: torch.device, dist_info: distributed.DistInfo, rule: ResumeRule
+) -> dict:
+    """`--ensemble N`: members stacked into one vmapped network where that is exact, else one after another.
+
+    Returns `{"members": [one `train_run` result per member], "mode": "stacked" | "sequential"}`.
+    """
+    probe = build_model(model_config(args))
+    obstacle = ensemble.stacking_obstacle(probe, compile=args.compile, world_size=dist_info.world_size)
+    try:
+        mode, why = ensemble.choose_mode(args.ensemble_mode, obstacle, device.type)
+    except ValueError as err:
+        raise UserError(f"{err}; pass --ensemble-mode auto or sequential") from None
+    if dist_info.is_main:
+        how = (
+            "trained together, stacked into one vmapped network" if mode == "stacked" else "one after another"
+        )
+        log.info("ensemble of %d members (seeds %d..%d): %s (%s)", args.ensemble, args.seed,
+                 args.seed + args.ensemble - 1, how, why)  # fmt: skip
+    if mode == "sequential":
+        results = []
+        for k in range(args.ensemble):
+            run = prepare_run(member_args(args, k), device, dist_info, rule)
+            results.append(train_run(run, device, dist_info))
+        return {"members": results, "mode": mode}
+    runs = [prepare_run(member_args(args, k), device, dist_info, rule) for k in range(args.ensemble)]
+    return {"members": _train_stacked(args, runs, device, dist_info), "mode": mode}
+
+
+def _train_stacked(
+    args: argparse.Namespace, runs: list[TrainingRun], device: torch.device, dist_info: distributed.DistInfo
+) -> list[dict[str, Any]]:
+    """Train the members of `runs` together (see `utils.ensemble`); each keeps its own files and logs."""
+    # Members resumed from different epochs (a stop between two members' end-of-epoch writes) first catch
+    # up one by one: the stack needs them in step.
+    done = max(run.start_epoch for run in runs)
+    for run in runs:
+        if run.start_epoch < done:
+            log.info("%s: catching up from epoch %d to %d alone", run.files.name, run.start_epoch, done)
+            train_run(run, device, dist_info, until=done)
+    stack = ensemble.StackedEnsemble([run.model for run in runs]).to(device)
+    optimizer = make_optimizer(
+        stack.parameters(),
+        args.optimiser,
+        lr=args.learning_rate,
+        momentum=args.momentum,
+        weight_decay=args.weight_decay,
+        nesterov=args.nesterov,
+    )
+    if done:
+        optimizer.load_state_dict(
+            ensemble.stack_optimizer_states([run.optimizer.state_dict() for run in runs])
+        )
+    # The members' common schedule (their states are equal: same milestones, same epochs done).
+    scheduler = make_scheduler(optimizer, (args.first_milestone, args.second_milestone))
+    scheduler.load_state_dict(runs[0].scheduler.state_dict())
+    names = [run.files.name for run in runs]
+    with contextlib.ExitStack() as stack_of_files:
+        stack_of_files.enter_context(
+            explain_ensemble_stops([run.files for run in runs], [run.history for run in runs])
+        )
+        checkpoints, boards = [], []
+        for k, run in enumerate(runs):
+            view = ensemble.MemberView(stack, optimizer, k)
+            writer = stack_of_files.enter_context(BackgroundWriter())
+            checkpoints.append(
+                _checkpointer(run, writer, view.model, view.optimizer, scheduler, dist_info.is_main)
+            )
+            log_dir = run.tensorboard_dir if dist_info.is_main else None
+            boards.append(
+                stack_of_files.enter_context(tensorboard.epoch_writer(log_dir, purge_step=done + 1))
+            )
+
+        def on_epoch_end(stats: list[EpochStats]) -> None:
+            for checkpoint, board, name, member_stats in zip(checkpoints, boards, names, stats):
+                checkpoint(member_stats)
+                log.info("%s %s", name, member_stats.summary(args.epoch))
+                tensorboard.add_scalars(board, member_stats.to_json(), step=member_stats.epoch + 1)
+
+        ensemble.train_epochs_stacked(
+            stack,
+            ensemble.ZippedLoader([run.train_loader for run in runs]),
+            optimizer,
+            scheduler,
+            train_settings(args, device, dist_info),
+            epochs=args.epoch,
+            start_epoch=done,
+            valid_loader=ensemble.ZippedLoader([run.valid_loader for run in runs]),
+            validate_every=args.validate_every,
+            member_names=[f"member {k + 1} ({name})" for k, name in enumerate(names)],
+            on_epoch_end=on_epoch_end,
+        )
+    results = []
+    for k, run in enumerate(runs):
+        run.model.load_state_dict(stack.member_state_dict(k))
+        _finish(run, dist_info)
+        results.append({"history": run.history, "model": run.model, "files": run.files})
+    return results
+
+
+def _resume(
+    args, files, model, optimizer, scheduler, saved_args, dist_info, rule: ResumeRule
+) -> tuple[list[EpochStats], int]:
+    """The history and epochs done of the run `--resume` continues (none without --resume or its file)."""
+    if args.resume is None:
+        if files.resume.is_file() and dist_info.is_main:
+            log.warning("%s exists and will be overwritten; pass --resume to continue that run", files.resume)
+        return [], 0
+    path = files.resume if args.resume == rule.latest else Path(args.resume)
+    if args.resume == rule.latest and not path.is_file():
+        log.info("no resume file at %s; starting from scratch", path)
+        return [], 0
+    history, done = resume_training(
+        path, model, optimizer, scheduler, saved_args, keys=rule.keys, rank=dist_info.rank,
+        flag_names=rule.flag_names,
+        learning_rate=args.learning_rate,
+    )  # fmt: skip
+    if done > args.epoch:
+        raise UserError(
+            f"'{path}' is already after epoch {done}, beyond -e {args.epoch}; pass -e {done} or more to continue it"
+        )
+    log.info("resumed from %s after epoch %d", path, done)
+    return history, done
