@@ -1,6 +1,6 @@
 """Bad input ends in one sentence and a non-zero exit, and nothing written before is lost.
 
-One test (or one parametrised family) per case the reliability audit found: each runs a script's
+One test (or one parametrised family) per kind of bad input: each runs a script's
 `main(args)` through its `exit_on_user_error` wrapper (one runs `python -m utils.plots` as a subprocess) and
 checks the exit status, that stderr is one line starting with "error: " (no traceback), what the sentence
 names, and that the files already in the folders involved are byte-identical afterwards. Data are tiny: the
