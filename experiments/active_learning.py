@@ -306,22 +306,9 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 @exit_on_user_error
 def main(args: argparse.Namespace) -> dict:
-    from utils.device import select_device
-
     started = time.perf_counter()
     preset = SCALES[args.scale]
-    paths = common.prepare_run(args, NAME)
-    device = select_device(args.no_gpu)
-    record = {
-        "experiment": NAME,
-        "scale": args.scale,
-        "preset": common.preset_record(preset),
-        "paper": PAPER,
-        "differences": differences(preset),
-        "environment": common.environment(device),
-        "results": {},
-    }
-    common.print_preset(NAME, args.scale, preset, PAPER, record["differences"])
+    record, paths, device = common.start_record(args, NAME, preset, PAPER, differences(preset))
     root = Path(args.dataset_root)
     if preset.subset:
         root = write_subset_root(root, paths.work / "data", dict(preset.subset))

@@ -23,7 +23,6 @@ continues the trainings found in --work-dir.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +30,6 @@ from pathlib import Path
 import numpy as np
 
 import evaluate
-import train
 from experiments import common
 from experiments.common import ModelSpec
 from experiments.subsets import write_subset_root
@@ -104,25 +102,11 @@ def differences(preset: Scale) -> list[str]:
 
 
 def train_network(spec: ModelSpec, preset: Scale, root: Path, work: Path, no_gpu: bool) -> dict:
-    first, second = common.scaled_milestones(preset.epochs)
-    argv = [
-        *("--seed", preset.seed, "--dataset", DATASET, "--dataset-root", root),
-        *spec.flags(preset.coeff),
-        *("-e", preset.epochs, "--first-milestone", first, "--second-milestone", second),
-        *("-b", preset.batch_size, "--lr", preset.learning_rate, "--steps-per-epoch", preset.steps_per_epoch),
-        *("--save-path", work / "Run1", "--save-interval", preset.epochs, "--resume"),
-        *(["--no-gpu"] if no_gpu else []),
-    ]
-    common.run_script(train, argv)
-    log = work / "Run1" / f"{spec.run_name(preset.seed, preset.coeff)}_log.jsonl"
-    epochs = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
-    return {
-        "epochs": len(epochs),
-        "train_seconds": round(sum(e["seconds"] for e in epochs), 1),
-        "images_per_s": round(float(np.mean([e["images_per_s"] for e in epochs])), 1),
-        "final_train_accuracy": epochs[-1]["accuracy"],
-        "val_accuracy": epochs[-1].get("val_accuracy"),
-    }
+    return common.train_with_script(
+        spec, dataset=DATASET, root=root, work=work, seed=preset.seed, coeff=preset.coeff, epochs=preset.epochs,
+        batch_size=preset.batch_size, learning_rate=preset.learning_rate,
+        steps_per_epoch=preset.steps_per_epoch, no_gpu=no_gpu,
+    )  # fmt: skip
 
 
 def evaluate_network(
@@ -224,23 +208,10 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 @exit_on_user_error
 def main(args: argparse.Namespace) -> dict:
-    from utils.device import select_device
-
     started = time.perf_counter()
     preset = SCALES[args.scale]
-    paths = common.prepare_run(args, NAME)
-    device = select_device(args.no_gpu)
-    record = {
-        "experiment": NAME,
-        "scale": args.scale,
-        "preset": common.preset_record(preset),
-        "milestones": common.scaled_milestones(preset.epochs),
-        "paper": PAPER,
-        "differences": differences(preset),
-        "environment": common.environment(device),
-        "results": {},
-    }
-    common.print_preset(NAME, args.scale, preset, PAPER, record["differences"])
+    record, paths, device = common.start_record(args, NAME, preset, PAPER, differences(preset))
+    record["milestones"] = common.scaled_milestones(preset.epochs)
     root = Path(args.dataset_root)
     if preset.subset:
         root = write_subset_root(root, paths.work / "data", dict(preset.subset))

@@ -125,6 +125,69 @@ def run_script(module, argv: Sequence[str]) -> Any:
     return module.main(module.get_args_parser().parse_args([str(a) for a in argv]))
 
 
+def train_with_script(
+    spec: ModelSpec,
+    *,
+    dataset: str,
+    root: Path,
+    work: Path,
+    seed: int,
+    coeff: float,
+    epochs: int,
+    batch_size: int,
+    learning_rate: float,
+    steps_per_epoch: int,
+    no_gpu: bool,
+) -> dict[str, Any]:
+    """train.py with milestones at the paper's fractions of `epochs`, into `work/Run1`; `--resume` continues
+    (or skips) a training found there. Returns a summary of its JSON-lines log and the final checkpoint."""
+    import train
+    from utils.plots import load_training_log
+
+    first, second = scaled_milestones(epochs)
+    argv = [
+        *("--seed", seed, "--dataset", dataset, "--dataset-root", root),
+        *spec.flags(coeff),
+        *("-e", epochs, "--first-milestone", first, "--second-milestone", second),
+        *("-b", batch_size, "--lr", learning_rate, "--steps-per-epoch", steps_per_epoch),
+        *("--save-path", work / "Run1", "--save-interval", epochs, "--resume"),
+        *(["--no-gpu"] if no_gpu else []),
+    ]
+    run_script(train, argv)
+    name = spec.run_name(seed, coeff)
+    log = load_training_log(work / "Run1" / f"{name}_log.jsonl")
+    return {
+        "epochs": len(log),
+        "train_seconds": round(sum(e["seconds"] for e in log), 1),
+        "images_per_s": round(sum(e["images_per_s"] for e in log) / len(log), 1),
+        "final_train_accuracy": log[-1]["accuracy"],
+        "val_accuracy": log[-1].get("val_accuracy"),
+        "checkpoint": str(work / "Run1" / f"{name}_{epochs}.model"),
+    }
+
+
+def start_record(
+    args: argparse.Namespace, name: str, preset, paper: dict[str, Any], differences: Sequence[str]
+) -> tuple[dict[str, Any], Paths, torch.device]:
+    """An experiment's opening: its folders and device, the record (preset, paper, differences,
+    environment; results to come) and the printed preset."""
+    from utils.device import select_device
+
+    paths = prepare_run(args, name)
+    device = select_device(args.no_gpu)
+    record = {
+        "experiment": name,
+        "scale": args.scale,
+        "preset": preset_record(preset),
+        "paper": paper,
+        "differences": list(differences),
+        "environment": environment(device),
+        "results": {},
+    }
+    print_preset(name, args.scale, preset, paper, record["differences"])
+    return record, paths, device
+
+
 def _git_revision() -> str:
     try:
         out = subprocess.run(

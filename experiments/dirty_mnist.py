@@ -36,7 +36,6 @@ import torch
 import data
 import metrics
 import net
-import train
 from experiments import common
 from experiments.common import ModelSpec
 from experiments.subsets import write_subset_root
@@ -173,27 +172,11 @@ def ensure_ambiguous_mnist(root: Path, flags: tuple[str, ...], device: torch.dev
 
 
 def train_network(t: Training, preset: Scale, root: Path, work: Path, no_gpu: bool) -> dict:
-    """train.py with the scale's schedule; `--resume` continues (or skips) a training found in `work`."""
-    first, second = common.scaled_milestones(t.epochs)
-    argv = [
-        *("--seed", preset.seed, "--dataset", DATASET, "--dataset-root", root),
-        *t.spec.flags(preset.coeff),
-        *("-e", t.epochs, "--first-milestone", first, "--second-milestone", second),
-        *("-b", preset.batch_size, "--lr", preset.learning_rate, "--steps-per-epoch", t.steps_per_epoch),
-        *("--save-path", work / "Run1", "--save-interval", t.epochs, "--resume"),
-        *(["--no-gpu"] if no_gpu else []),
-    ]
-    common.run_script(train, argv)
-    log = work / "Run1" / f"{t.spec.run_name(preset.seed, preset.coeff)}_log.jsonl"
-    epochs = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
-    return {
-        "epochs": len(epochs),
-        "train_seconds": round(sum(e["seconds"] for e in epochs), 1),
-        "images_per_s": round(float(np.mean([e["images_per_s"] for e in epochs])), 1),
-        "final_train_accuracy": epochs[-1]["accuracy"],
-        "val_accuracy": epochs[-1].get("val_accuracy"),
-        "checkpoint": str(work / "Run1" / f"{t.spec.run_name(preset.seed, preset.coeff)}_{t.epochs}.model"),
-    }
+    return common.train_with_script(
+        t.spec, dataset=DATASET, root=root, work=work, seed=preset.seed, coeff=preset.coeff, epochs=t.epochs,
+        batch_size=preset.batch_size, learning_rate=preset.learning_rate, steps_per_epoch=t.steps_per_epoch,
+        no_gpu=no_gpu,
+    )  # fmt: skip
 
 
 def load_network(t: Training, preset: Scale, checkpoint: str | Path, device: torch.device) -> torch.nn.Module:
@@ -308,22 +291,9 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 @exit_on_user_error
 def main(args: argparse.Namespace) -> dict:
-    from utils.device import select_device
-
     started = time.perf_counter()
     preset = SCALES[args.scale]
-    paths = common.prepare_run(args, NAME)
-    device = select_device(args.no_gpu)
-    record = {
-        "experiment": NAME,
-        "scale": args.scale,
-        "preset": common.preset_record(preset),
-        "paper": PAPER,
-        "differences": differences(preset),
-        "environment": common.environment(device),
-        "results": {},
-    }
-    common.print_preset(NAME, args.scale, preset, PAPER, record["differences"])
+    record, paths, device = common.start_record(args, NAME, preset, PAPER, differences(preset))
     root = Path(args.dataset_root)
     if preset.subset:
         root = write_subset_root(root, paths.work / "data", dict(preset.subset))
