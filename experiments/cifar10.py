@@ -232,13 +232,7 @@ def main(args: argparse.Namespace) -> dict:
         record["environment"] = common.finish_environment(record["environment"], started)
         common.write_record(paths.json, record)
         draw_figure(record["results"], paths.figure, f"CIFAR-10 vs Tiny-ImageNet, scale '{args.scale}'")
-    record["table"] = table(record["results"])
-    record["figure"] = str(paths.figure)
-    common.write_record(paths.json, record)
-    print()
-    print(record["table"])
-    print(f"\nwrote {paths.json} and {paths.figure} ({record['environment']['wall_time_s']} s)")
-    return record
+    return common.finish_record(record, paths, table(record["results"]))
 
 
 if __name__ == "__main__":

@@ -252,6 +252,18 @@ def print_preset(name: str, scale: str, preset, paper: dict[str, Any], differenc
     print(flush=True)
 
 
+def finish_record(record: dict[str, Any], paths: Paths, table: str) -> dict[str, Any]:
+    """The experiment's end: the table and figure path into the record, the JSON written, the table
+    printed."""
+    record["table"] = table
+    record["figure"] = str(paths.figure)
+    write_record(paths.json, record)
+    print()
+    print(table)
+    print(f"\nwrote {paths.json} and {paths.figure} ({record['environment'].get('wall_time_s')} s)")
+    return record
+
+
 def write_record(path: Path, record: dict[str, Any]) -> None:
     """The result JSON, written atomically (also after each stage, so a cut-off run leaves what it did)."""
     atomic_write_json(path, record)

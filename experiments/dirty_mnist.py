@@ -320,13 +320,7 @@ def main(args: argparse.Namespace) -> dict:
             f"{t.spec.label}: "
             + ", ".join(f"{k} {common.fmt(v)}" for k, v in numbers.items() if isinstance(v, float))
         )
-    record["table"] = table(record["results"])
-    record["figure"] = str(paths.figure)
-    common.write_record(paths.json, record)
-    print()
-    print(record["table"])
-    print(f"\nwrote {paths.json} and {paths.figure} ({record['environment']['wall_time_s']} s)")
-    return record
+    return common.finish_record(record, paths, table(record["results"]))
 
 
 if __name__ == "__main__":

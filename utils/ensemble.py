@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import copy
 import math
-import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
@@ -44,7 +43,6 @@ from typing import Any
 import torch
 import torch.nn as nn
 from torch.func import functional_call, stack_module_state, vmap
-from tqdm import tqdm
 
 import net
 from utils import training
@@ -292,18 +290,7 @@ def train_one_epoch_stacked(
     lr = float(optimizer.param_groups[0]["lr"])
     running = torch.zeros(n, 2, dtype=torch.float64, device=device)  # [objective, loss * B] per member
     correct = torch.zeros(n, dtype=torch.int64, device=device)
-    total_steps = len(loader) if hasattr(loader, "__len__") else None
-    if settings.max_steps and total_steps is not None:
-        total_steps = min(total_steps, settings.max_steps)
-    bar = tqdm(
-        loader,
-        total=total_steps,
-        desc=desc or f"epoch {epoch + 1} ({n} members)",
-        disable=not settings.progress,
-        leave=False,
-        dynamic_ncols=True,
-        file=sys.stderr,
-    )
+    bar = training.epoch_progress(loader, settings, desc or f"epoch {epoch + 1} ({n} members)")
     images = step = 0
     started = time.perf_counter()
     try:

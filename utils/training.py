@@ -214,6 +214,22 @@ def _forward(model: nn.Module, x: torch.Tensor, y: torch.Tensor, settings: Train
     return x, y, logits
 
 
+def epoch_progress(loader, settings: TrainSettings, desc: str):
+    """The epoch's progress bar over `loader` (its length capped at `settings.max_steps`), on stderr."""
+    total_steps = len(loader) if hasattr(loader, "__len__") else None
+    if settings.max_steps and total_steps is not None:
+        total_steps = min(total_steps, settings.max_steps)
+    return tqdm(
+        loader,
+        total=total_steps,
+        desc=desc,
+        disable=not settings.progress,
+        leave=False,
+        dynamic_ncols=True,
+        file=sys.stderr,
+    )
+
+
 def train_one_epoch(
     model: nn.Module,
     loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
@@ -237,18 +253,7 @@ def train_one_epoch(
     # is known on the host, and nothing here is read back before a check point.
     running = torch.zeros(2, dtype=torch.float64, device=device)
     correct = torch.zeros((), dtype=torch.int64, device=device)
-    total_steps = len(loader) if hasattr(loader, "__len__") else None
-    if settings.max_steps and total_steps is not None:
-        total_steps = min(total_steps, settings.max_steps)
-    bar = tqdm(
-        loader,
-        total=total_steps,
-        desc=desc or f"epoch {epoch + 1}",
-        disable=not settings.progress,
-        leave=False,
-        dynamic_ncols=True,
-        file=sys.stderr,
-    )
+    bar = epoch_progress(loader, settings, desc or f"epoch {epoch + 1}")
     images = 0
     step = 0
     started = time.perf_counter()
