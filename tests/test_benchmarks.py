@@ -10,7 +10,7 @@ import json
 
 import pytest
 
-from benchmarks import dispatch, loader, throughput, train_throughput
+from benchmarks import dispatch, gmm, loader, throughput, train_throughput
 
 pytestmark = pytest.mark.slow
 
@@ -92,3 +92,27 @@ def test_dispatch_counts_the_extra_operations_of_spectral_normalisation(tmp_path
     extra = normalised["operations_per_step"] - plain["operations_per_step"]
     assert 0 < extra <= 24 * normalised["sn_layers"]
     assert json.loads(out.read_text())[1]["operations_per_step"] == normalised["operations_per_step"]
+
+
+def test_gmm_benchmark_runs_both_implementations_in_their_own_processes(tmp_path):
+    out = tmp_path / "gmm.json"
+    args = gmm.get_args_parser().parse_args(
+        f"--shapes 12x5 --train-samples 50 --test-samples 30 --device cpu --threads 1 --json {out}".split()
+    )
+    gmm.main(args)
+    records = json.loads(out.read_text())
+    ours, original, comparison = records
+    assert [ours["implementation"], original["implementation"]] == ["ours", "original"]
+    # 10 samples per class in 12 dimensions: singular, so a jitter is needed, and the original gets the same.
+    assert ours["jitter"] > 0 and original["jitter"] == ours["jitter"]
+    for record in (ours, original):
+        assert record["fit_s"] > 0 and record["score_s"] > 0 and record["peak_gib"] > 0
+        assert record["covariances_gib"] == 5 * 12 * 12 * 8 / 2**30
+    # Both compute the same densities up to the covariance's round-off, which this tiny jitter amplifies.
+    assert 0 <= comparison["max_relative_difference"] < 0.1
+
+
+def test_gmm_benchmark_rejects_a_bad_shape(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        gmm.main(gmm.get_args_parser().parse_args(["--shapes", "2048by100"]))
+    assert exit_info.value.code != 0 and "FEATURESxCLASSES" in capsys.readouterr().err
