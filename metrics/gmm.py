@@ -137,6 +137,13 @@ class SharedGaussian:
         )
 
 
+def _all_finite(x: Tensor) -> bool:
+    """`isfinite(x).all()`, fast: a sum is finite only if every entry is (inf and NaN propagate), and reads
+    `x` once, where `isfinite` takes ~10x longer (2.5 s for 45,000 x 2,048 on a 2-core CPU). Only a sum
+    that overflows or is not finite needs the exact test."""
+    return bool(torch.isfinite(x.sum())) or bool(torch.isfinite(x).all())
+
+
 def _class_moments(features: Tensor, labels: Tensor, num_classes: int) -> tuple[Tensor, Tensor, Tensor]:
     """Per-class means `(C, D)`, centred scatter matrices `sum_i (z_i - mu_c)(z_i - mu_c)^T` `(C, D, D)`
     and counts `(C,)` (CPU int64), in float64 on the features' device.
@@ -145,7 +152,7 @@ def _class_moments(features: Tensor, labels: Tensor, num_classes: int) -> tuple[
     """
     check_matrix(features, "features")
     check_labels(labels, features.shape[0], num_classes)
-    if not bool(torch.isfinite(features).all()):
+    if not _all_finite(features):
         raise GaussianFitError("the features contain NaN or infinite values (did the network diverge?)")
     labels_cpu = labels.detach().cpu().long()
     counts = torch.bincount(labels_cpu, minlength=num_classes)

@@ -334,3 +334,16 @@ def test_scoring_groups_classes_within_the_memory_budget(monkeypatch):
     monkeypatch.setattr("metrics.gmm._CHUNK_ELEMENTS", 6 * 20 * 4)  # 20 samples, 4 classes per solve
     grouped = class_log_densities(model, features)
     np.testing.assert_allclose(grouped.numpy(), whole.numpy(), rtol=1e-12, atol=0)
+
+
+def test_finiteness_check_tells_overflowing_sums_from_non_finite_features():
+    from metrics.gmm import _all_finite
+
+    huge = torch.full((4, 3), 1e308, dtype=torch.float64)  # every entry finite, the sum overflows
+    assert _all_finite(huge)
+    for bad in (math.inf, -math.inf, math.nan):
+        x = huge.clone()
+        x[2, 1] = bad
+        assert not _all_finite(x)
+    opposite = torch.tensor([[math.inf, -math.inf]])  # sums to NaN
+    assert not _all_finite(opposite) and _all_finite(torch.zeros(2, 2))
