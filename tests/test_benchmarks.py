@@ -100,8 +100,7 @@ def test_gmm_benchmark_runs_both_implementations_in_their_own_processes(tmp_path
         f"--shapes 12x5 --train-samples 50 --test-samples 30 --device cpu --threads 1 --json {out}".split()
     )
     gmm.main(args)
-    records = json.loads(out.read_text())
-    ours, original, comparison = records
+    ours, original, comparison = json.loads(out.read_text())
     assert [ours["implementation"], original["implementation"]] == ["ours", "original"]
     # 10 samples per class in 12 dimensions: singular, so a jitter is needed, and the original gets the same.
     assert ours["jitter"] > 0 and original["jitter"] == ours["jitter"]
@@ -110,6 +109,29 @@ def test_gmm_benchmark_runs_both_implementations_in_their_own_processes(tmp_path
         assert record["covariances_gib"] == 5 * 12 * 12 * 8 / 2**30
     # Both compute the same densities up to the covariance's round-off, which this tiny jitter amplifies.
     assert 0 <= comparison["max_relative_difference"] < 0.1
+
+
+def test_gmm_benchmark_alternates_which_implementation_runs_first(monkeypatch):
+    calls = []
+
+    def fake_spawn(args, name, dim, classes, jitter, save):
+        calls.append((name, jitter))
+        sizes = {
+            "fit_s": 1.0,
+            "score_s": None,
+            "peak_gib": 1.0,
+            "peak_above_data_gib": 0.5,
+            "covariances_gib": 0.1,
+        }
+        return {"implementation": name, "features": dim, "classes": classes, "jitter": 0.5, **sizes}
+
+    monkeypatch.setattr(gmm, "_spawn", fake_spawn)
+    gmm.main(gmm.get_args_parser().parse_args("--shapes 4x2 --repeats 3 --no-score".split()))
+    # The original always gets the jitter ours chose; from the second repeat on it goes first every other time.
+    assert calls == [("ours", None), ("original", 0.5), ("original", 0.5), ("ours", 0.5)] + [
+        ("ours", 0.5),
+        ("original", 0.5),
+    ]
 
 
 def test_gmm_benchmark_rejects_a_bad_shape(capsys):
