@@ -316,8 +316,8 @@ def class_log_densities(model: ClassGaussians, features: Tensor, *, chunk_size: 
     `log N(z; mu, L L^T) = -1/2 (D log 2 pi + ||L^{-1} (z - mu)||^2) - sum_i log L_ii`. The whitening
     `L^{-1} (z - mu)` is a triangular solve with as many samples as the memory budget allows (e.g. 8,192 at
     `D = 2048`), for one class or a group of classes at a time: a solve's speed grows with its number of
-    right-hand sides, so spreading the budget over all classes (~80 samples each at 100 classes) runs
-    several times slower. Scratch memory stays near `2 * _CHUNK_ELEMENTS` float64 numbers (a chunk and its
+    right-hand sides, so spreading the budget over all classes (~80 samples each at 100 classes) ran 1.2-2.5x
+    slower on 2 CPU cores. Scratch memory stays near `2 * _CHUNK_ELEMENTS` float64 numbers (a chunk and its
     differences to the means, whitened in place).
 
     Args:
