@@ -317,8 +317,8 @@ def class_log_densities(model: ClassGaussians, features: Tensor, *, chunk_size: 
     `L^{-1} (z - mu)` is a triangular solve with as many samples as the memory budget allows (e.g. 8,192 at
     `D = 2048`), for one class or a group of classes at a time: a solve's speed grows with its number of
     right-hand sides, so spreading the budget over all classes (~80 samples each at 100 classes) ran 1.2-2.5x
-    slower on 2 CPU cores. Scratch memory stays near `2 * _CHUNK_ELEMENTS` float64 numbers (a chunk and its
-    differences to the means, whitened in place).
+    slower on 2 CPU cores. Scratch memory stays near `2 * _CHUNK_ELEMENTS` float64 numbers (a chunk and one
+    reused buffer for its differences to the means, whitened in place).
 
     Args:
         model: fitted `ClassGaussians`.
@@ -336,13 +336,18 @@ def class_log_densities(model: ClassGaussians, features: Tensor, *, chunk_size: 
     rows = _chunk_rows(features.shape[0], dim, chunk_size)
     classes_per_solve = max(1, min(num_classes, _CHUNK_ELEMENTS // (dim * rows)))
     out = torch.empty(features.shape[0], num_classes, dtype=torch.float64, device=device)
+    # One scratch buffer for every solve: a fresh 128 MiB tensor per solve costs page faults and zeroing.
+    scratch = torch.empty(
+        classes_per_solve * min(rows, features.shape[0]) * dim, dtype=torch.float64, device=device
+    )
     for start in range(0, features.shape[0], rows):
         z = features[start : start + rows].to(device=device, dtype=torch.float64)
         for first in range(0, num_classes, classes_per_solve):
-            group = slice(first, first + classes_per_solve)
-            diff = z[None, :, :] - model.means[group, None, :]  # (G, n, D): .mT is LAPACK's layout
+            group = slice(first, min(num_classes, first + classes_per_solve))
+            size = (group.stop - group.start, z.shape[0], dim)  # (G, n, D): .mT is LAPACK's layout
+            diff = torch.sub(z[None], model.means[group, None, :], out=scratch[: math.prod(size)].view(size))
             white = torch.linalg.solve_triangular(model.cholesky[group], diff.mT, upper=False, out=diff.mT)
-            squared_norms = white.square_().sum(dim=1)  # (G, n)
+            squared_norms = torch.linalg.vector_norm(white, dim=1).square_()  # (G, n), one pass
             out[start : start + z.shape[0], group] = (log_norm[group, None] - 0.5 * squared_norms).T
     return out
 

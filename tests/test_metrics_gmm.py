@@ -331,8 +331,19 @@ def test_scoring_groups_classes_within_the_memory_budget(monkeypatch):
     features, labels, num_classes = _many_singular_classes(15, dim=6, counts=(30,) * 9)
     model = fit_class_gaussians(features, labels, num_classes)
     whole = class_log_densities(model, features)
-    monkeypatch.setattr("metrics.gmm._CHUNK_ELEMENTS", 6 * 20 * 4)  # 20 samples, 4 classes per solve
-    grouped = class_log_densities(model, features)
+    monkeypatch.setattr("metrics.gmm._CHUNK_ELEMENTS", 6 * 20 * 4)
+    solves = []
+    real = torch.linalg.solve_triangular
+    monkeypatch.setattr(
+        torch.linalg, "solve_triangular", lambda a, b, **k: solves.append(b.shape) or real(a, b, **k)
+    )
+    grouped = class_log_densities(model, features, chunk_size=20)
+    # 270 samples in chunks of 20 (the last of 10), 9 classes in solves of 4, 4 and 1.
+    assert (
+        solves[:3] == [(4, 6, 20), (4, 6, 20), (1, 6, 20)]
+        and solves[-1] == (1, 6, 10)
+        and len(solves) == 14 * 3
+    )
     np.testing.assert_allclose(grouped.numpy(), whole.numpy(), rtol=1e-12, atol=0)
 
 
