@@ -12,7 +12,7 @@ import pytest
 import test_active_learning
 from conftest import requires_counted_torch
 
-from benchmarks import dispatch, ensemble, loader, quirk_ties, throughput, train_throughput
+from benchmarks import dispatch, ensemble, gmm, loader, quirk_ties, throughput, train_throughput
 
 data_root = test_active_learning.data_root  # the tiny MNIST (IDX files) the active-learning tests write
 
@@ -139,3 +139,49 @@ def test_quirk_ties_measures_each_labelled_set_size(data_root, tmp_path, monkeyp
     for row in rows:
         assert 0.0 < row["tied_at_min_share"] <= 1.0 and row["zero_share"] in (0.0, row["tied_at_min_share"])
         assert len(row["original_picks"]) == len(row["paper_picks"]) == 5 and row["feature_dim"] == 84
+
+
+def test_gmm_benchmark_runs_both_implementations_in_their_own_processes(tmp_path):
+    out = tmp_path / "gmm.json"
+    args = gmm.get_args_parser().parse_args(
+        f"--shapes 12x5 --train-samples 50 --test-samples 30 --device cpu --threads 1 --json {out}".split()
+    )
+    gmm.main(args)
+    ours, original, comparison = json.loads(out.read_text())
+    assert [ours["implementation"], original["implementation"]] == ["ours", "original"]
+    # 10 samples per class in 12 dimensions: singular, so a jitter is needed, and the original gets the same.
+    assert ours["jitter"] > 0 and original["jitter"] == ours["jitter"]
+    for record in (ours, original):
+        assert record["fit_s"] > 0 and record["score_s"] > 0 and record["peak_gib"] > 0
+        assert record["covariances_gib"] == 5 * 12 * 12 * 8 / 2**30
+    # Both compute the same densities up to the covariance's round-off, which this tiny jitter amplifies.
+    assert 0 <= comparison["max_relative_difference"] < 0.1
+
+
+def test_gmm_benchmark_alternates_which_implementation_runs_first(monkeypatch):
+    calls = []
+
+    def fake_spawn(args, name, dim, classes, jitter, save):
+        calls.append((name, jitter))
+        sizes = {
+            "fit_s": 1.0,
+            "score_s": None,
+            "peak_gib": 1.0,
+            "peak_above_data_gib": 0.5,
+            "covariances_gib": 0.1,
+        }
+        return {"implementation": name, "features": dim, "classes": classes, "jitter": 0.5, **sizes}
+
+    monkeypatch.setattr(gmm, "_spawn", fake_spawn)
+    gmm.main(gmm.get_args_parser().parse_args("--shapes 4x2 --repeats 3 --no-score".split()))
+    # The original always gets the jitter ours chose; from the second repeat on it goes first every other time.
+    assert calls == [("ours", None), ("original", 0.5), ("original", 0.5), ("ours", 0.5)] + [
+        ("ours", 0.5),
+        ("original", 0.5),
+    ]
+
+
+def test_gmm_benchmark_rejects_a_bad_shape(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        gmm.main(gmm.get_args_parser().parse_args(["--shapes", "2048by100"]))
+    assert exit_info.value.code != 0 and "FEATURESxCLASSES" in capsys.readouterr().err

@@ -223,3 +223,138 @@ def test_mahalanobis_matches_numpy_reference(device):
     assert model.jitter == 0.0
     # In-distribution points score higher than far-away ones.
     assert got.mean() > mahalanobis_score(model, (test_points + 50).to(device)).mean().item()
+
+
+def _reference_fit_and_score(features, labels, num_classes, test_points, max_tries=20):
+    """The jitter search and scoring written out plainly, as they were before the in-place search: every
+    class refactored (on a jittered copy) at every attempt until all are sound, then one batched triangular
+    solve over all classes. Returns `(jitter, cholesky (C, D, D), log-densities (M, C))`."""
+    eps = torch.finfo(torch.float64).eps
+    dim = features.shape[1]
+    means, covariances = [], []
+    for c in range(num_classes):
+        z = features[labels == c].double()
+        means.append(z.mean(dim=0))
+        centred = z - means[-1]
+        covariances.append(centred.T @ centred / max(z.shape[0] - 1, 1))
+    means, covariances = torch.stack(means), torch.stack(covariances)
+    scale = covariances.diagonal(dim1=-2, dim2=-1).mean().item()
+    jitter_start = eps * (scale if scale > 0 else 1.0)
+    for attempt in range(max_tries + 1):
+        jitter = 0.0 if attempt == 0 else jitter_start * 10.0 ** (attempt - 1)
+        jittered = covariances + jitter * torch.eye(dim, dtype=torch.float64)
+        factors, info = torch.linalg.cholesky_ex(jittered)
+        floor = 10.0 * dim * eps * jittered.diagonal(dim1=-2, dim2=-1).amax(dim=-1)
+        pivots = factors.diagonal(dim1=-2, dim2=-1).square()
+        finite = torch.isfinite(factors).flatten(1).all(dim=1)
+        if bool(((info == 0) & finite & (pivots > floor[:, None]).all(dim=1)).all()):
+            break
+    else:
+        raise AssertionError("the reference found no jitter")
+    diff = test_points.double().T[None] - means[:, :, None]  # (C, D, M)
+    white = torch.linalg.solve_triangular(factors, diff, upper=False)
+    log_norm = -0.5 * dim * math.log(2 * math.pi) - factors.diagonal(dim1=-2, dim2=-1).log().sum(dim=1)
+    return jitter, factors, (log_norm[:, None] - 0.5 * white.square().sum(dim=1)).T
+
+
+def _many_singular_classes(seed, dim=40, counts=(15,) * 12):
+    gen = torch.Generator().manual_seed(seed)
+    means = 3 * torch.randn(len(counts), dim, generator=gen, dtype=torch.float64)
+    features = torch.cat(
+        [m + torch.randn(n, dim, generator=gen, dtype=torch.float64) for m, n in zip(means, counts)]
+    )
+    labels = torch.cat([torch.full((n,), c) for c, n in enumerate(counts)])
+    return features, labels, len(counts)
+
+
+EQUIVALENCE_CASES = {
+    "fewer_samples_than_dims_many_classes": lambda: _many_singular_classes(10),
+    # Full-rank classes are sound at jitter 0 and must still be refactored at the jitter the others need.
+    "full_rank_and_singular_classes": lambda: _many_singular_classes(11, counts=(200, 12, 120, 3, 41, 1, 90)),
+    "large_scale": lambda: (lambda f, y, c: (1e4 * f, y, c))(*_many_singular_classes(12, dim=24)),
+    **{kind: (lambda kind=kind: _singular_case(kind)) for kind in SINGULAR_KINDS},
+}
+
+
+@pytest.mark.parametrize("case", sorted(EQUIVALENCE_CASES))
+def test_in_place_search_chooses_the_same_jitter_and_densities_as_the_plain_search(case):
+    features, labels, num_classes = EQUIVALENCE_CASES[case]()
+    gen = torch.Generator().manual_seed(13)
+    test_points = torch.cat(
+        [features[::3], features.mean(dim=0) + 2 * torch.randn(50, features.shape[1], generator=gen).double()]
+    )
+    jitter, factors, expected = _reference_fit_and_score(features, labels, num_classes, test_points)
+    model = fit_class_gaussians(features, labels, num_classes)
+    assert model.jitter == jitter
+    # Same factors (the same LAPACK call on the same numbers), so the same densities; off a singular class's
+    # span they are ~1e13 in size and would move at 1e-5 if the covariance's round-off changed.
+    assert torch.equal(model.cholesky, factors)
+    got = class_log_densities(model, test_points)
+    np.testing.assert_allclose(got.numpy(), expected.numpy(), rtol=1e-9, atol=0)
+    chunked = class_log_densities(model, test_points, chunk_size=7)
+    np.testing.assert_allclose(chunked.numpy(), expected.numpy(), rtol=1e-9, atol=0)
+
+
+def test_the_cases_need_a_jitter_and_classes_need_different_ones():
+    # Guards the test above: the singular cases need a jitter, and in the mixed case some classes are sound
+    # at a smaller one than the jitter finally shared by all.
+    for case in EQUIVALENCE_CASES:
+        features, labels, num_classes = EQUIVALENCE_CASES[case]()
+        assert fit_class_gaussians(features, labels, num_classes).jitter > 0, case
+    features, labels, _ = EQUIVALENCE_CASES["full_rank_and_singular_classes"]()
+    alone = [fit_class_gaussians(features[labels == c], labels[labels == c] * 0, 1).jitter for c in range(7)]
+    assert min(alone) == 0.0 and max(alone) > 0.0
+
+
+def test_a_failed_jitter_costs_one_factorisation(monkeypatch):
+    # Ten classes with the same (singular) covariance fail and succeed together: each failed attempt should
+    # factor only the class it tries first, and the final attempt every class once.
+    gen = torch.Generator().manual_seed(14)
+    features = torch.randn(8, 20, generator=gen, dtype=torch.float64).repeat(10, 1)
+    labels = torch.arange(10).repeat_interleave(8)
+    calls = []
+    real = torch.linalg.cholesky_ex
+    monkeypatch.setattr(torch.linalg, "cholesky_ex", lambda *a, **k: calls.append(1) or real(*a, **k))
+    model = fit_class_gaussians(features, labels, 10)
+    attempts = 1 + round(math.log10(model.jitter / _default_jitter_start(features, labels, 10))) + 1
+    assert attempts > 2
+    assert len(calls) == (attempts - 1) + 10
+
+
+def _default_jitter_start(features, labels, num_classes):
+    variances = torch.stack([features[labels == c].var(dim=0) for c in range(num_classes)])
+    return torch.finfo(torch.float64).eps * variances.mean().item()
+
+
+def test_scoring_groups_classes_within_the_memory_budget(monkeypatch):
+    # Small features: several classes share one triangular solve; the result does not depend on the grouping.
+    features, labels, num_classes = _many_singular_classes(15, dim=6, counts=(30,) * 9)
+    model = fit_class_gaussians(features, labels, num_classes)
+    whole = class_log_densities(model, features)
+    monkeypatch.setattr("metrics.gmm._CHUNK_ELEMENTS", 6 * 20 * 4)
+    solves = []
+    real = torch.linalg.solve_triangular
+    monkeypatch.setattr(
+        torch.linalg, "solve_triangular", lambda a, b, **k: solves.append(b.shape) or real(a, b, **k)
+    )
+    grouped = class_log_densities(model, features, chunk_size=20)
+    # 270 samples in chunks of 20 (the last of 10), 9 classes in solves of 4, 4 and 1.
+    assert (
+        solves[:3] == [(4, 6, 20), (4, 6, 20), (1, 6, 20)]
+        and solves[-1] == (1, 6, 10)
+        and len(solves) == 14 * 3
+    )
+    np.testing.assert_allclose(grouped.numpy(), whole.numpy(), rtol=1e-12, atol=0)
+
+
+def test_finiteness_check_tells_overflowing_sums_from_non_finite_features():
+    from metrics.gmm import _all_finite
+
+    huge = torch.full((4, 3), 1e308, dtype=torch.float64)  # every entry finite, the sum overflows
+    assert _all_finite(huge)
+    for bad in (math.inf, -math.inf, math.nan):
+        x = huge.clone()
+        x[2, 1] = bad
+        assert not _all_finite(x)
+    opposite = torch.tensor([[math.inf, -math.inf]])  # sums to NaN
+    assert not _all_finite(opposite) and _all_finite(torch.zeros(2, 2))
