@@ -140,7 +140,10 @@ def test_a_member_trained_one_after_another_is_bit_identical_to_it_trained_alone
 def test_a_member_trained_stacked_equals_it_trained_alone(tmp_path, model):
     """Stacking is exact: member 2 of a stacked ensemble is the network `train.py --seed 2` trains, up to
     the order of floating-point sums (vmap's grouped convolutions and batched matrix products). After 4
-    SGD steps the weights agree to 1e-5 of their scale; BatchNorm's step counters agree exactly."""
+    SGD steps each tensor agrees to 1e-4 of its largest entry, or of 0.01 where that is smaller: BatchNorm's
+    biases start at 0 and move by ~1e-3, which is what a member mixed up with another would be off by,
+    while their round-off in float32 sums reaches 1e-7 on some BLAS builds (7e-8 measured on torch 2.11).
+    BatchNorm's step counters agree exactly."""
     extra = ("-mod",) if model == "resnet18" else ()  # resnet18: also the average-pool shortcuts
     result = train.main(ensemble_args(tmp_path / "ens", "--ensemble-mode", "stacked", *extra, model=model))
     assert result["mode"] == "stacked"
@@ -155,8 +158,8 @@ def test_a_member_trained_stacked_equals_it_trained_alone(tmp_path, model):
     moved = 0.0
     for key in alone:
         if alone[key].is_floating_point():
-            scale = alone[key].abs().max().clamp_min(1e-3)
-            torch.testing.assert_close(together[key], alone[key], rtol=0, atol=1e-5 * float(scale), msg=key)
+            scale = alone[key].abs().max().clamp_min(1e-2)
+            torch.testing.assert_close(together[key], alone[key], rtol=0, atol=1e-4 * float(scale), msg=key)
             moved = max(moved, float((alone[key] - initial.state_dict()[key]).abs().max()))
         else:
             assert torch.equal(together[key], alone[key]), key
@@ -164,7 +167,7 @@ def test_a_member_trained_stacked_equals_it_trained_alone(tmp_path, model):
     losses = [
         [line["loss"] for line in read_jsonl(tmp_path / d / f"{name}_log.jsonl")] for d in ("ens", "alone")
     ]
-    assert losses[0] == pytest.approx(losses[1], rel=1e-5)
+    assert losses[0] == pytest.approx(losses[1], rel=1e-4)
 
 
 def _max_difference(a: dict, b: dict) -> float:
