@@ -781,7 +781,10 @@ def test_ensemble_members_stacked_equal_members_trained_one_after_another():
     """The acquisition ensemble's stacked path trains the same members as the one-after-another path:
     same seeds, initial weights, resampled batches and Adam steps, up to the order of floating-point sums.
     Adam divides by the root of the squared-gradient average, which magnifies the rounding of near-zero
-    gradients, so the bound is 1% of one Adam step (lr 1e-3) rather than a fraction of the weights."""
+    gradients: where a gradient is pure round-off (a dead input, say), the two paths can take Adam steps of
+    up to lr = 1e-3 in different directions, whatever BLAS rounds them. So all but 1% of each tensor's
+    entries (at least one) must agree to 1% of one Adam step, and every entry must stay within the distance
+    that the steps taken could put between two trajectories from the same start."""
     generator = torch.Generator().manual_seed(0)
     labelled = Split(
         torch.randn(40, 1, 28, 28, generator=generator), torch.randint(0, 10, (40,), generator=generator)
@@ -791,6 +794,7 @@ def test_ensemble_members_stacked_equal_members_trained_one_after_another():
     )
     settings = training.TrainSettings(device=CPU, progress=False, log_interval=10**9)
     common = dict(epochs=2, batch_size=16, test_batch_size=32, samples_per_epoch=48, settings=settings)
+    adam_steps = 2 * 48 // 16  # epochs x batches per epoch
     seen: dict[str, list] = {"stacked": [], "sequential": []}
     members = {
         mode: utils.active_learning.train_best_models(
@@ -807,15 +811,20 @@ def test_ensemble_members_stacked_equal_members_trained_one_after_another():
     for together, alone in zip(members["stacked"], members["sequential"]):
         assert not together.training and not alone.training
         for key, value in alone.state_dict().items():
-            torch.testing.assert_close(together.state_dict()[key], value, rtol=0, atol=1e-5)
+            difference = (together.state_dict()[key] - value).abs().double()
+            # Adam step t <= 6 moves a weight by at most 1.016 lr (bias-corrected |m| <= 1.016 sqrt(v)).
+            assert float(difference.max()) <= 2 * 1.1 * adam_steps * 1e-3, key
+            assert int((difference > 1e-5).sum()) <= max(1, value.numel() // 100), key
     first = [m.state_dict()["fc3.weight"] for m in members["stacked"]]
     assert not torch.equal(first[0], first[1])  # different seeds, different members
 
     # The same epochs were reported: member, epoch, loss, validation accuracy.
     def summary(mode):
-        return sorted((k, s.epoch, round(s.loss, 4), s.val_accuracy) for k, s in seen[mode])
+        return sorted((k, s.epoch, s.val_accuracy, s.loss) for k, s in seen[mode])
 
-    assert summary("stacked") == summary("sequential") and len(seen["stacked"]) == 6
+    stacked, sequential = summary("stacked"), summary("sequential")
+    assert [row[:3] for row in stacked] == [row[:3] for row in sequential] and len(stacked) == 6
+    assert [row[3] for row in stacked] == pytest.approx([row[3] for row in sequential], rel=1e-5)
 
 
 def test_ensemble_acquisition_stacked_gives_the_results_one_after_another_gives(data_root, tmp_path):
