@@ -39,6 +39,7 @@ if __package__ in (None, ""):  # run as a file: make the repository importable
 
 import torch
 
+from experiments.common import markdown_table
 from metrics.gmm import class_log_densities, fit_class_gaussians
 from utils.errors import UserError, exit_on_user_error
 from utils.io import atomic_write_json
@@ -238,27 +239,28 @@ def _range(values: list[float | None], digits: int = 1) -> str:
     )
 
 
+SUMMARY_HEADERS = (
+    "features x classes", "implementation", "fit (s)", "score (s)", "peak memory (GiB)",
+    "peak above the features (GiB)", "covariances (GiB)", "jitter",
+)  # fmt: skip
+
+
 def summarise(records: list[dict]) -> list[str]:
     """Markdown table: per shape and implementation, the range over repeats."""
-    lines = [
-        "| features x classes | implementation | fit (s) | score (s) | peak memory (GiB) | peak above the "
-        "features (GiB) | covariances (GiB) | jitter |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
     keys = sorted({(r["features"], r["classes"], r["implementation"]) for r in records if "fit_s" in r})
+    table = []
     for dim, classes, name in keys:
         rows = [
             r
             for r in records
             if (r.get("features"), r.get("classes"), r.get("implementation")) == (dim, classes, name)
         ]
-        lines.append(
-            f"| {dim} x {classes} | {name} | {_range([r['fit_s'] for r in rows])} | "
-            f"{_range([r['score_s'] for r in rows])} | {_range([r['peak_gib'] for r in rows], 2)} | "
-            f"{_range([r['peak_above_data_gib'] for r in rows], 2)} | {rows[0]['covariances_gib']:.2f} | "
-            f"{rows[0]['jitter']:.3g} |"
-        )
-    return lines
+        table.append([
+            f"{dim} x {classes}", name, _range([r["fit_s"] for r in rows]), _range([r["score_s"] for r in rows]),
+            _range([r["peak_gib"] for r in rows], 2), _range([r["peak_above_data_gib"] for r in rows], 2),
+            f"{rows[0]['covariances_gib']:.2f}", f"{rows[0]['jitter']:.3g}",
+        ])  # fmt: skip
+    return markdown_table(SUMMARY_HEADERS, table).splitlines()
 
 
 @exit_on_user_error

@@ -156,14 +156,16 @@ class CheckpointMismatchError(UserError):
         )
 
 
+def _one_side(in_checkpoint: bool, in_network: bool) -> str | None:
+    """'checkpoint' or 'network' when exactly that side shows a feature, else None."""
+    if in_checkpoint != in_network:
+        return "checkpoint" if in_checkpoint else "network"
+    return None
+
+
 def _side_with(marker, missing: list[str], unexpected: list[str]) -> str | None:
     """'checkpoint' when only unexpected keys match `marker`, 'network' when only missing ones do."""
-    in_checkpoint, in_network = any(map(marker, unexpected)), any(map(marker, missing))
-    if in_checkpoint and not in_network:
-        return "checkpoint"
-    if in_network and not in_checkpoint:
-        return "network"
-    return None
+    return _one_side(any(map(marker, unexpected)), any(map(marker, missing)))
 
 
 def _spectral_norm_side(
@@ -176,11 +178,7 @@ def _spectral_norm_side(
 
     only_checkpoint = layers(state, ".weight_orig") & layers(expected, ".weight")
     only_network = layers(expected, ".weight_orig") & layers(state, ".weight")
-    if only_checkpoint and not only_network:
-        return "checkpoint"
-    if only_network and not only_checkpoint:
-        return "network"
-    return None
+    return _one_side(bool(only_checkpoint), bool(only_network))
 
 
 def _first_conv_channels(
