@@ -56,7 +56,7 @@ from utils.cli import (
     model_config,
     model_parser,
 )
-from utils.device import select_device
+from utils.device import resolve_precision, select_device
 from utils.errors import Interrupted, UserError, exit_on_user_error
 from utils.io import atomic_write_json, check_writable_dir, read_json
 from utils.progress import progress_bar, progress_enabled
@@ -174,7 +174,12 @@ def get_args_parser() -> argparse.ArgumentParser:
         "gmm acquisition by densities summed in float32, which underflow to 0 and tie; default: as the paper",
     )
     parser.add_argument("--no-gpu", action="store_true", help="run on the CPU")
-    parser.add_argument("--precision", default=None, choices=["fp32", "bf16"], help="default: bf16 on a GPU")
+    parser.add_argument(
+        "--precision",
+        default=None,
+        choices=["fp32", "bf16"],
+        help="default: bf16 on a GPU and on a CPU with native bf16",
+    )
     parser.add_argument("--output-dir", default=".", help="where the JSON files go")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted experiment")
     parser.add_argument(
@@ -491,10 +496,11 @@ def run_experiment(args: argparse.Namespace) -> dict:
     check_args(args)
     num_classes = data.get_info(pool_dataset(args)).num_classes
     device = select_device(args.no_gpu)
+    precision, channels_last = resolve_precision(device, args.precision)
     settings = TrainSettings(
         device=device,
-        precision=args.precision or ("bf16" if device.type == "cuda" else "fp32"),
-        channels_last=device.type == "cuda",
+        precision=precision,
+        channels_last=channels_last,
         progress=False,
         log_interval=10**9,
     )

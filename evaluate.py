@@ -25,6 +25,8 @@ import logging
 import sys
 from pathlib import Path
 
+import torch
+
 import data
 from utils.cli import (
     arch_values,
@@ -37,7 +39,7 @@ from utils.cli import (
     model_config,
     model_parser,
 )
-from utils.device import select_device
+from utils.device import resolve_precision, select_device
 from utils.errors import Interrupted, UserError, exit_on_user_error
 from utils.evaluation import (
     RunFailedError,
@@ -97,7 +99,12 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="gmm: compute m2 (entropy over class densities) from float32 log-densities, as the original "
         "code does (nearly every in-distribution entropy is then exactly 0); default: float64, as the paper",
     )
-    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"], help="inference precision")
+    parser.add_argument(
+        "--precision",
+        default=None,
+        choices=["fp32", "bf16"],
+        help="inference precision (default: bf16 on a GPU and on a CPU with native bf16, else fp32)",
+    )
     parser.add_argument("--loader", default="gpu", choices=["gpu", "torchvision"], help="data pipeline")
     return parser
 
@@ -129,6 +136,7 @@ class Evaluator:
 
     def __init__(self, args: argparse.Namespace, device):
         self.args, self.device = args, device
+        self.precision, self.channels_last = resolve_precision(device, args.precision)
         self.info = data.get_info(args.dataset)
         root, batch = args.dataset_root, args.batch_size
         self.test_loader = data.get_test_loader(args.dataset, root, batch, device=device, loader=args.loader)
@@ -168,7 +176,10 @@ class Evaluator:
         cross-checked with those its run recorded; NaN/inf weights raise `RunFailedError`."""
         model = load_checkpoint(build_model(self.args), path, config=model_config(self.args))
         check_finite_weights(model, f"'{path}'")
-        return model.to(self.device).eval()
+        model = model.to(self.device)
+        if self.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        return model.eval()
 
     def outputs(
         self, model, seed: int, need_train: bool, source: str = "the checkpoint"
@@ -176,7 +187,7 @@ class Evaluator:
         """Logits and features on every data set the run needs; NaN/inf raise `RunFailedError` naming `source`."""
 
         def run(loader):
-            return collect_outputs(model, loader, self.device, self.args.precision)
+            return collect_outputs(model, loader, self.device, self.precision, self.channels_last)
 
         train_loader, val_loader = self.splits(seed)
         out = {"test": run(self.test_loader), "ood": run(self.ood_loader), "val": run(val_loader)}
@@ -242,6 +253,8 @@ def main(args: argparse.Namespace) -> dict:
     output = result_path(args)
     check_writable_dir(output.parent, "output folder (--output-dir)")
     device = select_device(args.no_gpu)
+    args = argparse.Namespace(**vars(args))
+    args.precision = resolve_precision(device, args.precision)[0]  # the info records what was used
     evaluator = Evaluator(args, device)
 
     info = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}

@@ -51,7 +51,7 @@ from utils.cli import (
     flag_names,
     model_parser,
 )
-from utils.device import select_device
+from utils.device import resolve_precision, select_device
 from utils.errors import UserError, exit_on_user_error
 from utils.io import check_writable_dir
 from utils.seed import set_deterministic
@@ -190,7 +190,8 @@ def _add_speed_flags(g: argparse._ArgumentGroup) -> None:
         "--precision",
         choices=("bf16", "fp32"),
         default=None,
-        help="bf16 autocast (default on a GPU) or fp32 (default on the CPU; the original's numerics)",
+        help="bf16 autocast (default on a GPU and on a CPU with native bf16: AVX512-BF16 or AMX) or fp32 "
+        "(default elsewhere; the original's numerics)",
     )
     g.add_argument(
         "--loader",
@@ -203,7 +204,7 @@ def _add_speed_flags(g: argparse._ArgumentGroup) -> None:
         "--channels-last",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="NHWC memory layout (default on a GPU, where convolutions are faster with it)",
+        help="NHWC memory layout (default on a GPU, and on the CPU with bf16, where convolutions are faster with it)",
     )
     g.add_argument("--compile", action="store_true", help="torch.compile the network (minutes of warm-up)")
     g.add_argument(
@@ -309,10 +310,7 @@ def _resolve(
         args.val_seed = args.seed
     if args.tensorboard is not None:
         tensorboard.require_tensorboard()
-    if args.precision is None:
-        args.precision = "bf16" if device.type == "cuda" else "fp32"
-    if args.channels_last is None:
-        args.channels_last = device.type == "cuda"
+    args.precision, args.channels_last = resolve_precision(device, args.precision, args.channels_last)
     args.world_size = dist_info.world_size
     if args.per_rank_batch or dist_info.world_size == 1:
         args.rank_batch_size = args.train_batch_size

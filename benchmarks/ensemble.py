@@ -20,7 +20,7 @@ import torch
 
 from utils import ensemble
 from utils.cli import build_model, model_config, model_parser
-from utils.device import select_device
+from utils.device import resolve_precision, select_device
 from utils.training import TrainSettings, make_optimizer, train_one_epoch
 
 
@@ -36,7 +36,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--steps", type=int, default=20, help="timed steps per measurement")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps before each measurement")
     parser.add_argument("--repeats", type=int, default=3, help="alternating measurements; the best counts")
-    parser.add_argument("--precision", choices=("fp32", "bf16"), default=None, help="default: bf16 on a GPU")
+    parser.add_argument(
+        "--precision",
+        choices=("fp32", "bf16"),
+        default=None,
+        help="default: bf16 on a GPU and on a CPU with native bf16",
+    )
     parser.add_argument("--no-gpu", action="store_true")
     parser.add_argument("--json", default=None, help="also write the results to this JSON file")
     return parser
@@ -83,7 +88,7 @@ def main(args: argparse.Namespace) -> dict:
     device = select_device(args.no_gpu)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    precision = args.precision or ("bf16" if device.type == "cuda" else "fp32")
+    precision = resolve_precision(device, args.precision)[0]
     config = model_config(args)
     shape = (1, 28, 28) if config["mnist"] else (3, 32, 32)
     obstacle = ensemble.stacking_obstacle(build_model(config))

@@ -3,8 +3,11 @@
 Both configurations run the real training loop (`utils.training.train_one_epoch`, SGD as the original) on
 real data for a fixed number of steps, after untimed warm-up steps, in one process:
 
-- project: the GPU-resident loader (batched crop/flip on the device) with train.py's device defaults
-  (bf16 autocast + channels_last on a GPU, fp32 on the CPU), optionally also with `torch.compile`;
+- project: the device-resident loader (batched crop/flip on the device) with train.py's device defaults
+  (bf16 autocast + channels_last on a GPU and on a CPU with native bf16, else fp32), optionally also with
+  `torch.compile`;
+- project-fp32 (where the default is bf16): the same loop at `--precision fp32`, the CPU default before
+  bf16 was;
 - original: fp32, contiguous tensors, torchvision `DataLoader` with PIL crop/flip and 4 worker processes,
   batch 128, as the original code trains.
 
@@ -21,7 +24,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import platform
+import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,7 +33,7 @@ import torch
 
 import data
 from utils.cli import arch_kwargs, build_model, model_parser
-from utils.device import select_device
+from utils.device import cpu_model, cpu_reports_native_bf16, resolve_precision, select_device
 from utils.seed import seed_everything
 from utils.training import TrainSettings, make_optimizer, prepare_model, train_one_epoch
 
@@ -122,12 +125,12 @@ def main(args: argparse.Namespace) -> list[dict]:
     device = select_device(args.no_gpu)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    precision = args.precision or ("bf16" if device.type == "cuda" else "fp32")
+    precision, channels_last = resolve_precision(device, args.precision)
     project = dict(
         name="project",
         loader="gpu",
         precision=precision,
-        channels_last=device.type == "cuda",
+        channels_last=channels_last,
         compile=False,
         batch_size=args.batch_size,
         workers=0,
@@ -135,6 +138,9 @@ def main(args: argparse.Namespace) -> list[dict]:
     configs = [project]
     if args.compile:
         configs.append({**project, "name": "project+compile", "compile": True})
+    fp32 = {**project, "name": "project-fp32", "precision": "fp32", "channels_last": device.type == "cuda"}
+    if (fp32["precision"], fp32["channels_last"]) != (precision, channels_last):
+        configs.append(fp32)  # the project's loop at --precision fp32: the CPU default before bf16
     configs.append(
         dict(
             name="original",
@@ -149,8 +155,9 @@ def main(args: argparse.Namespace) -> list[dict]:
     hardware = (
         torch.cuda.get_device_name(device)
         if device.type == "cuda"
-        else f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+        else f"CPU ({cpu_model()}, native bf16: {cpu_reports_native_bf16()}, {torch.get_num_threads()} threads)"
     )
+    load_start = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     arch = arch_kwargs(args)
     flags = f"{' -sn' if args.sn else ''}{' -mod' if args.mod else ''}"
     print(
@@ -167,19 +174,20 @@ def main(args: argparse.Namespace) -> list[dict]:
             f"workers={result['workers']}: {result['images_per_s']:>9,.0f} images/s",
             flush=True,
         )
-    original = results[-1]["images_per_s"]
-    best = max(results[:-1], key=lambda r: r["images_per_s"])
-    ratio = best["images_per_s"] / original
-    print(f"  ratio {best['name']} / original: {ratio:.2f}x")
+    rate = {r["name"]: r["images_per_s"] for r in results}
+    ratios = {f"project/{name}": rate["project"] / rate[name] for name in rate if name != "project"}
+    for name, ratio in ratios.items():
+        print(f"  ratio {name}: {ratio:.2f}x")
     if args.json:
         record = {
             "date": datetime.date.today().isoformat(),
             "hardware": hardware,
             "torch": torch.__version__,
             "python": sys.version.split()[0],
+            "load_average_1min": [load_start, os.getloadavg()[0] if load_start is not None else None],
             "args": {k: v for k, v in vars(args).items() if k != "json"},
             "results": results,
-            "ratio": ratio,
+            "ratios": ratios,
         }
         Path(args.json).write_text(json.dumps(record, indent=2) + "\n")
     return results

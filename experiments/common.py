@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from utils.device import cpu_model, cpu_reports_native_bf16
 from utils.io import atomic_write_json
 
 SCALE_NAMES = ("smoke", "cpu", "gpu")
@@ -198,23 +199,14 @@ def _git_revision() -> str:
         return "unknown"
 
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def environment(device: torch.device) -> dict[str, Any]:
     """Where and how this ran: date, hardware, software, threads and the machine's load (1-min average)."""
     record = {
         "date_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M"),
         "device": str(device),
         "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-        "cpu": _cpu_model(),
+        "cpu": cpu_model(),
+        "cpu_native_bf16": cpu_reports_native_bf16(),
         "cpu_cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "python": platform.python_version(),

@@ -18,6 +18,10 @@ os.environ.setdefault("MKL_NUM_THREADS", os.environ["OMP_NUM_THREADS"])
 # download (slow, and another outcome than offline). Tests of the download path patch the lookup and the
 # download themselves; subprocesses inherit this.
 os.environ["DDU_NO_DOWNLOAD"] = "1"
+# Default-flag runs compute in fp32 on every CPU, with or without native bf16, so that results do not depend
+# on which CPU runs the suite; the bf16 CPU path is tested with explicit flags (`DDU_CPU_BF16=1` or
+# `--precision bf16`), which work on any CPU (emulated where bf16 is not native). Subprocesses inherit it.
+os.environ["DDU_CPU_BF16"] = "0"
 
 import subprocess
 import sys

@@ -83,7 +83,24 @@ def test_training_throughput_compares_the_project_with_the_original_pipeline(tmp
     record = json.loads(out.read_text())
     assert [r["name"] for r in record["results"]] == ["project", "original"]
     assert record["results"][1]["loader"] == "torchvision" and record["results"][1]["precision"] == "fp32"
-    assert record["ratio"] > 0 and record["hardware"].startswith("CPU")
+    assert record["ratios"]["project/original"] > 0 and record["hardware"].startswith("CPU")
+
+
+def test_training_throughput_on_a_bf16_cpu_sets_the_fp32_loop_beside_the_default(tmp_path, monkeypatch):
+    monkeypatch.setenv("DDU_CPU_BF16", "1")
+    out = tmp_path / "train_throughput.json"
+    args = train_throughput.get_args_parser().parse_args(
+        f"--dataset digits --model lenet --steps 2 --warmup 1 --no-gpu --workers 0 --json {out}".split()
+    )
+    train_throughput.main(args)
+    record = json.loads(out.read_text())
+    configs = {r["name"]: (r["precision"], r["channels_last"]) for r in record["results"]}
+    assert configs == {
+        "project": ("bf16", True),
+        "project-fp32": ("fp32", False),
+        "original": ("fp32", False),
+    }
+    assert set(record["ratios"]) == {"project/project-fp32", "project/original"}
 
 
 def test_loader_benchmark_streams_both_loaders(capsys):

@@ -476,7 +476,9 @@ def test_result_json_has_the_original_structure_and_the_extras(evaluated, model_
     assert list(saved)[:4] == ["mean", "std", "values", "info"]
     assert saved["failed_runs"] == []
     assert saved["info"]["model_type"] == model_type and saved["info"]["runs"] == 2
-    assert saved["info"] == {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+    # The flags as given, with the precision resolved for the device (fp32 here: the suite's CPU default).
+    flags = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+    assert args.precision is None and saved["info"] == {**flags, "precision": "fp32"}
     for section in ("mean", "std", "values"):
         keys = list(saved[section])
         assert keys[: len(ORIGINAL)] == ORIGINAL, section

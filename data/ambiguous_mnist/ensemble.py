@@ -72,12 +72,12 @@ def train_classifier(
 def predict(
     model: nn.Module, images: torch.Tensor, batch_size: int = 2048
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Features `(N, D)` and logits `(N, C)` of `images` `(N, 1, 28, 28)` in [0, 1], in batches."""
+    """Features `(N, D)` and logits `(N, C)` in float32 of `images` `(N, 1, 28, 28)` in [0, 1], in batches."""
     features, logits = [], []
     for start in range(0, len(images), batch_size):
         z = model.forward_features(normalize(images[start : start + batch_size]))
-        features.append(z)
-        logits.append(model.get_classifier()(z))
+        features.append(z.float())  # fp32 whatever autocast computed in
+        logits.append(model.get_classifier()(z).float())
     return torch.cat(features), torch.cat(logits)
 
 

@@ -39,6 +39,7 @@ from data.ambiguous_mnist.report import (
 from data.ambiguous_mnist.vae import ConvVAE, train_vae
 from data.sources import AMNIST_TRAIN_PAIRS
 from utils.cli import check_count, check_number
+from utils.device import autocast_context, resolve_precision
 from utils.errors import UserError, exit_on_user_error
 from utils.io import atomic_write_json, check_writable_dir, read_json
 from utils.seed import seed_everything
@@ -114,6 +115,13 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         default=None,
         help="'cpu', 'cuda', 'cuda:1', ...; default: CUDA if available. Byte-identical reruns are promised "
         "on the CPU only (see --seed for what must stay the same); GPU kernels may round differently per run",
+    )
+    parser.add_argument(
+        "--precision",
+        default=None,
+        choices=["fp32", "bf16"],
+        help="bf16 autocast for the VAE and the classifiers (default on a GPU and on a CPU with native bf16) "
+        "or fp32; byte-identical reruns need the same choice",
     )
     parser.add_argument(
         "--max-mnist",
@@ -295,6 +303,18 @@ def _resolve_device(name: str | None) -> torch.device:
     return device
 
 
+def _with_precision(args: argparse.Namespace, device: torch.device) -> argparse.Namespace:
+    """A copy of `args` with `--precision` resolved for `device`, so the manifest records what ran."""
+    args = argparse.Namespace(**vars(args))
+    args.precision = resolve_precision(device, args.precision)[0]
+    return args
+
+
+def _numerics(device: torch.device, args: argparse.Namespace):
+    """The autocast context of every network stage, at the resolved `args.precision`."""
+    return autocast_context(device, args.precision)
+
+
 def _eval_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     return {"base_width": args.eval_base_width} if args.eval_model.startswith("resnet") else {}
 
@@ -321,6 +341,7 @@ def generate(args: argparse.Namespace) -> dict[str, Any]:
     """The whole pipeline; writes the four files into `args.out` and returns the manifest."""
     check_args(args)
     device = _resolve_device(args.device)
+    args = _with_precision(args, device)
     seed_everything(args.seed)
     clock = _StageClock()
     with clock("load"):
@@ -328,11 +349,11 @@ def generate(args: argparse.Namespace) -> dict[str, Any]:
         mnist_train = load_mnist(args.mnist_root, "train", device)
         out = check_writable_dir(args.out if args.out is not None else args.mnist_root)
         images, labels = random_subset(*mnist_train, args.max_mnist, args.seed + SEED_SPLIT)
-    with clock("vae"):
+    with clock("vae"), _numerics(device, args):
         vae, vae_neg_elbo = _vae_stage(images, args)
-    with clock("ensemble"):
+    with clock("ensemble"), _numerics(device, args):
         ensemble = _ensemble_stage(images, labels, args)
-    with clock("generation"):
+    with clock("generation"), _numerics(device, args):
         samples, probs, candidates = _candidate_stage(vae, ensemble, images, labels, args)
         multi_labels = draw_labels(
             probs, args.labels_per_sample, torch.Generator().manual_seed(args.seed + SEED_LABELS)
@@ -348,7 +369,7 @@ def generate(args: argparse.Namespace) -> dict[str, Any]:
         candidates=candidates,
     )
     if args.evaluate:
-        with clock("evaluate"):
+        with clock("evaluate"), _numerics(device, args):
             manifest["quality"] = _quality_check(samples[args.train :].to(device), mnist_train, args, device)
     manifest["time_s"] = clock.summary()
     atomic_write_json(out / MANIFEST_FILE, manifest)
@@ -444,6 +465,7 @@ def _quality_check(
 def evaluate_existing(args: argparse.Namespace) -> dict[str, Any]:
     """`--evaluate-only`: the independent check on files already in `--out` (ours or the released ones)."""
     device = _resolve_device(args.device)
+    args = _with_precision(args, device)
     out = args.out if args.out is not None else args.mnist_root
     paths = [out / SAMPLES_FILE, out / LABELS_FILE]
     if not all(p.is_file() for p in paths):
@@ -454,12 +476,13 @@ def evaluate_existing(args: argparse.Namespace) -> dict[str, Any]:
     manifest = read_json(manifest_path) if manifest_path.is_file() else {}
     first_test = manifest.get("train_samples", AMNIST_TRAIN_PAIRS // labels.shape[1])
     seed_everything(args.seed)
-    quality = _quality_check(
-        samples[first_test:].to(device=device, dtype=torch.float32),
-        load_mnist(args.mnist_root, "train", device),
-        args,
-        device,
-    )
+    with _numerics(device, args):
+        quality = _quality_check(
+            samples[first_test:].to(device=device, dtype=torch.float32),
+            load_mnist(args.mnist_root, "train", device),
+            args,
+            device,
+        )
     quality["label_entropy_test"] = label_entropy_summary(
         F.one_hot(labels[first_test:], NUM_CLASSES).double().mean(dim=1), labels[first_test:]
     )["empirical"]
