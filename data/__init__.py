@@ -16,7 +16,7 @@ from data.loaders import (
     split_indices,
 )
 from data.registry import DatasetInfo, canonical_name, dirty_parts, get_info, list_datasets
-from data.sources import load_split
+from data.sources import load_split, svhn_file
 
 __all__ = [
     "DatasetInfo",
@@ -29,5 +29,6 @@ __all__ = [
     "get_train_valid_loader",
     "list_datasets",
     "load_split",
+    "svhn_file",
     "split_indices",
 ]

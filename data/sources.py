@@ -147,11 +147,16 @@ def _cifar(dataset: str, root: Path, split: str) -> tuple[torch.Tensor, torch.Te
     return formats.read_cifar(paths, label_key, get_info(dataset).num_classes)
 
 
+def svhn_file(root: str | os.PathLike, split: str) -> Path:
+    """Where SVHN's official `{split}_32x32.mat` lies under `root` (it may be absent)."""
+    return Path(root) / f"{split}_32x32.mat"
+
+
 def _svhn(root: Path, split: str) -> tuple[torch.Tensor, torch.Tensor]:
     url = f"http://ufldl.stanford.edu/housenumbers/{split}_32x32.mat"
     (path,) = _require(
         "svhn",
-        [(root / f"{split}_32x32.mat",)],
+        [(svhn_file(root, split),)],
         f"download {url} into '{root}', or pass the --dataset-root that holds it",
         url,
         _torchvision_download("SVHN", root, split=split),

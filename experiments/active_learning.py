@@ -62,6 +62,7 @@ class Scale:
     budget_s: int = 0  # > 0: the curves are cut to the steps that fit in what is left of this
     subset: tuple[tuple[str, tuple[int, int]], ...] = ()  # smoke: (data set, (train, test)) copies
     seed: int = 1
+    companion: "Scale | None" = None  # a second network's curves, run after these on the same data
 
 
 SCALES = {
@@ -77,16 +78,28 @@ SCALES = {
         timing=("random", "softmax", "gmm", "ensemble"),
         subset=(("mnist", (600, 200)),),
     ),
-    # ResNet-18 at 1/8 width with SN and mod; 6 steps (20 to 45 labels), short trainings, a 5,000-image pool:
-    # about 30 s a step on 2 quiet cores (estimated from the measured training and inference speeds).
+    # 20 to 100 labels (17 steps), 3 runs, a 10,000-image pool; sized by measurement on this VM (one
+    # thread, beside the CIFAR-10 experiment): ResNet-18 at 1/8 width with SN and mod, 10 epochs of 1,024
+    # samples, ~14 s a step (35% test accuracy at 20 labels; 20 epochs of 2,048 samples gave the same 35%
+    # at 3.5x the time). LeNet (no SN, as in the original) reaches 59% at 20 labels in ~1.5 s a step, so
+    # its curves, with the 5-ensemble, come after. Fixed before the measuring run.
     "cpu": Scale(
         model=ModelSpec("ResNet-18+SN+mod", "resnet18", sn=True, mod=True, arch=(("base_width", 8),)),
         al_types=("gmm", "softmax", "random"),
         runs=3,
-        max_samples=45,
-        epochs=5,
+        max_samples=100,
+        epochs=10,
         samples_per_epoch=1024,
-        max_pool=5000,
+        max_pool=10000,
+        companion=Scale(
+            model=ModelSpec("LeNet", "lenet"),
+            al_types=("gmm", "softmax", "random", "ensemble"),
+            runs=3,
+            max_samples=100,
+            epochs=10,
+            samples_per_epoch=2048,
+            max_pool=10000,
+        ),
     ),
     # The paper's per-step recipe at full width: timings first, then as many steps as fit (up to 300 labels).
     "gpu": Scale(
@@ -339,36 +352,69 @@ def main(args: argparse.Namespace) -> dict:
                 print(f"no time left for the curves ({left:.0f} s)", flush=True)
                 max_samples = 0
 
-    folders = {}
     if max_samples:
-        for al_type in preset.al_types:
-            folder = folders[al_type] = paths.work / "curves" / al_type
-            argv = al_argv(
-                preset,
-                al_type,
-                runs=preset.runs,
-                max_samples=max_samples,
-                root=root,
-                out=folder,
-                no_gpu=args.no_gpu,
-                resume=not preset.budget_s,
-            )
-            _, seconds = common.timed(lambda: common.run_script(active_learning, argv))
-            record["results"][al_type] = {
-                **summarise_curves(read_curves(folder, al_type), preset),
-                "seconds": round(seconds, 1),
-            }
-            record["environment"] = common.finish_environment(record["environment"], started)
-            common.write_record(paths.json, record)
-        draw_figure(folders, preset, paths.figure, f"active learning on MNIST, scale '{args.scale}'")
-        record["table"] = table(record["results"])
-        record["figure"] = str(paths.figure)
+        run_curves(preset, record, record, max_samples, root, paths.work / "curves", paths, args, started)
+    if preset.companion is not None:
+        companion = record["companion"] = {
+            "network": preset.companion.model.label,
+            "preset": common.preset_record(preset.companion),
+            "differences": differences(preset.companion),
+            "results": {},
+        }
+        figure = paths.figure.with_name(f"{paths.figure.stem}_{preset.companion.model.model}.png")
+        run_curves(
+            preset.companion, record, companion, preset.companion.max_samples, root,
+            paths.work / f"curves_{preset.companion.model.model}", paths, args, started, figure,
+        )  # fmt: skip
     record["environment"] = common.finish_environment(record["environment"], started)
     common.write_record(paths.json, record)
     print()
     print(record.get("table", "no curves"))
+    if preset.companion is not None:
+        print(f"\n{preset.companion.model.label}:\n{record['companion']['table']}")
     print(f"\nwrote {paths.json} ({record['environment']['wall_time_s']} s)")
     return record
+
+
+def run_curves(
+    preset: Scale,
+    record: dict,
+    into: dict,
+    max_samples: int,
+    root: Path,
+    work: Path,
+    paths: common.Paths,
+    args: argparse.Namespace,
+    started: float,
+    figure: Path | None = None,
+) -> None:
+    """Every acquisition type's curves of `preset`'s network into `into["results"]` (a part of `record`,
+    which is rewritten after each type), then its figure and table."""
+    folders = {}
+    for al_type in preset.al_types:
+        folder = folders[al_type] = work / al_type
+        argv = al_argv(
+            preset,
+            al_type,
+            runs=preset.runs,
+            max_samples=max_samples,
+            root=root,
+            out=folder,
+            no_gpu=args.no_gpu,
+            resume=not preset.budget_s,
+        )
+        _, seconds = common.timed(lambda: common.run_script(active_learning, argv))
+        into["results"][al_type] = {
+            **summarise_curves(read_curves(folder, al_type), preset),
+            "seconds": round(seconds, 1),
+        }
+        record["environment"] = common.finish_environment(record["environment"], started)
+        common.write_record(paths.json, record)
+    figure = figure or paths.figure
+    title = f"active learning on MNIST, {preset.model.label}, scale '{args.scale}'"
+    draw_figure(folders, preset, figure, title)
+    into["table"] = table(into["results"])
+    into["figure"] = str(figure)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ milestones and the time budget of the GPU active-learning run.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -238,18 +239,19 @@ def test_cifar10_gpu_script_cpu_setting(real_data_root, tmp_path):
     out = run_gpu_script("cifar10", real_data_root, tmp_path)
     record = read_record(out, "cifar10")
     assert list(record["results"]) == ["ResNet-18+SN+mod", "ResNet-18"]
+    # run.sh leaves Fashion-MNIST behind (the device's carry limit): one row per network and OoD set.
+    assert record["ood_sets"] == ["tiny_imagenet", "mnist"]
+    assert record["table"].count("\n| ResNet-18") == 4
     for result in record["results"].values():
-        summary = result["summary"]
-        for key in (
-            "accuracy",
-            "ece",
-            "ece_after_temperature_scaling",
-            "softmax_entropy_auroc",
-            "energy_auroc",
-            "ddu_density_auroc",
-        ):
-            assert 0.0 <= summary[key] <= 1.0
-        assert set(result["evaluation"]) == {"softmax", "gmm"}
+        assert set(result["summary"]) == set(result["evaluation"]) == {"tiny_imagenet", "mnist"}
+        for ood, summary in result["summary"].items():
+            evaluation = result["evaluation"][ood]
+            assert set(evaluation) == {"softmax", "gmm"}
+            assert summary["ddu_density_auroc"] == evaluation["gmm"]["m1_auroc"]
+            assert summary["softmax_entropy_auroc"] == evaluation["softmax"]["m2_auroc"]
+        # Accuracy and calibration are the test set's, whatever the OoD set.
+        accuracies = {s["accuracy"] for s in result["summary"].values()}
+        assert len(accuracies) == 1 and 0.0 < accuracies.pop() <= 1.0
     assert len(list(out.glob("*_log.jsonl"))) == 2  # the training logs come back too
 
 
@@ -268,3 +270,26 @@ def test_active_learning_gpu_script_cpu_setting(real_data_root, tmp_path):
     # Every type starts from the same seeded initial set and trains with the same seeds: equal first steps.
     firsts = {al_type: [run[0] for run in r["runs"].values()] for al_type, r in record["results"].items()}
     assert firsts["gmm"] == firsts["softmax"] == firsts["random"]
+
+
+@pytest.mark.slow
+def test_active_learning_companion_network_gets_its_own_curves_and_figure(
+    real_data_root, tmp_path, monkeypatch
+):
+    smoke = al_experiment.SCALES["smoke"]
+    tiny_resnet = common.ModelSpec("ResNet-18 (width 2)", "resnet18", arch=(("base_width", 2),))
+    companion = dataclasses.replace(smoke, model=tiny_resnet, al_types=("random",), timing=(), subset=())
+    monkeypatch.setitem(
+        al_experiment.SCALES, "smoke", dataclasses.replace(smoke, timing=(), companion=companion)
+    )
+    argv = ["--scale", "smoke", "--dataset-root", str(real_data_root), "--work-dir", str(tmp_path / "work"),
+            "--output-dir", str(tmp_path / "out"), "--no-gpu"]  # fmt: skip
+    record = al_experiment.main(al_experiment.get_args_parser().parse_args(argv))
+    assert list(record["results"]) == ["gmm", "softmax", "random"]
+    second = record["companion"]
+    assert second["network"] == "ResNet-18 (width 2)" and list(second["results"]) == ["random"]
+    assert second["results"]["random"]["labels"] == [20, 25, 30]
+    assert second["preset"]["model"]["model"] == "resnet18" and second["table"].startswith("| ")
+    assert (tmp_path / "out" / "active_learning_smoke_resnet18.png").stat().st_size > 10_000
+    saved = json.loads((tmp_path / "out" / "active_learning_smoke.json").read_text())
+    assert saved["companion"]["results"]["random"]["mean"] == second["results"]["random"]["mean"]
