@@ -24,7 +24,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
 demo: $(STAMP)
-	$(PY) -m utils.demo --out demo
+	$(PY) -m tools.demo --out demo
 
 clean:
 	rm -rf demo .pytest_cache

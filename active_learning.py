@@ -37,32 +37,28 @@ from pathlib import Path
 import torch
 
 import data
+import engine.active_learning
+import engine.ensemble
+import engine.tensorboard
 import net
-import utils.active_learning
-import utils.ensemble
-import utils.tensorboard
-from utils.cli import (
+from engine.models import (
     ARCH_FLAGS,
     add_arch_flags,
     arch_values,
     build_model,
-    check_count,
-    check_file,
     check_network_flags,
-    check_number,
-    check_seed,
-    flag_names,
     load_checkpoint,
     model_config,
     model_parser,
 )
+from engine.run_files import check_resume_compatible, run_name
+from engine.training import TrainSettings
 from utils.device import resolve_precision, select_device
 from utils.errors import Interrupted, UserError, exit_on_user_error
 from utils.io import atomic_write_json, check_writable_dir, read_json
 from utils.progress import progress_bar, progress_enabled
-from utils.run_files import check_resume_compatible, run_name
 from utils.seed import seed_everything
-from utils.training import TrainSettings
+from utils.validation import check_count, check_file, check_number, check_seed, flag_names
 
 log = logging.getLogger("active_learning")
 
@@ -184,7 +180,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--resume", action="store_true", help="continue an interrupted experiment")
     parser.add_argument(
         "--ensemble-mode",
-        choices=utils.ensemble.MODES,
+        choices=engine.ensemble.MODES,
         default="auto",
         help="--al-type ensemble: members stacked into one vmapped network (exact; not with -sn), one after "
         "another (sequential), or auto (default): stacked on a GPU where exact, else sequential",
@@ -197,7 +193,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="also write TensorBoard scalars (per epoch: loss, accuracy, lr, validation accuracy, images/s; "
         f"per step: test accuracy, labelled-set size) into DIR/{{name}}/run{{r}} (default DIR: "
-        f"{{output-dir}}/{utils.tensorboard.DEFAULT_FOLDER}); needs the tensorboard package",
+        f"{{output-dir}}/{engine.tensorboard.DEFAULT_FOLDER}); needs the tensorboard package",
     )
     parser.add_argument(
         "--overwrite",
@@ -346,7 +342,7 @@ def _initial_labelled(args: argparse.Namespace, pool, num_classes: int) -> list[
     """The class-balanced initial labelled set of every run, drawn once from --seed as the original does."""
     generator = torch.Generator().manual_seed(args.seed)
     try:
-        return utils.active_learning.balanced_initial_indices(
+        return engine.active_learning.balanced_initial_indices(
             pool.y, args.num_initial_samples, num_classes, generator
         )
     except ValueError as err:
@@ -387,11 +383,11 @@ def _acquisition_step(
 
     def on_epoch_end(k: int, stats) -> None:
         prefix = f"member{k + 1}/" if members > 1 else ""
-        utils.tensorboard.add_scalars(
+        engine.tensorboard.add_scalars(
             board, stats.to_json(), step=epochs_before + stats.epoch + 1, prefix=prefix
         )
 
-    models = utils.active_learning.train_best_models(
+    models = engine.active_learning.train_best_models(
         lambda: build_model(args, pool_dataset(args)),
         labelled,
         validation,
@@ -406,15 +402,15 @@ def _acquisition_step(
         original_quirks=args.original_quirks,
     )
     if len(models) == 1:
-        accuracy = utils.active_learning.test_accuracy_percent(
+        accuracy = engine.active_learning.test_accuracy_percent(
             models[0], test, args.test_batch_size, settings
         )
     else:
-        accuracy = utils.active_learning.ensemble_test_accuracy_percent(
+        accuracy = engine.active_learning.ensemble_test_accuracy_percent(
             models, test, args.test_batch_size, device, precision
         )
     record["test_accs"].append(accuracy)
-    utils.tensorboard.add_scalars(
+    engine.tensorboard.add_scalars(
         board,
         {"test_accuracy": accuracy, "labelled": len(record["labelled"])},
         step=epochs_before + args.epochs,
@@ -433,7 +429,7 @@ def _acquisition_step(
             args, models[0], pool, candidates, labelled, count, step_seed, settings, num_classes
         )
     else:
-        scores = utils.active_learning.acquisition_scores(
+        scores = engine.active_learning.acquisition_scores(
             args.al_type,
             models,
             pool.take(candidates),
@@ -445,11 +441,11 @@ def _acquisition_step(
             num_classes=num_classes,
             seed=step_seed,
         )
-        chosen = utils.active_learning.select_top(scores, candidates, count)
+        chosen = engine.active_learning.select_top(scores, candidates, count)
     record["labelled"] = record["labelled"] + chosen.tolist()
     if ambiguity_model is not None:
         acquired = pool.take(torch.as_tensor(record["labelled"], device=device))
-        entropies = utils.active_learning.sample_entropies(
+        entropies = engine.active_learning.sample_entropies(
             ambiguity_model, acquired, args.scoring_batch_size, device
         )
         record["entropies"].append(entropies.tolist())
@@ -461,12 +457,12 @@ def _original_ddu_choice(
     args, model, pool, candidates, labelled, count: int, step_seed: int, settings, num_classes: int
 ):
     """`--original-quirks` with `--al-type gmm`: the `count` candidates (pool indices) the original's float32 density
-    ranking picks (see `utils.active_learning.original_ddu_acquisition`), class weights counted over one
+    ranking picks (see `engine.active_learning.original_ddu_acquisition`), class weights counted over one
     more resampled epoch of the model's loader, as the original."""
-    weights = utils.active_learning.original_class_weights(
+    weights = engine.active_learning.original_class_weights(
         labelled, args.samples_per_epoch, step_seed * 10, args.epochs, num_classes
     )
-    positions = utils.active_learning.original_ddu_acquisition(
+    positions = engine.active_learning.original_ddu_acquisition(
         model,
         pool.take(candidates),
         labelled,
@@ -507,14 +503,14 @@ def run_experiment(args: argparse.Namespace) -> dict:
     out_dir = check_writable_dir(Path(args.output_dir), "output folder (--output-dir)")
     names = output_names(args)
     if args.tensorboard is not None:
-        utils.tensorboard.require_tensorboard()
+        engine.tensorboard.require_tensorboard()
     if args.al_type == "ensemble" and args.ensemble_mode == "stacked":
-        obstacle = utils.ensemble.stacking_obstacle(build_model(args, pool_dataset(args)))
+        obstacle = engine.ensemble.stacking_obstacle(build_model(args, pool_dataset(args)))
         if obstacle is not None:
             raise UserError(
                 f"members cannot be trained stacked: {obstacle}; pass --ensemble-mode auto or sequential"
             )
-    board_dir = utils.tensorboard.resolve_folder(args.tensorboard, out_dir)
+    board_dir = engine.tensorboard.resolve_folder(args.tensorboard, out_dir)
     if board_dir is not None:
         board_dir = board_dir / Path(names["test_accs"]).stem.removeprefix("test_accs_")
     state = _load_state(args, out_dir, names)
@@ -524,7 +520,7 @@ def run_experiment(args: argparse.Namespace) -> dict:
     ) // args.acquisition_batch_size + 1
 
     # One pool, validation split and initial labelled set for all runs, as the original.
-    splits = utils.active_learning.build_pool(
+    splits = engine.active_learning.build_pool(
         args.dataset_root,
         ambiguous=args.ambiguous,
         subsample=args.subsample,
@@ -549,7 +545,7 @@ def run_experiment(args: argparse.Namespace) -> dict:
         total_bar.update(len(record["test_accs"]))
         log_dir = None if board_dir is None else board_dir / f"run{run}"
         purge = len(record["test_accs"]) * args.epochs + 1
-        with utils.tensorboard.epoch_writer(log_dir, purge_step=purge) as board:
+        with engine.tensorboard.epoch_writer(log_dir, purge_step=purge) as board:
             while not record["done"]:
                 step = len(record["test_accs"])
                 labelled = len(record["labelled"])

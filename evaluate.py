@@ -28,20 +28,8 @@ from pathlib import Path
 import torch
 
 import data
-from utils.cli import (
-    arch_values,
-    build_model,
-    check_count,
-    check_dir,
-    check_network_flags,
-    check_seed,
-    load_checkpoint,
-    model_config,
-    model_parser,
-)
-from utils.device import resolve_precision, select_device
-from utils.errors import Interrupted, UserError, exit_on_user_error
-from utils.evaluation import (
+import metrics
+from engine.evaluation import (
     RunFailedError,
     check_finite_outputs,
     check_finite_weights,
@@ -49,11 +37,22 @@ from utils.evaluation import (
     gmm_run,
     softmax_run,
 )
-from utils.features import Outputs, collect_outputs
+from engine.features import Outputs, collect_outputs
+from engine.models import (
+    arch_values,
+    build_model,
+    check_network_flags,
+    load_checkpoint,
+    model_config,
+    model_parser,
+)
+from engine.results import aggregate, format_table, table_rows
+from engine.run_files import locate_checkpoint, run_name, run_seeds
+from utils.device import resolve_precision, select_device
+from utils.errors import Interrupted, UserError, exit_on_user_error
 from utils.io import atomic_write_json, check_writable_dir
 from utils.progress import progress_bar
-from utils.results import aggregate, format_table, table_rows
-from utils.run_files import locate_checkpoint, run_name, run_seeds
+from utils.validation import check_count, check_dir, check_seed
 
 log = logging.getLogger("evaluate")
 
@@ -245,7 +244,6 @@ def result_path(args: argparse.Namespace) -> Path:
 
 @exit_on_user_error
 def main(args: argparse.Namespace) -> dict:
-    import metrics
 
     check_args(args)
     logging.basicConfig(level=logging.INFO, format="%(message)s")

@@ -39,23 +39,15 @@ from typing import Any
 import torch
 
 import data
-from utils import distributed, ensemble, tensorboard, train_run
-from utils.cli import (
-    ARCH_FLAGS,
-    arch_values,
-    check_count,
-    check_milestones,
-    check_network_flags,
-    check_number,
-    check_seed,
-    flag_names,
-    model_parser,
-)
+from engine import ensemble, tensorboard, train_run
+from engine.models import ARCH_FLAGS, arch_values, check_network_flags, model_parser
+from engine.training import LOSSES, OPTIMIZERS
+from utils import distributed
 from utils.device import resolve_precision, select_device
 from utils.errors import UserError, exit_on_user_error
 from utils.io import check_writable_dir
 from utils.seed import set_deterministic
-from utils.training import LOSSES, OPTIMIZERS
+from utils.validation import check_count, check_milestones, check_number, check_seed, flag_names
 
 log = logging.getLogger("train")
 

@@ -24,7 +24,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import net
 from benchmarks.throughput import training_step
-from utils.cli import build_model
+from engine.models import build_model
+from utils.io import atomic_write_json
 
 
 class OperationCounter(TorchDispatchMode):
@@ -108,8 +109,6 @@ def main(args: argparse.Namespace) -> list[dict]:
         f"spectral normalisation adds {extra} operations ({extra / max(normalised['sn_layers'], 1):.1f} per layer)"
     )
     if args.json:
-        from utils.io import atomic_write_json
-
         atomic_write_json(args.json, results)
     return results
 

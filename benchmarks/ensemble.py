@@ -1,4 +1,4 @@
-"""Deep-ensemble training: N members stacked into one vmapped network (`utils.ensemble`) against the same N
+"""Deep-ensemble training: N members stacked into one vmapped network (`engine.ensemble`) against the same N
 members trained one after another, on device-resident batches, with the training loops train.py runs.
 
 Prints the images per second of both (all members' images counted) and their ratio:
@@ -18,10 +18,11 @@ import time
 
 import torch
 
-from utils import ensemble
-from utils.cli import build_model, model_config, model_parser
+from engine import ensemble
+from engine.models import build_model, model_config, model_parser
+from engine.training import TrainSettings, make_optimizer, train_one_epoch
 from utils.device import resolve_precision, select_device
-from utils.training import TrainSettings, make_optimizer, train_one_epoch
+from utils.io import atomic_write_json
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -141,8 +142,6 @@ def main(args: argparse.Namespace) -> dict:
         "ratio": round(ratio, 3),
     }
     if args.json:
-        from utils.io import atomic_write_json
-
         atomic_write_json(args.json, result)
     return result
 

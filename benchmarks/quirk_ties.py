@@ -28,13 +28,13 @@ if __package__ in (None, ""):  # run as a file: make the repository importable
 
 import torch
 
+import engine.active_learning as al
 import metrics
 import net
-import utils.active_learning as al
-from utils.cli import add_arch_flags, arch_kwargs
+from engine.models import add_arch_flags, arch_kwargs
+from engine.training import TrainSettings
 from utils.errors import exit_on_user_error
 from utils.io import atomic_write_json
-from utils.training import TrainSettings
 
 NUM_CLASSES = 10
 

@@ -19,8 +19,9 @@ import torch
 import torch.nn.functional as F
 
 import net
-from utils.cli import arch_kwargs, build_model
+from engine.models import arch_kwargs, build_model
 from utils.device import autocast_context, select_device
+from utils.io import atomic_write_json
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -68,7 +69,7 @@ def training_flops(model, x, y) -> tuple[float, float]:
 
 
 def training_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, x, y, precision: str) -> None:
-    """One step as `utils.training.train_one_epoch` runs it: forward under autocast, fp32 loss, update."""
+    """One step as `engine.training.train_one_epoch` runs it: forward under autocast, fp32 loss, update."""
     optimizer.zero_grad(set_to_none=True)
     with autocast_context(x.device, precision):
         logits = model(x)
@@ -144,8 +145,6 @@ def main(args: argparse.Namespace) -> list[dict]:
     for label, _, _ in configs:
         print(f"SN cost ({label}): {by_key[(False, label)] / by_key[(True, label)]:.2f}x slower with SN")
     if args.json:
-        from utils.io import atomic_write_json
-
         atomic_write_json(args.json, results)
     return results
 

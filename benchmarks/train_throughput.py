@@ -1,6 +1,6 @@
 """Training throughput (images/s) of this project's default set-up against the original DDU's, side by side.
 
-Both configurations run the real training loop (`utils.training.train_one_epoch`, SGD as the original) on
+Both configurations run the real training loop (`engine.training.train_one_epoch`, SGD as the original) on
 real data for a fixed number of steps, after untimed warm-up steps, in one process:
 
 - project: the device-resident loader (batched crop/flip on the device) with train.py's device defaults
@@ -32,10 +32,10 @@ from pathlib import Path
 import torch
 
 import data
-from utils.cli import arch_kwargs, build_model, model_parser
+from engine.models import arch_kwargs, build_model, model_parser
+from engine.training import TrainSettings, make_optimizer, prepare_model, train_one_epoch
 from utils.device import cpu_model, cpu_reports_native_bf16, resolve_precision, select_device
 from utils.seed import seed_everything
-from utils.training import TrainSettings, make_optimizer, prepare_model, train_one_epoch
 
 ORIGINAL_BATCH = 128
 ORIGINAL_WORKERS = 4

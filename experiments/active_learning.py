@@ -30,6 +30,7 @@ import active_learning
 from experiments import common
 from experiments.common import ModelSpec
 from experiments.subsets import write_subset_root
+from tools import plots
 from utils.errors import exit_on_user_error
 
 NAME = "active_learning"
@@ -259,8 +260,7 @@ def time_steps(preset: Scale, root: Path, work: Path, no_gpu: bool, started: flo
 
 
 def draw_figure(folders: dict[str, Path], preset: Scale, path: Path, title: str) -> None:
-    """Through utils.plots' command line: accuracy per number of labels, mean and s.e. band over runs."""
-    from utils import plots
+    """Through tools.plots' command line: accuracy per number of labels, mean and s.e. band over runs."""
 
     curves = []
     for al_type, folder in folders.items():

@@ -157,7 +157,7 @@ def evaluate_network(
 
 
 def summarise(softmax: dict, gmm: dict) -> dict:
-    """The table's numbers from evaluate.py's two result JSONs (keys as documented in utils/evaluation.py)."""
+    """The table's numbers from evaluate.py's two result JSONs (keys as documented in engine/evaluation.py)."""
     return {
         "accuracy": softmax["accuracy"],
         "ece": softmax["ece"],

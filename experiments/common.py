@@ -24,8 +24,11 @@ from typing import Any
 
 import torch
 
-from utils.device import cpu_model, cpu_reports_native_bf16
-from utils.io import atomic_write_json
+import train
+from engine.run_files import run_name
+from tools.plots import load_training_log
+from utils.device import cpu_model, cpu_reports_native_bf16, select_device
+from utils.io import atomic_write_json, check_writable_dir
 
 SCALE_NAMES = ("smoke", "cpu", "gpu")
 REPO = Path(__file__).resolve().parents[1]
@@ -54,7 +57,6 @@ class ModelSpec:
 
     def run_name(self, seed: int, coeff: float = 3.0) -> str:
         """train.py's file name stem for this network (the original naming), e.g. `resnet18_sn_3.0_mod_1`."""
-        from utils.run_files import run_name
 
         return run_name(self.model, seed, self.sn, self.mod, coeff)
 
@@ -109,7 +111,6 @@ class Paths:
 
 def prepare_run(args: argparse.Namespace, name: str) -> Paths:
     """Folders of this run; sets the thread count; returns where the outputs go."""
-    from utils.io import check_writable_dir
 
     if args.num_threads:
         torch.set_num_threads(args.num_threads)
@@ -142,8 +143,6 @@ def train_with_script(
 ) -> dict[str, Any]:
     """train.py with milestones at the paper's fractions of `epochs`, into `work/Run1`; `--resume` continues
     (or skips) a training found there. Returns a summary of its JSON-lines log and the final checkpoint."""
-    import train
-    from utils.plots import load_training_log
 
     first, second = scaled_milestones(epochs)
     argv = [
@@ -172,7 +171,6 @@ def start_record(
 ) -> tuple[dict[str, Any], Paths, torch.device]:
     """An experiment's opening: its folders and device, the record (preset, paper, differences,
     environment; results to come) and the printed preset."""
-    from utils.device import select_device
 
     paths = prepare_run(args, name)
     device = select_device(args.no_gpu)

@@ -36,9 +36,11 @@ import torch
 import data
 import metrics
 import net
+from engine.features import collect_outputs
 from experiments import common
 from experiments.common import ModelSpec
 from experiments.subsets import write_subset_root
+from tools.plots import group_names, plot_fig1
 from utils.errors import exit_on_user_error
 
 NAME = "dirty_mnist"
@@ -210,7 +212,6 @@ def dirty_scores(
     Returns `(numbers, scores)` with `scores[group] = {"entropy": (N,), "log_density": (N,)}` for the groups
     "clean", "ambiguous" and "ood".
     """
-    from utils.features import collect_outputs
 
     clean_name, ambiguous_name = data.dirty_parts(dataset)
     num_classes = data.get_info(dataset).num_classes
@@ -254,7 +255,6 @@ def dirty_scores(
 
 
 def draw_figure(scores: dict, path: Path, title: str) -> None:
-    from utils.plots import group_names, plot_fig1
 
     figure = plot_fig1(scores, group_names=group_names(DATASET, OOD), out=path, title=title)
     import matplotlib.pyplot as plt

@@ -3,7 +3,7 @@
 `z = h_L(...h_1(W_0 x))` with `h_l(z) = z + relu(W_l z)`. With soft spectral normalisation every `W` has
 Lipschitz constant at most `coeff < 1`, so each residual block is bi-Lipschitz,
 `(1 - coeff) |a - b| <= |h(a) - h(b)| <= (1 + coeff) |a - b|`: inputs far apart keep features far apart,
-which is what a feature density needs (see `utils.toy` for the experiment). Not in the model registry,
+which is what a feature density needs (see `tools.two_moons` for the experiment). Not in the model registry,
 which holds the image networks the scripts train.
 """
 

@@ -1,4 +1,4 @@
-"""utils/cli.py: the one path from flags (or a stored config) to a network and from a checkpoint into it."""
+"""engine/models.py: the one path from flags (or a stored config) to a network and from a checkpoint into it."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import pytest
 import torch
 
 import train
-from utils.cli import build_model, load_checkpoint, model_config
+from engine.models import build_model, load_checkpoint, model_config
+from engine.run_files import load_resume_state
 from utils.errors import UserError
-from utils.run_files import load_resume_state
 
 
 def parse(*argv: str):

@@ -16,9 +16,9 @@ import torch
 import evaluate
 import net
 import train
+from engine.features import collect_outputs
 from utils import device as device_mod
 from utils.device import autocast_context, cpu_has_native_bf16, fast_path, resolve_precision
-from utils.features import collect_outputs
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
 

@@ -1,5 +1,5 @@
 """Deep ensembles: train.py --ensemble (files, seeds, splits, stacked vs one after another, resume, stops),
-utils/ensemble.py (stacked members equal members trained alone), the round trip to evaluate.py and the
+engine/ensemble.py (stacked members equal members trained alone), the round trip to evaluate.py and the
 results table, and TensorBoard logs.
 
 Runs use the embedded `digits` set with tiny networks, batch 16 and 2 steps per epoch on the CPU.
@@ -21,12 +21,12 @@ import torch.nn.functional as F
 import evaluate
 import net
 import train
-from utils import ensemble, train_run
-from utils.cli import build_model, model_config
-from utils.results import read_results, table_rows
-from utils.run_files import load_resume_state
+from engine import ensemble, train_run
+from engine.models import build_model, model_config
+from engine.results import read_results, table_rows
+from engine.run_files import load_resume_state
+from engine.training import LOSSES
 from utils.seed import seed_everything
-from utils.training import LOSSES
 
 SMALL = {"lenet": (), "resnet18": ("--base-width", "2"), "vgg16": ("--width-divisor", "16")}
 
@@ -375,7 +375,7 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 @pytest.mark.slow
 def test_the_readme_round_trip_runs_as_written(tmp_path, monkeypatch, capsys):
     """The three commands at the top of the README's ensemble section, run as written (in a fresh folder)."""
-    from utils import results
+    from tools import results
 
     section = README.read_text().split("## Deep ensembles, TensorBoard and the results table")[1]
     block = re.search(r"```bash\n(.*?)```", section, flags=re.S).group(1)

@@ -24,11 +24,11 @@ import evaluate
 import metrics
 import net
 import train
+from engine.evaluation import calibration_block, ensemble_run, gmm_run, softmax_run
+from engine.features import Outputs, collect_outputs
+from engine.results import standard_error
+from engine.run_files import locate_checkpoint, run_seeds
 from utils.errors import UserError
-from utils.evaluation import calibration_block, ensemble_run, gmm_run, softmax_run
-from utils.features import Outputs, collect_outputs
-from utils.results import standard_error
-from utils.run_files import locate_checkpoint, run_seeds
 
 ORIGINAL = [
     "accuracy", "ece", "m1_auroc", "m1_auprc", "m2_auroc", "m2_auprc",

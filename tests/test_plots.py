@@ -1,4 +1,4 @@
-"""utils/plots.py: the figures on hand-made inputs, the DDU scores of a tiny model, and the command line."""
+"""tools/plots.py: the figures on hand-made inputs, the DDU scores of a tiny model, and the command line."""
 
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 
 import data
-from utils import plots
+from engine.evaluation import dirty_scores
+from tools import plots
 from utils.errors import UserError
-from utils.evaluation import dirty_scores
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -182,7 +182,7 @@ def test_dirty_scores_of_a_tiny_model(tiny_lenet):
 
 def run_cli(*argv: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "MPLBACKEND": "Agg"}  # the suite's thread count (conftest) is inherited
-    command = [sys.executable, "-m", "utils.plots", *argv]
+    command = [sys.executable, "-m", "tools.plots", *argv]
     return subprocess.run(command, cwd=REPO, env=env, capture_output=True, encoding="utf-8", errors="replace")
 
 
@@ -230,7 +230,7 @@ def test_cli_fig1_missing_checkpoint_is_one_line_error(tmp_path, capsys):
 @pytest.mark.slow
 def test_demo_runs_end_to_end_and_reports_both_scores(tmp_path, capsys):
     """`make demo` in miniature: real train.py + evaluate.py on the embedded set, JSONs, PNG and table."""
-    from utils import demo
+    from tools import demo
 
     result = demo.main(
         demo.get_args_parser().parse_args(["--out", str(tmp_path), "--epochs", "2", "--no-gpu"])

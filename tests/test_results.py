@@ -1,4 +1,4 @@
-"""utils/results.py: the original DDU result JSON (`mean`, `std` as standard error, `values`) over runs."""
+"""engine/results.py: the original DDU result JSON (`mean`, `std` as standard error, `values`) over runs."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import warnings
 import pytest
 import torch
 
-from utils.results import ORIGINAL_KEYS, aggregate, format_table, read_results, standard_error, table_rows
+from engine.results import ORIGINAL_KEYS, aggregate, format_table, read_results, standard_error, table_rows
 
 
 def original_stderr(values: list[float]) -> float:
@@ -104,7 +104,7 @@ def test_aggregate_with_every_run_failed():
 
 
 # ----------------------------------------------------------------------------------------------------
-# The paper's table from result files (python -m utils.results table)
+# The paper's table from result files (python -m engine.results table)
 
 
 def result_file(folder, name, model_type, runs: list[dict | None], **info) -> str:
@@ -183,7 +183,7 @@ def test_each_method_reads_its_keys_and_runs_are_pooled_and_failures_counted(tmp
 
 
 def test_results_table_command_and_its_errors(tmp_path, capsys):
-    from utils import results
+    from tools import results
 
     path = result_file(tmp_path, "res_s.json", "softmax", [run(0.9, 0.02, 0.8, 0.7)] * 3)
     out = tmp_path / "table.csv"

@@ -1,4 +1,4 @@
-"""train.py and utils/training.py: the command line, output files, resume, NaN stop, DDP and user errors.
+"""train.py and engine/training.py: the command line, output files, resume, NaN stop, DDP and user errors.
 
 Runs use the embedded `digits` set (no files needed) with tiny networks, small batches and
 `--steps-per-epoch 2`, so each run takes about a second on a CPU core.
@@ -21,9 +21,8 @@ from torch.utils.data import DataLoader, TensorDataset
 import data
 import net
 import train
-from utils.errors import UserError
-from utils.run_files import capture_rng_state, check_resume_compatible, load_resume_state, restore_rng_state
-from utils.training import (
+from engine.run_files import capture_rng_state, check_resume_compatible, load_resume_state, restore_rng_state
+from engine.training import (
     LOSSES,
     TrainSettings,
     evaluate_accuracy,
@@ -32,6 +31,7 @@ from utils.training import (
     train_epochs,
     train_one_epoch,
 )
+from utils.errors import UserError
 
 SMALL = {
     "wide_resnet": {"depth": 10, "widen_factor": 1},
@@ -336,7 +336,7 @@ def test_test_only_dataset_and_foreign_architecture_flag(tmp_path, capsys):
 
 
 # ----------------------------------------------------------------------------------------------------
-# utils.training and utils.run_files as a library
+# engine.training and engine.run_files as a library
 
 
 def test_optimizer_and_schedule_as_the_original():

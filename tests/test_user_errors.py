@@ -1,7 +1,7 @@
 """Bad input ends in one sentence and a non-zero exit, and nothing written before is lost.
 
 One test (or one parametrised family) per kind of bad input: each runs a script's
-`main(args)` through its `exit_on_user_error` wrapper (one runs `python -m utils.plots` as a subprocess) and
+`main(args)` through its `exit_on_user_error` wrapper (one runs `python -m tools.plots` as a subprocess) and
 checks the exit status, that stderr is one line starting with "error: " (no traceback), what the sentence
 names, and that the files already in the folders involved are byte-identical afterwards. Data are tiny: the
 embedded `digits` set and files written here.
@@ -31,9 +31,9 @@ import data
 import evaluate
 import net
 import train
-from utils import plots
+from engine.training import LOSSES
+from tools import plots
 from utils.errors import UserError
-from utils.training import LOSSES
 
 pytestmark = pytest.mark.filterwarnings("ignore::data.formats.ChecksumWarning")
 
@@ -260,7 +260,7 @@ def test_7_a_checkpoint_loaded_with_another_coeff_names_coeff(sn_run, tmp_path, 
     err = fails(capsys, active_learning.main, args)
     assert "--tcoeff 6.0 there vs 3.0 here" in err and "resnet18_sn_6.0_mod_1_resume.pt" in err
     assert_kept(before)
-    # The same through utils.plots (--coeff) and with the right value it loads.
+    # The same through tools.plots (--coeff) and with the right value it loads.
     with pytest.raises(UserError, match="--coeff 6.0 there vs 3.0 here"):
         plots.load_model("resnet18", folder / "resnet18_sn_6.0_mod_1_1.model", "digits", sn=True, mod=True,
                          base_width=2)  # fmt: skip
@@ -432,7 +432,7 @@ def test_12_a_garbage_ambiguous_mnist_file_is_named_in_one_sentence(
 
 
 # ----------------------------------------------------------------------------------------------------------
-# 13. python -m utils.plots al and a bad or wrong JSON
+# 13. python -m tools.plots al and a bad or wrong JSON
 
 
 @pytest.mark.parametrize(
@@ -466,7 +466,7 @@ def test_13_the_command_itself(tmp_path):
     bad.write_text("{not json")
     env = {**os.environ, "MPLBACKEND": "Agg"}
     result = subprocess.run(
-        [sys.executable, "-m", "utils.plots", "al", "--curve", f"A={bad}", "--out", str(tmp_path / "al.png")],
+        [sys.executable, "-m", "tools.plots", "al", "--curve", f"A={bad}", "--out", str(tmp_path / "al.png")],
         cwd=REPO, env=env, capture_output=True, encoding="utf-8", errors="replace",
     )  # fmt: skip
     assert result.returncode == 2
@@ -632,7 +632,7 @@ def test_14_every_readme_command_passes_its_script_checks():
 
 def test_check_number_refuses_non_finite_values():
     """`check_number` takes the values argparse makes (float('nan'), 1e309 as inf) as non-finite."""
-    from utils.cli import check_number
+    from utils.validation import check_number
 
     for value in (float("nan"), float("inf"), -math.inf, float("1e309")):
         with pytest.raises(UserError, match="finite"):

@@ -37,12 +37,12 @@ from data.ambiguous_mnist.report import (
     write_files,
 )
 from data.ambiguous_mnist.vae import ConvVAE, train_vae
-from data.sources import AMNIST_TRAIN_PAIRS
-from utils.cli import check_count, check_number
+from data.sources import AMNIST_TRAIN_PAIRS, load_split
 from utils.device import autocast_context, resolve_precision
 from utils.errors import UserError, exit_on_user_error
 from utils.io import atomic_write_json, check_writable_dir, read_json
 from utils.seed import seed_everything
+from utils.validation import check_count, check_number
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,6 @@ def load_mnist(root: Path, split: str, device: torch.device) -> tuple[torch.Tens
 
     Missing files end in the data package's one-sentence `UserError`.
     """
-    from data import load_split
 
     images, labels = load_split("mnist", root, split)
     return images.to(device=device, dtype=torch.float32).div_(255), labels.to(device)

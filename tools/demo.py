@@ -11,7 +11,7 @@
 The paper's claim: softmax entropy is high for both ambiguous and OoD inputs, so it cannot tell them apart,
 while the feature density of a network with the right inductive biases is low only for OoD inputs.
 
-    python -m utils.demo --out demo            # what `make demo` runs
+    python -m tools.demo --out demo            # what `make demo` runs
 """
 
 from __future__ import annotations
@@ -22,8 +22,12 @@ from pathlib import Path
 
 import torch
 
+import evaluate
 import metrics
-from utils.cli import build_model, load_checkpoint
+import train
+from engine.evaluation import dirty_scores
+from engine.models import build_model, load_checkpoint
+from tools.plots import plot_fig1
 
 DATASET, OOD = "digits", "digits_ood"
 
@@ -47,7 +51,7 @@ def _auroc(positive, negative) -> float:
 
 
 def separation_table(scores: dict) -> dict[str, dict[str, float]]:
-    """AUROCs from `utils.evaluation.dirty_scores` output. Entropy: higher = more uncertain; log-density:
+    """AUROCs from `engine.evaluation.dirty_scores` output. Entropy: higher = more uncertain; log-density:
     lower."""
     table = {}
     for key, label, sign in (
@@ -68,11 +72,6 @@ def separation_table(scores: dict) -> dict[str, dict[str, float]]:
 
 def main(args: argparse.Namespace) -> dict:
     import matplotlib
-
-    import evaluate
-    import train
-    from utils.evaluation import dirty_scores
-    from utils.plots import plot_fig1
 
     matplotlib.use("Agg")  # the demo only writes its figure to a file
     started = time.perf_counter()

@@ -1,13 +1,9 @@
 """Aggregating per-run metrics into the original DDU result JSON (`mean`, `std` as standard error, `values`),
-and the paper's results table from such files:
-
-    python -m utils.results table res_*.json                 # Markdown, one table per pair of data sets
-    python -m utils.results table res_*.json --format csv
+and the paper's results table from such files (its command: `python -m tools.results table res_*.json`).
 """
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import json
@@ -17,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from utils.errors import UserError, exit_on_user_error
+from utils.errors import UserError
 
 # The keys of the original evaluate.py output, in its order.
 ORIGINAL_KEYS = (
@@ -73,7 +69,7 @@ def aggregate(per_run: list[dict[str, float] | None], info: dict[str, Any]) -> d
 
 
 # --------------------------------------------------------------------------------------------------------
-# The paper's table from result files: `python -m utils.results table res_*.json`
+# The paper's table from result files: `python -m engine.results table res_*.json`
 
 
 @dataclass(frozen=True)
@@ -87,7 +83,7 @@ class Method:
     score: str
 
 
-# Which JSON keys make which method, as utils/evaluation.py writes them (the original evaluate.py's m1/m2):
+# Which JSON keys make which method, as engine/evaluation.py writes them (the original evaluate.py's m1/m2):
 # softmax files: m1 = log-sum-exp of the logits (the negative energy, Liu et al. 2020), m2 = softmax entropy;
 # ensemble files: m1 = mutual information, m2 = predictive entropy (the paper's table uses the latter);
 # gmm files: m1 = DDU's feature log-density, m2 = entropy of the softmax over class log-densities;
@@ -285,40 +281,3 @@ def read_results(paths: Sequence[str | Path]) -> list[tuple[str, dict[str, Any]]
             )
         results.append((str(path), result))
     return results
-
-
-def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m utils.results",
-        description="The paper's results table (Softmax, Energy, Ensemble, DDU, MSP, Mahalanobis: accuracy, ECE, "
-        "AUROC, AUPRC as mean ± standard error over runs) from evaluate.py's result files.",
-    )
-    sub = parser.add_subparsers(dest="command", required=True)
-    table = sub.add_parser("table", help="print the table of the given result files")
-    table.add_argument("files", nargs="+", help="result files res_*.json written by evaluate.py")
-    table.add_argument("--format", choices=FORMATS, default="markdown", help="markdown (default) or csv")
-    table.add_argument(
-        "--temperature-scaled",
-        action="store_true",
-        help="ECE and the Softmax/Energy/Ensemble/DDU scores after temperature scaling (the t_ keys)",
-    )
-    table.add_argument("--out", default=None, help="also write the table to this file")
-    return parser
-
-
-@exit_on_user_error
-def main(args: argparse.Namespace) -> str:
-    rows = table_rows(read_results(args.files), temperature_scaled=args.temperature_scaled)
-    if not rows:
-        raise UserError("none of the files holds a method of the table; pass evaluate.py's res_*.json files")
-    text = format_table(rows, args.format)
-    print(text, end="")
-    if args.out:
-        from utils.io import atomic_write_bytes  # imports torch: only when a file is written
-
-        atomic_write_bytes(Path(args.out), text.encode())
-    return text
-
-
-if __name__ == "__main__":
-    main(get_args_parser().parse_args())

@@ -1,6 +1,5 @@
-"""The network flags shared by the scripts (DINO-style parents), the checks every script runs on its flags
-before doing anything, and the one path from flags to a loaded network, so that flag names, defaults,
-valid values and the meaning of a checkpoint live in one place.
+"""The network flags shared by the scripts (DINO-style parents) and the one path from flags to a loaded
+network, so that flag names, defaults, valid values and the meaning of a checkpoint live in one place.
 
     model = build_model(args)                      # the flags of train.py / evaluate.py (`args.dataset`)
     model = build_model(state["model_config"])     # or the config a resume file stores (nanoGPT's model_args)
@@ -10,24 +9,28 @@ valid values and the meaning of a checkpoint live in one place.
 mismatch facts it reports (`net.StateDictMismatch`) into the flags a user should change, and, given the
 config, first comparing it with the one the run's resume file beside the checkpoint records.
 
-Each script has one `check_args(args)` next to its `get_args_parser()`, built from the validators here
-(`check_number`, `check_count`, `check_seed`, `check_milestones`, `check_network_flags`, `check_file`,
-`check_dir`): a bad value ends in one sentence naming the flag, before any data is read or file written.
+`check_network_flags` is the network part of every script's `check_args` (the other validators are in
+`utils.validation`).
 """
 
 from __future__ import annotations
 
 import argparse
-import math
+import logging
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import torch
 import torch.nn as nn
 
 import data
 import net
 from utils.errors import UserError
+from utils.validation import check_count, check_number
+
+log = logging.getLogger(__name__)
 
 # Architecture options of `net.create_model` exposed as flags (None: the paper's size), with their help.
 ARCH_FLAGS = ("depth", "widen_factor", "base_width", "width_divisor")
@@ -81,96 +84,6 @@ def model_parser(default_model: str = "resnet50") -> argparse.ArgumentParser:
     return parser
 
 
-# --------------------------------------------------------------------------------------------------------
-# Validators for the scripts' `check_args`: each raises a `UserError` that names the flag, the valid values
-# and the value given.
-
-SEED_MAX = 2**32 - 1  # NumPy's RandomState (the original's validation split) takes seeds in [0, 2**32)
-
-
-def _range_text(above, at_least, below, at_most) -> str:
-    parts = []
-    if above is not None:
-        parts.append(f"greater than {above:g}")
-    if at_least is not None:
-        parts.append(f"at least {at_least:g}")
-    if below is not None:
-        parts.append(f"below {below:g}")
-    if at_most is not None:
-        parts.append(f"at most {at_most:g}")
-    return " and ".join(parts)
-
-
-def check_number(
-    value: float,
-    flag: str,
-    *,
-    above: float | None = None,
-    at_least: float | None = None,
-    below: float | None = None,
-    at_most: float | None = None,
-    hint: str = "",
-) -> None:
-    """A finite number within the given bounds (`above`/`below` strict, `at_least`/`at_most` inclusive)."""
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    ok = ok and (above is None or value > above) and (at_least is None or value >= at_least)
-    ok = ok and (below is None or value < below) and (at_most is None or value <= at_most)
-    if not ok:
-        bounds = _range_text(above, at_least, below, at_most)
-        raise UserError(
-            f"{flag} must be a finite number{' ' + bounds if bounds else ''}, got {value}"
-            + (f" ({hint})" if hint else "")
-        )
-
-
-def check_count(
-    value: int, flag: str, *, at_least: int = 1, at_most: int | None = None, hint: str = ""
-) -> None:
-    """A whole number in `[at_least, at_most]`."""
-    ok = isinstance(value, int) and not isinstance(value, bool) and value >= at_least
-    if not ok or (at_most is not None and value > at_most):
-        bounds = f"between {at_least} and {at_most}" if at_most is not None else f"at least {at_least}"
-        raise UserError(
-            f"{flag} must be a whole number {bounds}, got {value}" + (f" ({hint})" if hint else "")
-        )
-
-
-def check_seed(value: int, flag: str = "--seed", *, seeds_used: int = 1) -> None:
-    """A seed the generators take: `value ... value + seeds_used - 1` all in `[0, 2**32)`."""
-    check_count(value, flag, at_least=0, at_most=SEED_MAX - (seeds_used - 1))
-
-
-def check_milestones(
-    first: int, second: int, flags: tuple[str, str] = ("--first-milestone", "--second-milestone")
-) -> None:
-    """Two learning-rate drops at epochs `1 <= first < second`. A milestone beyond the last epoch is allowed:
-    that drop simply does not happen in this run (short runs keep the defaults; a resumed run may reach it)."""
-    check_count(first, flags[0])
-    check_count(second, flags[1])
-    if second <= first:
-        raise UserError(
-            f"{flags[1]} {second} must come after {flags[0]} {first}; pass increasing epochs (defaults: 150 and 250)"
-        )
-
-
-def check_file(path: str | Path, flag: str, expected: str) -> Path:
-    """`path` names an existing file; `expected` says what it should hold."""
-    path = Path(path)
-    if not path.is_file():
-        what = "is a folder" if path.is_dir() else "does not exist"
-        raise UserError(f"{flag} '{path}' {what}; it should be {expected}")
-    return path
-
-
-def check_dir(path: str | Path, flag: str, expected: str) -> Path:
-    """`path` names an existing folder; `expected` says what it should hold."""
-    path = Path(path)
-    if not path.is_dir():
-        what = "is a file" if path.is_file() else "does not exist"
-        raise UserError(f"{flag} '{path}' {what}; it should be a folder holding {expected}")
-    return path
-
-
 def check_network_flags(
     model: str, coeff: float, sizes: Mapping[str, int | None], flags: Mapping[str, str] = MODEL_FLAGS
 ) -> None:
@@ -194,11 +107,6 @@ def check_network_flags(
             raise UserError(
                 f"{flags[name]} does not apply to {flags['model']} {model} (its size flags: {takes}); drop it"
             )
-
-
-def flag_names(parser: argparse.ArgumentParser) -> dict[str, str]:
-    """Destination -> the flag a user types (the original's spelling first), for messages."""
-    return {action.dest: action.option_strings[0] for action in parser._actions if action.option_strings}
 
 
 def arch_values(args: argparse.Namespace, prefix: str = "") -> dict[str, int | None]:
@@ -359,12 +267,10 @@ def load_checkpoint(
     it. Returns `model`.
 
     With `config` (the `model_config` the network was built from) and a checkpoint path whose run left its
-    resume file beside it (`utils.run_files.saved_model_config`), the flags that file records are compared
+    resume file beside it (`saved_model_config`), the flags that file records are compared
     first: a checkpoint of another `--coeff` loads without any shape mismatch, yet computes other outputs.
     """
     if config is not None and not isinstance(checkpoint, Mapping):
-        from utils.run_files import saved_model_config  # run_files builds on this module
-
         saved = saved_model_config(checkpoint)
         if saved is not None:
             differ = differing_flags(saved[0], config, flags)
@@ -381,3 +287,26 @@ def load_checkpoint(
             f"{err.source} does not fit a {mismatch.network} built with these flags "
             f"({mismatch.keys_summary()}); most likely {'; '.join(mismatch_hints(mismatch, flags, config))}"
         ) from None
+
+
+def saved_model_config(checkpoint: str | Path) -> tuple[dict[str, Any], Path] | None:
+    """The `model_config` (flags of the network) recorded by the run that wrote `checkpoint`, and the file
+    it was read from: `{name}_resume.pt` beside `{name}_{epoch}.model`. None when there is no such file or
+    it cannot be read (it only adds a check; loading goes on without it).
+
+    The resume file is memory-mapped, so only its small `model_config` entry is read, whatever its size.
+    """
+    path = Path(checkpoint)
+    match = re.fullmatch(r"(.+)_\d+\.model", path.name)
+    resume = path.with_name(f"{match.group(1)}_resume.pt") if match else None
+    if resume is None or not resume.is_file():
+        return None
+    try:
+        state = torch.load(resume, map_location="cpu", weights_only=True, mmap=True)
+        config = state.get("model_config") if isinstance(state, dict) else None
+    except Exception as err:  # noqa: BLE001  (a damaged resume file must not stop an evaluation)
+        log.warning(
+            "could not read the run's flags from %s (%s); not cross-checked", resume, type(err).__name__
+        )
+        return None
+    return (dict(config), resume) if isinstance(config, Mapping) else None

@@ -25,7 +25,6 @@ import json
 import logging
 import math
 import random
-import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,11 +35,11 @@ import torch
 import torch.nn as nn
 
 import net
+from engine.models import load_checkpoint
+from engine.training import EpochStats, NonFiniteLossError
 from utils import distributed
-from utils.cli import load_checkpoint
 from utils.errors import Interrupted, UserError
 from utils.io import BackgroundWriter, atomic_torch_save, atomic_write_bytes, atomic_write_json, cpu_snapshot
-from utils.training import EpochStats, NonFiniteLossError
 
 log = logging.getLogger(__name__)
 
@@ -121,29 +120,6 @@ def locate_checkpoint(
         f"expected checkpoint '{candidates[0]}' but it does not exist (that folder has: {shown}); "
         "check --model, -sn, -mod, --coeff, --seed and --epoch"
     )
-
-
-def saved_model_config(checkpoint: str | Path) -> tuple[dict[str, Any], Path] | None:
-    """The `model_config` (flags of the network) recorded by the run that wrote `checkpoint`, and the file
-    it was read from: `{name}_resume.pt` beside `{name}_{epoch}.model`. None when there is no such file or
-    it cannot be read (it only adds a check; loading goes on without it).
-
-    The resume file is memory-mapped, so only its small `model_config` entry is read, whatever its size.
-    """
-    path = Path(checkpoint)
-    match = re.fullmatch(r"(.+)_\d+\.model", path.name)
-    resume = path.with_name(f"{match.group(1)}_resume.pt") if match else None
-    if resume is None or not resume.is_file():
-        return None
-    try:
-        state = torch.load(resume, map_location="cpu", weights_only=True, mmap=True)
-        config = state.get("model_config") if isinstance(state, dict) else None
-    except Exception as err:  # noqa: BLE001  (a damaged resume file must not stop an evaluation)
-        log.warning(
-            "could not read the run's flags from %s (%s); not cross-checked", resume, type(err).__name__
-        )
-        return None
-    return (dict(config), resume) if isinstance(config, Mapping) else None
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -488,6 +464,5 @@ __all__ = [
     "run_seeds",
     "sanitize_args",
     "save_resume_state",
-    "saved_model_config",
     "set_initial_lr",
 ]

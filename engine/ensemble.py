@@ -45,9 +45,9 @@ import torch.nn as nn
 from torch.func import functional_call, stack_module_state, vmap
 
 import net
-from utils import training
+from engine import training
+from engine.training import EpochStats, NonFiniteLossError, TrainSettings
 from utils.device import autocast_context
-from utils.training import EpochStats, NonFiniteLossError, TrainSettings
 
 MODES = ("auto", "stacked", "sequential")
 
@@ -195,7 +195,7 @@ def member_optimizer_state(state: Mapping[str, Any], k: int) -> dict[str, Any]:
 
 class MemberView:
     """Member k of a stacked ensemble and its optimiser, seen as one network's `model` and `optimizer` by
-    code that only calls `state_dict()` (e.g. `utils.run_files.EpochCheckpointer`)."""
+    code that only calls `state_dict()` (e.g. `engine.run_files.EpochCheckpointer`)."""
 
     def __init__(self, ensemble: StackedEnsemble, optimizer: torch.optim.Optimizer, k: int) -> None:
         self.ensemble, self._optimizer, self.k = ensemble, optimizer, k
@@ -277,7 +277,7 @@ def train_one_epoch_stacked(
     desc: str | None = None,
 ) -> list[EpochStats]:
     """One pass of every member over its own batches (`loader` yields `x (N, B, ...)`, `y (N, B)`), with
-    `utils.training.train_one_epoch`'s recipe per member; returns one `EpochStats` per member.
+    `engine.training.train_one_epoch`'s recipe per member; returns one `EpochStats` per member.
 
     The objective is the sum of the members' objectives (see the module docstring). Statistics stay on the
     device and are read every `settings.log_interval` steps; a non-finite loss of any member raises
@@ -370,7 +370,7 @@ def train_epochs_stacked(
     member_names: Sequence[str] | None = None,
     on_epoch_end: Callable[[list[EpochStats]], None] | None = None,
 ) -> list[list[EpochStats]]:
-    """`utils.training.train_epochs` for a stacked ensemble: the same epoch plan (set_epoch, one pass,
+    """`engine.training.train_epochs` for a stacked ensemble: the same epoch plan (set_epoch, one pass,
     scheduler step, validation every `validate_every` epochs and after the last), with one `EpochStats` per
     member at each epoch end (`on_epoch_end(stats)`). Returns the epochs' statistics, `[epoch][member]`."""
     history = []

@@ -1,5 +1,5 @@
 """The training loop of DDU (Mukhoti et al. 2021) and what it needs: optimiser, schedule, device placement,
-the epoch loop and accuracy. A run's files (checkpoints, logs, resume state) live in `utils.run_files`.
+the epoch loop and accuracy. A run's files (checkpoints, logs, resume state) live in `engine.run_files`.
 
 The recipe is the original's: SGD (momentum, weight decay, optional Nesterov) or Adam, cross-entropy on the
 logits, `MultiStepLR` dropping the learning rate tenfold at two milestones, stepped once per epoch. What is
@@ -176,7 +176,7 @@ class EpochStats:
 
 
 def _nonfinite_message(epoch: int, step: int, value: float) -> str:
-    # train.py adds what was kept and how to go on (`utils.run_files.RunFiles.explain_stops`).
+    # train.py adds what was kept and how to go on (`engine.run_files.RunFiles.explain_stops`).
     return (
         f"the training loss became {value} at epoch {epoch + 1}, step {step}, so training stopped (the "
         "learning rate is too high for this network, bf16 overflowed, or the data is bad)"

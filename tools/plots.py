@@ -5,19 +5,19 @@
 * Fig. 2: softmax entropy of MNIST versus Ambiguous-MNIST test samples.
 * Active learning: test accuracy versus number of labelled samples (mean and standard-error band over runs),
   and the fraction of ambiguous samples acquired.
-* Two moons: maps of softmax entropy and of feature density over the plane (the model is in `utils.toy`).
+* Two moons: maps of softmax entropy and of feature density over the plane (the model is in `tools.two_moons`).
 * Training curves: loss, accuracy and validation accuracy per epoch from train.py's `{name}_log.jsonl`, for
   several runs (or ensemble members) at once.
 
 Command line (writes PNGs; a checkpoint is LABEL=MODEL:FLAGS:PATH, FLAGS a comma list of `sn`, `mod` and size
 overrides such as `base_width=8`, possibly empty):
 
-    python -m utils.plots fig1 --dataset-root DATA --out fig1.png --fig2-out fig2.png \
+    python -m tools.plots fig1 --dataset-root DATA --out fig1.png --fig2-out fig2.png \
         --checkpoint "LeNet=lenet::runs/lenet_1_350.model" \
         --checkpoint "ResNet-18+SN=resnet18:sn,mod:runs/resnet18_sn_3.0_mod_1_350.model"
-    python -m utils.plots al --out al.png \
+    python -m tools.plots al --out al.png \
         --curve "DDU=results/test_accs_resnet18_sn_3.0_mod_1_gmm_mnist.json" --curve ...
-    python -m utils.plots curves runs/Run1/*_log.jsonl --out curves.png         # or LABEL=PATH per log
+    python -m tools.plots curves runs/Run1/*_log.jsonl --out curves.png         # or LABEL=PATH per log
 """
 
 from __future__ import annotations
@@ -31,7 +31,19 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
+import data
+from engine.evaluation import dirty_scores
+from engine.models import (
+    ARCH_FLAGS,
+    MODEL_FLAGS,
+    build_model,
+    check_network_flags,
+    load_checkpoint,
+    model_config,
+)
+from utils.device import select_device
 from utils.errors import UserError, exit_on_user_error
+from utils.validation import check_count, check_number
 
 GROUP_COLOURS = {"clean": "tab:blue", "ambiguous": "tab:orange", "ood": "tab:green"}
 # How the figures name data sets: the dirty sets' (clean, ambiguous) parts, and every set used as OoD.
@@ -46,8 +58,7 @@ AXIS_WIDEN = 5.0
 
 def group_names(dataset: str, ood: str) -> dict[str, str]:
     """Legend names of the 'clean', 'ambiguous' and 'ood' groups of
-    `utils.evaluation.dirty_scores(..., dataset, ood, ...)`."""
-    import data
+    `engine.evaluation.dirty_scores(..., dataset, ood, ...)`."""
 
     dataset, ood = data.canonical_name(dataset), data.canonical_name(ood)
     clean, ambiguous = DIRTY_DISPLAY.get(dataset, (f"{dataset} (clean)", f"{dataset} (ambiguous)"))
@@ -104,7 +115,7 @@ def plot_fig1(
     """The paper's Fig. 1: one row per model, softmax entropy (left) and feature log-density (right).
 
     `scores[model][group] = {"entropy": (N,), "log_density": (N,)}`, groups 'clean', 'ambiguous' and 'ood'
-    (`utils.evaluation.dirty_scores` output). `group_names` maps groups to legend names (default:
+    (`engine.evaluation.dirty_scores` output). `group_names` maps groups to legend names (default:
     Dirty-MNIST's parts and Fashion-MNIST; `group_names(dataset, ood)` gives them for any pair).
     """
     names = group_names or {"clean": "MNIST", "ambiguous": "Ambiguous-MNIST", "ood": "Fashion-MNIST"}
@@ -329,8 +340,7 @@ def load_model(
     **arch,
 ) -> torch.nn.Module:
     """The network of a checkpoint trained on `dataset` with these flags and size overrides (`base_width`),
-    in eval mode (`utils.cli.build_model` and `load_checkpoint`, as the scripts load theirs)."""
-    from utils.cli import ARCH_FLAGS, build_model, load_checkpoint, model_config
+    in eval mode (`engine.models.build_model` and `load_checkpoint`, as the scripts load theirs)."""
 
     unknown = sorted(set(arch) - set(ARCH_FLAGS))
     if unknown:
@@ -419,7 +429,6 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def check_args(args: argparse.Namespace) -> None:
     """Every flag's value, checked before anything is read or written: a bad one ends in one sentence."""
-    from utils.cli import ARCH_FLAGS, MODEL_FLAGS, check_count, check_network_flags, check_number
 
     if args.figure == "al":
         check_count(args.initial, "--initial", at_least=0)
@@ -489,8 +498,6 @@ def main(args: argparse.Namespace) -> None:
         )
         print(f"wrote {args.out}")
         return
-    from utils.device import select_device
-    from utils.evaluation import dirty_scores
 
     device = select_device(args.no_gpu)
     scores = {}

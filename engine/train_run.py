@@ -4,7 +4,7 @@ checkpoints, logs and TensorBoard scalars.
 
 `train.py` resolves and checks the flags, then calls `prepare_run` + `train_run` (one network) or
 `train_ensemble` (`--ensemble N`: members stacked into one vmapped network where that is exact, else one
-after another; see `utils.ensemble`).
+after another; see `engine.ensemble`).
 """
 
 from __future__ import annotations
@@ -20,12 +20,9 @@ import torch
 import torch.nn as nn
 
 import data
-from utils import distributed, ensemble, tensorboard
-from utils.cli import build_model, model_config
-from utils.errors import UserError
-from utils.io import BackgroundWriter
-from utils.progress import progress_enabled
-from utils.run_files import (
+from engine import ensemble, tensorboard
+from engine.models import build_model, model_config
+from engine.run_files import (
     EpochCheckpointer,
     RunFiles,
     explain_ensemble_stops,
@@ -33,8 +30,7 @@ from utils.run_files import (
     run_name,
     sanitize_args,
 )
-from utils.seed import seed_everything
-from utils.training import (
+from engine.training import (
     EpochStats,
     TrainSettings,
     make_optimizer,
@@ -42,6 +38,11 @@ from utils.training import (
     prepare_model,
     train_epochs,
 )
+from utils import distributed
+from utils.errors import UserError
+from utils.io import BackgroundWriter
+from utils.progress import progress_enabled
+from utils.seed import seed_everything
 
 log = logging.getLogger("train")
 
@@ -235,7 +236,7 @@ def train_ensemble(
 def _train_stacked(
     args: argparse.Namespace, runs: list[TrainingRun], device: torch.device, dist_info: distributed.DistInfo
 ) -> list[dict[str, Any]]:
-    """Train the members of `runs` together (see `utils.ensemble`); each keeps its own files and logs."""
+    """Train the members of `runs` together (see `engine.ensemble`); each keeps its own files and logs."""
     # Members resumed from different epochs (a stop between two members' end-of-epoch writes) first catch
     # up one by one: the stack needs them in step.
     done = max(run.start_epoch for run in runs)

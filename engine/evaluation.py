@@ -1,4 +1,4 @@
-"""Per-run evaluation of DDU and its baselines from precomputed network outputs (see `utils.features`).
+"""Per-run evaluation of DDU and its baselines from precomputed network outputs (see `engine.features`).
 
 Each function takes `Outputs` (logits, features, labels) of the data sets it needs and returns a flat dict of
 scalars. Key names follow the original DDU JSON (`accuracy`, `ece`, `m1_auroc`, ..., `t_m2_auprc`); the extras
@@ -27,8 +27,8 @@ import torch
 
 import data
 import metrics
+from engine.features import Outputs, collect_outputs
 from utils.errors import UserError
-from utils.features import Outputs, collect_outputs
 
 log = logging.getLogger(__name__)
 

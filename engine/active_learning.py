@@ -15,7 +15,7 @@ acquisition score into the labelled set:
   so the acquired batch is a uniformly random subset of the pool, reproducible and resumable.
 
 An ensemble's members are trained together, stacked into one vmapped network, where that is exact and the
-device is a GPU (`train_best_models`, the same path as `train.py --ensemble`; see `utils.ensemble`), and one
+device is a GPU (`train_best_models`, the same path as `train.py --ensemble`; see `engine.ensemble`), and one
 after another otherwise.
 
 Everything (pool, labelled set, validation and test sets) lives on the device as normalised tensors; the
@@ -41,8 +41,8 @@ import torch
 import data
 import metrics
 from data.transforms import normalize
-from utils import ensemble, training
-from utils.features import collect_outputs
+from engine import ensemble, training
+from engine.features import collect_outputs
 
 
 @dataclass
@@ -244,7 +244,7 @@ def train_best_models(
     original_quirks: bool = False,
 ) -> list:
     """`train_best_model` for each of `seeds` (member k: seed `seeds[k]`, its own resampling of the labelled
-    set, the common validation split), stacked or one after another as `utils.ensemble.choose_mode` picks
+    set, the common validation split), stacked or one after another as `engine.ensemble.choose_mode` picks
     for `mode`; `on_epoch_end(k, stats)` sees member k's epochs. Raises `ValueError` when `mode` is
     `stacked` and the network cannot be stacked. `original_quirks`: each member is its last epoch (see
     `train_best_model`)."""
@@ -280,7 +280,7 @@ def _train_best_models_stacked(
     make_model, labelled, validation, *, seeds, epochs, batch_size, test_batch_size, samples_per_epoch, settings,
     on_epoch_end, original_quirks,
 ) -> list:  # fmt: skip
-    """The members of `train_best_models` stacked (see `utils.ensemble`): the same seeds, initial weights,
+    """The members of `train_best_models` stacked (see `engine.ensemble`): the same seeds, initial weights,
     batches and Adam updates as one after another; each member keeps its own best epoch."""
     members = []
     for seed in seeds:
