@@ -20,6 +20,7 @@ from metrics.classification import (
 )
 from metrics.ddu import DDUScorer, original_float32_density, original_float32_entropy
 from metrics.gmm import (
+    JITTER_SEARCHES,
     ClassGaussians,
     GaussianFitError,
     SharedGaussian,
@@ -41,6 +42,7 @@ from metrics.uncertainty import (
 )
 
 __all__ = [
+    "JITTER_SEARCHES",
     "ClassGaussians",
     "DDUScorer",
     "GaussianFitError",

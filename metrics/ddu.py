@@ -45,23 +45,39 @@ class DDUScorer:
     gaussians: ClassGaussians
 
     @classmethod
-    def fit_features(cls, features: Tensor, labels: Tensor, num_classes: int, **options: Any) -> DDUScorer:
+    def fit_features(
+        cls,
+        features: Tensor,
+        labels: Tensor,
+        num_classes: int,
+        *,
+        jitter_search: str = "project",
+        **options: Any,
+    ) -> DDUScorer:
         """Fit one Gaussian per class to `features` `(N, D)` with integer `labels` `(N,)` in `[0, C)`.
 
-        `options` are `fit_class_gaussians`'s keywords: `weight_by_class_frequency` adds the prior
-        `log(n_c / N)` to every class log-density (the DDU code uses none; its active learning does);
-        `jitter_start` and `max_tries` steer the jitter search.
+        `jitter_search="original"` chooses the covariance jitter as the DDU code does (`--original-quirks`:
+        the first absolute jitter from 0 up that `torch.linalg.cholesky` accepts, see `metrics.gmm`); the
+        default `"project"` is the scale-free search that rejects round-off pivots. `options` are
+        `fit_class_gaussians`'s other keywords: `weight_by_class_frequency` adds the prior `log(n_c / N)` to
+        every class log-density (the DDU code uses none; its active learning does); `jitter_start` and
+        `max_tries` steer the project's search.
 
         Raises:
             GaussianFitError: with the reason, if a class is empty, features are not finite, or no jitter
                 makes the covariances positive definite.
         """
-        return cls(fit_class_gaussians(features, labels, num_classes, **options))
+        return cls(fit_class_gaussians(features, labels, num_classes, jitter_search=jitter_search, **options))
 
     @property
     def jitter(self) -> float:
         """The value added to every covariance diagonal before factoring (0.0 if none was needed)."""
         return float(self.gaussians.jitter)
+
+    @property
+    def jitter_search(self) -> str:
+        """Which search chose the jitter: `"project"` or `"original"` (the DDU code's)."""
+        return self.gaussians.jitter_search
 
     def class_log_densities(self, features: Tensor, *, chunk_size: int | None = None) -> Tensor:
         """`log q(z | c)` (plus `log q(c)` when weighted) of `features` `(M, D)` -> `(M, C)` float64."""

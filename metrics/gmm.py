@@ -14,8 +14,20 @@ than dimensions, duplicated or constant features) can otherwise slip through wit
 rounding noise and yield meaningless densities. On failure the same jitter `lambda * I` is added to every
 class covariance, starting at `eps * mean_c,i (Sigma_c)_ii` and growing by powers of 10; the jitter used is
 the smallest of these that makes every class sound, and it is recorded (0 when none was needed). If no
-jitter in `max_tries` works, `GaussianFitError` is raised: a broken model is never returned. (The DDU code
-instead tries absolute jitters and, on current PyTorch, can leave its model unassigned.)
+jitter in `max_tries` works, `GaussianFitError` is raised: a broken model is never returned.
+
+`jitter_search="original"` picks the jitter the DDU code picks (`--original-quirks`): it tries the absolute
+jitters `0, tiny, 1e-308, 1e-307, ..., 1e-1` and keeps the first for which `torch.linalg.cholesky` (inside
+`MultivariateNormal`) succeeds on every class, with no pivot check. Its `jitter * torch.eye(D)` is float32,
+so every jitter below ~1e-45 adds exactly 0, and the others add their float32 roundings (1e-45 adds
+1.4e-45): that is the value recorded and used. On a singular covariance a pivot of rounding noise then
+passes, so the choice (1e-45 ... 1e-18 on LeNet features with dead ReLUs) depends on that noise's sign and
+moves log-densities by orders of magnitude off the features' span. The covariances follow the DDU code's
+arithmetic (`(1 / (n_c - 1)) * x.t().mm(x)`, each product in a fresh buffer), so on the CPU the factors are
+bit for bit those of its `MultivariateNormal`, and the log-densities agree to rounding (on CUDA its
+batched factorisation may round differently, which on a singular covariance can move the accepted jitter).
+Unchanged, the DDU code cannot run on current PyTorch: a rejected covariance raises a `ValueError` whose
+message it does not expect, and its model is left unassigned.
 
 The search factors one class at a time, in place: an attempt stops at its first unsound class (tried first
 at the next attempt), so a failed attempt costs about one factorisation instead of `C`, and only the final
@@ -43,6 +55,7 @@ _EPS = torch.finfo(torch.float64).eps
 # A pivot L_ii^2 at or below this many `D * eps * max diagonal` is rounding noise, not variance.
 _PIVOT_TOLERANCE = 10.0
 DEFAULT_MAX_TRIES = 20
+JITTER_SEARCHES = ("project", "original")
 # Scoring works on chunks whose largest temporary holds about this many float64 numbers (128 MiB).
 _CHUNK_ELEMENTS = 2**24
 
@@ -68,6 +81,7 @@ class ClassGaussians:
         jitter: the value added to every covariance diagonal before factoring (0.0 if none was needed).
         class_counts: `(C,)` int64 training samples per class.
         weight_by_class_frequency: whether `class_log_densities` adds `log_priors` (DDU's code does not).
+        jitter_search: which search chose `jitter`, `"project"` or `"original"` (see the module docstring).
     """
 
     means: Tensor
@@ -76,6 +90,7 @@ class ClassGaussians:
     jitter: float
     class_counts: Tensor
     weight_by_class_frequency: bool = False
+    jitter_search: str = "project"
 
     @property
     def num_classes(self) -> int:
@@ -144,9 +159,16 @@ def _all_finite(x: Tensor) -> bool:
     return bool(torch.isfinite(x.sum())) or bool(torch.isfinite(x).all())
 
 
-def _class_moments(features: Tensor, labels: Tensor, num_classes: int) -> tuple[Tensor, Tensor, Tensor]:
+def _class_moments(
+    features: Tensor, labels: Tensor, num_classes: int, *, fresh_products: bool = False
+) -> tuple[Tensor, Tensor, Tensor]:
     """Per-class means `(C, D)`, centred scatter matrices `sum_i (z_i - mu_c)(z_i - mu_c)^T` `(C, D, D)`
     and counts `(C,)` (CPU int64), in float64 on the features' device.
+
+    `fresh_products` computes each scatter in a new `(D, D)` buffer and copies it in, as the DDU code's
+    `x.t().mm(x)` does: a BLAS may round a product differently when its output is not aligned as a fresh
+    buffer is (a slice of the `(C, D, D)` block), and on a singular covariance that rounding decides which
+    tiny jitter the original search accepts.
 
     Raises `GaussianFitError` for non-finite features or a class without samples.
     """
@@ -169,7 +191,10 @@ def _class_moments(features: Tensor, labels: Tensor, num_classes: int) -> tuple[
         start += count
         means[c] = z.mean(dim=0)
         centred = z - means[c]
-        torch.matmul(centred.T, centred, out=scatters[c])
+        if fresh_products:
+            scatters[c] = centred.T @ centred
+        else:
+            torch.matmul(centred.T, centred, out=scatters[c])
     return means, scatters, counts
 
 
@@ -189,21 +214,10 @@ def _sound_factors(factors: Tensor, info: Tensor, matrices: Tensor) -> Tensor:
     return _sound(factors, info, matrices.diagonal(dim1=-2, dim2=-1).amax(dim=-1))
 
 
-def _factor_with_jitter(
-    covariances: Tensor, jitter_start: float | None, max_tries: int, what: list[str]
-) -> tuple[Tensor, float]:
-    """Cholesky factors of `(B, D, D)` covariances, adding the smallest jitter `lambda * I` (shared by all
-    `B`) from `0, s, 10 s, ..., 10^(max_tries - 1) s` that makes every factor sound.
+def _project_jitters(covariances: Tensor, jitter_start: float | None, max_tries: int) -> list[float]:
+    """This project's jitters `0, s, 10 s, ..., 10^(max_tries - 1) s` for `(B, D, D)` covariances.
 
     `s` is `jitter_start`, or `eps * mean diagonal entry` (1.0 if that is 0) so the search is scale-free.
-    `what` names each matrix for the error message.
-
-    Works in place, with one `(D, D)` scratch factor: `covariances` is overwritten and the returned factors
-    are a column-major view of its memory. Only the lower triangle of each covariance is read (as LAPACK
-    does); while the search runs, the upper triangle of a matrix already factored at the current jitter
-    holds `L^T` and its strict lower triangle still holds `Sigma`, with the variances kept aside, so a later
-    attempt can refactor it. Matrices are factored one at a time and an attempt stops at its first unsound
-    matrix, which leads the next attempt; the result is that of factoring every matrix at every attempt.
     """
     if max_tries < 0:
         raise ValueError(f"max_tries must be non-negative, got {max_tries}")
@@ -212,6 +226,42 @@ def _factor_with_jitter(
         jitter_start = _EPS * (scale if scale > 0 else 1.0)
     elif not jitter_start > 0:
         raise ValueError(f"jitter_start must be positive, got {jitter_start}")
+    return [0.0] + [jitter_start * 10.0**exponent for exponent in range(max_tries)]
+
+
+def _original_jitters() -> list[float]:
+    """The values the DDU code adds to the covariance diagonals, in the order it tries them.
+
+    Its list is `[0, tiny] + [10**e for e in range(-308, 0)]`, multiplied by a float32 identity: each jitter
+    becomes its float32 rounding (0 below ~1e-45). Repeats are dropped, since the same matrix gets the same
+    verdict, which leaves 0, 1.4e-45, 9.8e-45, ..., 0.1 (46 values).
+    """
+    nominal = [0.0, torch.finfo(torch.float64).tiny] + [10**exponent for exponent in range(-308, 0)]
+    added = torch.tensor(nominal, dtype=torch.float32).double().tolist()
+    return [value for i, value in enumerate(added) if i == 0 or value != added[i - 1]]
+
+
+def _cholesky_succeeds(factor: Tensor, info: Tensor, largest_diagonal: Tensor) -> Tensor:
+    """The DDU code's test of a factor: `torch.linalg.cholesky` does not raise (no pivot check)."""
+    return info == 0
+
+
+def _factor_with_jitter(
+    covariances: Tensor, jitters: list[float], what: list[str], accept=_sound
+) -> tuple[Tensor, float]:
+    """Cholesky factors of `(B, D, D)` covariances, adding the first jitter `lambda * I` (shared by all `B`)
+    in `jitters` for which `accept(factor, info, largest diagonal)` holds for every matrix.
+
+    `accept` is `_sound` (this project's test) or `_cholesky_succeeds` (the DDU code's). `what` names each
+    matrix for the error message.
+
+    Works in place, with one `(D, D)` scratch factor: `covariances` is overwritten and the returned factors
+    are a column-major view of its memory. Only the lower triangle of each covariance is read (as LAPACK
+    does); while the search runs, the upper triangle of a matrix already factored at the current jitter
+    holds `L^T` and its strict lower triangle still holds `Sigma`, with the variances kept aside, so a later
+    attempt can refactor it. Matrices are factored one at a time and an attempt stops at its first rejected
+    matrix, which leads the next attempt; the result is that of factoring every matrix at every attempt.
+    """
     batch, dim, device = covariances.shape[0], covariances.shape[-1], covariances.device
     variances = covariances.diagonal(dim1=-2, dim2=-1).clone()
     factor = torch.empty(dim, dim, dtype=covariances.dtype, device=device).mT  # LAPACK's layout: no copy
@@ -219,16 +269,15 @@ def _factor_with_jitter(
     upper = torch.ones(dim, dim, dtype=torch.bool, device=device).triu()
     order = list(range(batch))
     jitter, failing = 0.0, []
-    for attempt in range(max_tries + 1):
-        jitter = 0.0 if attempt == 0 else jitter_start * 10.0 ** (attempt - 1)
-        last_attempt = attempt == max_tries
+    for attempt, jitter in enumerate(jitters):
+        last_attempt = attempt == len(jitters) - 1
         failing = []
         for position, b in enumerate(order):
             matrix = covariances[b]
-            diagonal = variances[b] if attempt == 0 else variances[b] + jitter
+            diagonal = variances[b] + jitter if jitter else variances[b]
             matrix.diagonal().copy_(diagonal)
             torch.linalg.cholesky_ex(matrix, out=(factor, info))
-            if bool(_sound(factor, info, diagonal.amax())):
+            if bool(accept(factor, info, diagonal.amax())):
                 torch.where(upper, factor.mT, matrix, out=matrix)  # L^T into the upper triangle
                 continue
             failing.append(b)
@@ -239,7 +288,8 @@ def _factor_with_jitter(
             return covariances.triu_().mT, jitter
     raise GaussianFitError(
         f"the covariance of {', '.join(what[i] for i in sorted(failing))} is not positive definite even "
-        f"with jitter {jitter:.3g} on the diagonal ({max_tries} jittered tries); the features may be degenerate"
+        f"with jitter {jitter:.3g} on the diagonal ({len(jitters) - 1} jittered tries); the features may be "
+        "degenerate"
     )
 
 
@@ -251,6 +301,7 @@ def fit_class_gaussians(
     weight_by_class_frequency: bool = False,
     jitter_start: float | None = None,
     max_tries: int = DEFAULT_MAX_TRIES,
+    jitter_search: str = "project",
 ) -> ClassGaussians:
     """Fit DDU's per-class Gaussians `N(mu_c, Sigma_c)` to training features (paper Alg. 1, "GDA fit").
 
@@ -265,6 +316,8 @@ def fit_class_gaussians(
         weight_by_class_frequency: use `q(c) = n_c / N` in `class_log_densities` (DDU's code uses none).
         jitter_start: first jitter tried after the plain factorisation; default `eps * mean variance`.
         max_tries: number of jitters tried (each 10 times the previous) after the plain factorisation.
+        jitter_search: `"project"` (the sound search above) or `"original"`, the DDU code's choice of jitter
+            (`--original-quirks`; `jitter_start` and `max_tries` do not apply to it).
 
     Returns:
         `ClassGaussians` in float64 on the features' device.
@@ -272,12 +325,21 @@ def fit_class_gaussians(
     Raises:
         GaussianFitError: with the reason, if a class is empty, features are not finite, or no jitter works.
     """
-    means, covariances, counts = _class_moments(features, labels, num_classes)
+    if jitter_search not in JITTER_SEARCHES:
+        raise ValueError(f"jitter_search must be one of {JITTER_SEARCHES}, got {jitter_search!r}")
+    original = jitter_search == "original"
+    if original and (jitter_start is not None or max_tries != DEFAULT_MAX_TRIES):
+        raise ValueError("jitter_start and max_tries steer the project's search, not the original one")
+    means, covariances, counts = _class_moments(features, labels, num_classes, fresh_products=original)
     denominators = (counts - 1).clamp(min=1).to(device=covariances.device, dtype=torch.float64)
-    covariances.div_(denominators[:, None, None])
-    factors, jitter = _factor_with_jitter(
-        covariances, jitter_start, max_tries, [f"class {c}" for c in range(num_classes)]
-    )
+    if original:  # the DDU code's `1 / (n - 1) * x.t().mm(x)`, which rounds differently from a division
+        covariances.mul_(denominators.reciprocal()[:, None, None])
+        jitters, accept = _original_jitters(), _cholesky_succeeds
+    else:
+        covariances.div_(denominators[:, None, None])
+        jitters, accept = _project_jitters(covariances, jitter_start, max_tries), _sound
+    what = [f"class {c}" for c in range(num_classes)]
+    factors, jitter = _factor_with_jitter(covariances, jitters, what, accept)
     counts = counts.to(means.device)
     if weight_by_class_frequency:
         log_priors = torch.log(counts.double() / counts.sum())
@@ -292,6 +354,7 @@ def fit_class_gaussians(
         jitter=jitter,
         class_counts=counts,
         weight_by_class_frequency=weight_by_class_frequency,
+        jitter_search=jitter_search,
     )
 
 
@@ -394,7 +457,8 @@ def fit_shared_mahalanobis(
     means, scatters, counts = _class_moments(features, labels, num_classes)
     covariance = scatters.sum(dim=0, keepdim=True) / features.shape[0]
     del scatters
-    factors, jitter = _factor_with_jitter(covariance, jitter_start, max_tries, ["the shared covariance"])
+    jitters = _project_jitters(covariance, jitter_start, max_tries)
+    factors, jitter = _factor_with_jitter(covariance, jitters, ["the shared covariance"])
     counts = counts.to(means.device)
     return SharedGaussian(means=means, cholesky=factors[0], jitter=jitter, class_counts=counts)
 

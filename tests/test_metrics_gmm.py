@@ -1,7 +1,9 @@
 """DDU's class Gaussians and the tied-covariance Mahalanobis score against numpy/scipy references,
 including the singular cases that need a jitter."""
 
+import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,6 +12,7 @@ from scipy.special import logsumexp, softmax
 from scipy.stats import entropy, multivariate_normal
 
 from metrics import (
+    DDUScorer,
     GaussianFitError,
     class_log_densities,
     ddu_scores,
@@ -17,7 +20,7 @@ from metrics import (
     fit_shared_mahalanobis,
     mahalanobis_score,
 )
-from metrics.gmm import _sound_factors
+from metrics.gmm import _original_jitters, _sound_factors
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
@@ -358,3 +361,134 @@ def test_finiteness_check_tells_overflowing_sums_from_non_finite_features():
         assert not _all_finite(x)
     opposite = torch.tensor([[math.inf, -math.inf]])  # sums to NaN
     assert not _all_finite(opposite) and _all_finite(torch.zeros(2, 2))
+
+
+ORIGINAL_FIXTURE = Path(__file__).resolve().parent / "fixtures" / "gmm" / "original_jitter_dead_relu.json"
+
+
+def _float32(value):
+    """What the DDU code adds for a jitter: its `jitter * torch.eye(D)` is float32."""
+    return torch.tensor(value, dtype=torch.float32).item()
+
+
+def _original_fixture():
+    fixture = json.loads(ORIGINAL_FIXTURE.read_text())
+    features = torch.tensor(fixture["features"], dtype=torch.float32)
+    labels = torch.tensor(fixture["labels"])
+    test_points = torch.tensor(fixture["test_points"], dtype=torch.float32)
+    return fixture, features, labels, test_points
+
+
+def test_original_jitter_search_matches_the_original_code_on_its_fixture():
+    # Written by the DDU code's own gmm_fit (tests/fixtures/make_gmm_fixture.py). The covariances have exactly
+    # zero rows (dead ReLUs), so which jitters LAPACK accepts does not depend on rounding.
+    fixture, features, labels, test_points = _original_fixture()
+    num_classes = fixture["num_classes"]
+    model = fit_class_gaussians(features, labels, num_classes, jitter_search="original")
+    assert fixture["original_jitter_eps"] == 1e-45
+    assert model.jitter == _float32(fixture["original_jitter_eps"]) and model.jitter_search == "original"
+    expected = np.array(fixture["original_log_probs"])
+    # In-span points score ~300 and off-span ones down to ~-1e46: compare relatively.
+    assert expected.max() > 0 and expected.min() < -1e44
+    np.testing.assert_allclose(class_log_densities(model, test_points).numpy(), expected, rtol=1e-6, atol=0)
+    scorer = DDUScorer.fit_features(features, labels, num_classes, jitter_search="original")
+    assert scorer.jitter == model.jitter and scorer.jitter_search == "original"
+    # The default search rejects those pivots: the option is what makes the difference.
+    default = fit_class_gaussians(features, labels, num_classes)
+    assert default.jitter_search == "project" and default.jitter > 1e20 * model.jitter
+    assert DDUScorer.fit_features(features, labels, num_classes).jitter == default.jitter
+
+
+def _original_gmm_fit(features, labels, num_classes):
+    """The DDU code's `gmm_fit` loop, rewritten for this test: absolute jitters (times a float32 identity)
+    from 0 up; the first for which `MultivariateNormal` (its `torch.linalg.cholesky`) accepts every class
+    wins. Returns `(jitter_eps, gmm)`."""
+    x = features.double()
+    means = torch.stack([x[labels == c].mean(dim=0) for c in range(num_classes)])
+    covariances = []
+    for c in range(num_classes):
+        centred = x[labels == c] - means[c]
+        covariances.append(1 / (centred.shape[0] - 1) * centred.t().mm(centred))
+    covariances = torch.stack(covariances)
+    jitters = [0, torch.finfo(torch.double).tiny] + [10**exponent for exponent in range(-308, 0)]
+    for jitter_eps in jitters:
+        identity = jitter_eps * torch.eye(x.shape[1]).unsqueeze(0)
+        try:
+            gmm = torch.distributions.MultivariateNormal(means, covariances + identity, validate_args=False)
+        except RuntimeError as error:
+            assert "cholesky" in str(error)
+            continue
+        return jitter_eps, gmm
+    raise AssertionError("no jitter of the original list works")
+
+
+RANK_DEFICIENT_CASES = {
+    "fewer_samples_than_dims_relu": lambda: (lambda f, y, c: (torch.relu(f).float(), y, c))(
+        *_many_singular_classes(16, dim=30, counts=(12,) * 10)
+    ),
+    "large_scale": EQUIVALENCE_CASES["large_scale"],
+    **{
+        kind: (lambda kind=kind: _singular_case(kind))
+        for kind in ("duplicated_feature", "linear_combination")
+    },
+}
+
+
+@pytest.mark.parametrize("case", sorted(RANK_DEFICIENT_CASES))
+def test_original_jitter_search_follows_the_original_loop_on_rank_deficient_classes(case):
+    # Singular covariances: the last pivots are rounding noise, which the original accepts whenever it is
+    # positive (from jitter 0 for the linear combination here). Which jitter wins depends on the BLAS, so
+    # the original's loop runs here, on the same one, and the factors must be the same numbers.
+    features, labels, num_classes = RANK_DEFICIENT_CASES[case]()
+    jitter_eps, gmm = _original_gmm_fit(features, labels, num_classes)
+    model = fit_class_gaussians(features, labels, num_classes, jitter_search="original")
+    assert model.jitter == _float32(jitter_eps)
+    assert torch.equal(model.cholesky, gmm.scale_tril)
+    test_points = features[::5].double()
+    expected = gmm.log_prob(test_points[:, None, :])
+    np.testing.assert_allclose(class_log_densities(model, test_points).numpy(), expected.numpy(), rtol=1e-6)
+
+
+def test_original_jitters_are_the_float32_roundings_of_the_original_list():
+    jitters = _original_jitters()
+    # 0 (with tiny and 1e-308 ... 1e-46, which all round to 0 in float32), then 1e-45 ... 1e-1.
+    assert len(jitters) == 1 + 45 and jitters[0] == 0.0
+    assert jitters[1] == _float32(1e-45) and jitters[-1] == _float32(0.1)
+    assert all(a < b for a, b in zip(jitters, jitters[1:]))
+
+
+def test_default_jitter_search_is_unchanged():
+    # On the fixture's exactly zero rows the pivot is the jitter itself, so the project's rule (the first
+    # `eps * mean variance * 10^k` above `10 D eps * largest variance` of every class) fixes the jitter on any
+    # BLAS; here k = 4 (the largest ratio is 10^3.02). Passing the keyword changes nothing.
+    _, features, labels, _ = _original_fixture()
+    default = fit_class_gaussians(features, labels, 10)
+    explicit = fit_class_gaussians(features, labels, 10, jitter_search="project")
+    assert default.jitter_search == explicit.jitter_search == "project"
+    assert default.jitter == explicit.jitter and torch.equal(default.cholesky, explicit.cholesky)
+    x, y = features.double().numpy(), labels.numpy()
+    variances = np.stack([x[y == c].var(axis=0, ddof=1) for c in range(10)])
+    eps, dim = np.finfo(np.float64).eps, x.shape[1]
+    start, floor = eps * variances.mean(), 10 * dim * eps * variances.max()
+    k = next(k for k in range(20) if start * 10.0**k > floor)
+    assert k == 4 and default.jitter == pytest.approx(start * 10.0**k, rel=1e-12)
+    covariances = np.stack([np.cov(x[y == c], rowvar=False) for c in range(10)])
+    np.testing.assert_allclose(
+        default.covariances().numpy(), covariances + default.jitter * np.eye(dim), rtol=1e-12, atol=1e-12
+    )
+
+
+def test_jitter_search_errors():
+    features, labels, num_classes = _singular_case("duplicated_feature")
+    with pytest.raises(ValueError, match="jitter_search must be one of"):
+        fit_class_gaussians(features, labels, num_classes, jitter_search="paper")
+    with pytest.raises(ValueError, match="not the original one"):
+        fit_class_gaussians(features, labels, num_classes, jitter_search="original", jitter_start=1e-3)
+    # A covariance the original's largest jitter cannot fix: a GaussianFitError, not an unassigned model.
+    # Variance 2^54 in two identical columns: every step of the factorisation is exact and 2^54 + 0.1
+    # rounds to 2^54, so the last pivot is exactly 0 at every jitter of the original list.
+    a = 2.0**27
+    duplicated = torch.tensor([[-a, -a], [0.0, 0.0], [a, a]])
+    with pytest.raises(GaussianFitError, match=r"class 0 is not positive definite .* \(45 jittered tries\)"):
+        fit_class_gaussians(duplicated, torch.zeros(3, dtype=torch.long), 1, jitter_search="original")
+    assert fit_class_gaussians(duplicated, torch.zeros(3, dtype=torch.long), 1).jitter > 0.1
