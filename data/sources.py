@@ -134,12 +134,12 @@ _CIFAR = {
 }
 
 
-def _cifar(dataset: str, root: Path, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+def _cifar(dataset: str, root: Path, split: str, flag: str) -> tuple[torch.Tensor, torch.Tensor]:
     folder, label_key, names, cls_name, archive = _CIFAR[dataset]
     paths = _require(
         dataset,
         [(root / folder / name,) for name in names[split]],
-        f"download {archive} and extract it into '{root}', or pass the --dataset-root that holds '{folder}'",
+        f"download {archive} and extract it into '{root}', or pass the {flag} that holds '{folder}'",
         archive,
         _torchvision_download(cls_name, root),
     )
@@ -152,12 +152,12 @@ def svhn_file(root: str | os.PathLike, split: str) -> Path:
     return Path(root) / f"{split}_32x32.mat"
 
 
-def _svhn(root: Path, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+def _svhn(root: Path, split: str, flag: str) -> tuple[torch.Tensor, torch.Tensor]:
     url = f"http://ufldl.stanford.edu/housenumbers/{split}_32x32.mat"
     (path,) = _require(
         "svhn",
         [(svhn_file(root, split),)],
-        f"download {url} into '{root}', or pass the --dataset-root that holds it",
+        f"download {url} into '{root}', or pass the {flag} that holds it",
         url,
         _torchvision_download("SVHN", root, split=split),
     )
@@ -165,7 +165,7 @@ def _svhn(root: Path, split: str) -> tuple[torch.Tensor, torch.Tensor]:
     return formats.read_svhn(path)
 
 
-def _mnist_family(dataset: str, root: Path, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+def _mnist_family(dataset: str, root: Path, split: str, flag: str) -> tuple[torch.Tensor, torch.Tensor]:
     folder, cls_name, url = {
         "mnist": ("MNIST", "MNIST", "https://ossci-datasets.s3.amazonaws.com/mnist/"),
         "fashion_mnist": (
@@ -181,7 +181,7 @@ def _mnist_family(dataset: str, root: Path, split: str) -> tuple[torch.Tensor, t
         dataset,
         [(raw / stem, raw / f"{stem}.gz") for stem in stems],
         f"place the IDX files (raw or .gz) in '{raw}' (torchvision.datasets.{cls_name}('{root}', "
-        "download=True) does this), or pass the --dataset-root that holds it",
+        f"download=True) does this), or pass the {flag} that holds it",
         url,
         _torchvision_download(cls_name, root),
     )
@@ -189,7 +189,7 @@ def _mnist_family(dataset: str, root: Path, split: str) -> tuple[torch.Tensor, t
     return formats.read_mnist(*paths)
 
 
-def _amnist(root: Path, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+def _amnist(root: Path, split: str, flag: str) -> tuple[torch.Tensor, torch.Tensor]:
     """The flattened Ambiguous-MNIST pairs of one split: `(n, 1, 28, 28)` float32 in [0, 1], `(n,)`."""
 
     def download() -> None:
@@ -208,63 +208,94 @@ def _amnist(root: Path, split: str) -> tuple[torch.Tensor, torch.Tensor]:
         download,
     )
     samples, labels = formats.read_amnist(*paths)
-    train_pairs = amnist_train_pairs(root)
+    train_pairs = amnist_train_pairs(root, labels.numel())
     if split == "train":
         return formats.flatten_multilabel(samples, labels, 0, train_pairs)
     return formats.flatten_multilabel(samples, labels, train_pairs, None)
 
 
-def amnist_train_pairs(root: Path) -> int:
+def amnist_train_pairs(root: Path, total_pairs: int | None = None) -> int:
     """How many flattened (sample, label) pairs are training data: 60,000 for the released files (as the
-    original reads them), or `train_pairs` from the `amnist_manifest.json` that `data.ambiguous_mnist` writes
-    next to a regenerated set of another size."""
-    manifest = Path(root) / AMNIST_MANIFEST
-    if manifest.is_file():
-        try:
-            value = json.loads(manifest.read_text()).get("train_pairs")
-        except (OSError, ValueError, AttributeError):
-            value = None
-        if isinstance(value, int) and value >= 0:
-            return value
-    return AMNIST_TRAIN_PAIRS
+    original reads them; they come without a manifest), or `train_pairs` from the `amnist_manifest.json`
+    that `data.ambiguous_mnist` writes next to a regenerated set of another size.
+
+    A manifest that is there but unusable (not JSON, not an object, `train_pairs` missing or not a positive
+    integer, or more than the `total_pairs` the files hold) raises `UserError`: falling back to 60,000
+    would silently give the set another split than the one it was generated with.
+    """
+    path = Path(root) / AMNIST_MANIFEST
+    if not path.is_file():
+        return AMNIST_TRAIN_PAIRS
+    fix = (
+        f"regenerate the set with 'python -m data.ambiguous_mnist --mnist-root {root} --out {root} "
+        "--overwrite', or delete the manifest to use the released split (the first 60,000 pairs for training)"
+    )
+    try:
+        manifest = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise UserError(
+            f"'{path}' is not valid JSON ({err.msg} at line {err.lineno}; was it truncated?); {fix}"
+        ) from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise UserError(f"'{path}' cannot be read as JSON text ({type(err).__name__}); {fix}") from None
+    if not isinstance(manifest, dict):
+        kind = {list: "an array", str: "a string", bool: "a boolean", type(None): "null"}.get(
+            type(manifest), "a number"
+        )
+        raise UserError(f"'{path}' holds {kind}, expected a JSON object with 'train_pairs'; {fix}")
+    value = manifest.get("train_pairs")
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        found = f"train_pairs {json.dumps(value)}" if "train_pairs" in manifest else "no train_pairs"
+        raise UserError(f"'{path}' has {found}, expected a positive integer count of training pairs; {fix}")
+    if total_pairs is not None and value > total_pairs:
+        raise UserError(
+            f"'{path}' has train_pairs {value}, but {' and '.join(AMNIST_FILES)} hold only {total_pairs} "
+            f"(sample, label) pairs; {fix}"
+        )
+    return value
 
 
-def _dirty_mnist(root: Path, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+def _dirty_mnist(root: Path, split: str, flag: str) -> tuple[torch.Tensor, torch.Tensor]:
     """MNIST followed by Ambiguous-MNIST, as one float32 tensor in [0, 1] (the original's ConcatDataset)."""
-    mnist_x, mnist_y = _mnist_family("mnist", root, split)
-    amnist_x, amnist_y = _amnist(root, split)
+    mnist_x, mnist_y = _mnist_family("mnist", root, split, flag)
+    amnist_x, amnist_y = _amnist(root, split, flag)
     return torch.cat([mnist_x.to(torch.float32).div(255), amnist_x]), torch.cat([mnist_y, amnist_y])
 
 
-def _tiny_imagenet(root: Path, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+def _tiny_imagenet(root: Path, split: str, flag: str) -> tuple[torch.Tensor, torch.Tensor]:
     folder = root / "tiny-imagenet-200" / "test" / "images"
     if not folder.is_dir() or next(folder.glob("*.JPEG"), None) is None:
         raise UserError(
             f"tiny_imagenet data not found: expected the test images in '{folder}'; download "
             f"http://cs231n.stanford.edu/tiny-imagenet-200.zip and unzip it into '{root}', or pass the "
-            "--dataset-root that holds 'tiny-imagenet-200'"
+            f"{flag} that holds 'tiny-imagenet-200'"
         )
     return formats.read_jpeg_folder(folder, (32, 32))
 
 
-_READERS: dict[str, Callable[[Path, str], tuple[torch.Tensor, torch.Tensor]]] = {
-    "cifar10": lambda root, split: _cifar("cifar10", root, split),
-    "cifar100": lambda root, split: _cifar("cifar100", root, split),
+# Each reader takes the root, the split and the command-line flag that names the root (for its messages).
+_READERS: dict[str, Callable[[Path, str, str], tuple[torch.Tensor, torch.Tensor]]] = {
+    "cifar10": lambda root, split, flag: _cifar("cifar10", root, split, flag),
+    "cifar100": lambda root, split, flag: _cifar("cifar100", root, split, flag),
     "svhn": _svhn,
-    "mnist": lambda root, split: _mnist_family("mnist", root, split),
-    "fashion_mnist": lambda root, split: _mnist_family("fashion_mnist", root, split),
+    "mnist": lambda root, split, flag: _mnist_family("mnist", root, split, flag),
+    "fashion_mnist": lambda root, split, flag: _mnist_family("fashion_mnist", root, split, flag),
     "dirty_mnist": _dirty_mnist,
     "ambiguous_mnist": _amnist,
     "tiny_imagenet": _tiny_imagenet,
 }
 
 
-def load_split(name: str, root: str | os.PathLike | None, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+def load_split(
+    name: str, root: str | os.PathLike | None, split: str, *, root_flag: str = "--dataset-root"
+) -> tuple[torch.Tensor, torch.Tensor]:
     """One split of a data set as raw CPU tensors, read from the official files under `root`.
 
     Returns images `(N, C, H, W)` uint8 (float32 in [0, 1] for dirty_mnist and ambiguous_mnist) in the
     data set's native shape, and labels `(N,)` int64. `split` is "train" or "test"; the validation part
-    is carved out of "train" by the loaders. The embedded digits sets ignore `root`.
+    is carved out of "train" by the loaders. The embedded digits sets ignore `root`. `root_flag` is the
+    caller's command-line flag for `root`, named in the messages of missing files (the Ambiguous-MNIST
+    generator's is `--mnist-root`).
     """
     info = get_info(name)
     if split not in ("train", "test"):
@@ -274,7 +305,5 @@ def load_split(name: str, root: str | os.PathLike | None, split: str) -> tuple[t
     if info.name.startswith("digits"):
         return digits.load(info.name, split)
     if root is None or str(root) == "":
-        raise UserError(
-            f"{info.name} is read from files; pass --dataset-root with the folder that holds them"
-        )
-    return _READERS[info.name](Path(root).expanduser(), split)
+        raise UserError(f"{info.name} is read from files; pass {root_flag} with the folder that holds them")
+    return _READERS[info.name](Path(root).expanduser(), split, root_flag)

@@ -44,6 +44,16 @@ TINY = [
 ]
 
 
+# The small command the package docstring and the docs give (there with DATA and /tmp/am): steps, not epochs,
+# decide whether 2,000 digits train models good enough to pass the filters at their default thresholds.
+DOCUMENTED_SMALL = [
+    *("--max-mnist", "2000", "--train", "100", "--test", "100"),
+    *("--vae-epochs", "4", "--vae-batch-size", "32", "--vae-lr", "3e-3"),
+    *("--classifier-epochs", "4", "--classifier-batch-size", "64"),
+    *("--ensemble-size", "3", "--candidate-batch", "1024"),
+]
+
+
 def _root_with_mnist(folder: Path, cache: Path) -> Path:
     """A data root holding MNIST (a link to the cache): the dirty_mnist loader reads it next to our files."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -191,6 +201,111 @@ def test_bad_flags_and_missing_mnist_end_in_one_sentence(tmp_path, monkeypatch, 
     assert not (tmp_path / am.SAMPLES_FILE).exists()
 
 
+def test_missing_mnist_names_the_generators_own_flag(tmp_path, monkeypatch):
+    monkeypatch.setenv("DDU_NO_DOWNLOAD", "1")
+    with pytest.raises(UserError) as err:
+        am.generate(am.get_args_parser().parse_args(["--mnist-root", str(tmp_path), "--device", "cpu"]))
+    assert "--mnist-root" in str(err.value) and "--dataset-root" not in str(err.value)
+
+
+def _write_released_style(root: Path) -> dict[str, bytes]:
+    """The released set's two files (tiny stand-ins) in `root`; returns every file's bytes."""
+    root.mkdir(parents=True, exist_ok=True)
+    torch.save(torch.rand(3, 1, 28, 28), root / am.SAMPLES_FILE)
+    torch.save(torch.zeros(3, 10, dtype=torch.int64), root / am.LABELS_FILE)
+    return {p.name: p.read_bytes() for p in root.iterdir()}
+
+
+@pytest.mark.parametrize("generated", [False, True], ids=["released_files", "generated_set"])
+def test_existing_set_is_kept_without_overwrite(tmp_path, monkeypatch, capsys, generated):
+    monkeypatch.setenv("DDU_NO_DOWNLOAD", "1")
+    out = tmp_path / "out"
+    _write_released_style(out)
+    if generated:
+        (out / am.MANIFEST_FILE).write_text(json.dumps({"train_pairs": 20}))
+        (out / am.GRID_FILE).write_bytes(b"png")
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    # No MNIST under --mnist-root: the refusal comes first, before anything is read or trained.
+    with pytest.raises(SystemExit) as exit_info:
+        _run(tmp_path / "no_mnist", ["--out", str(out), "--device", "cpu"])
+    assert exit_info.value.code == 2
+    message = capsys.readouterr().err.strip().splitlines()[-1]
+    assert message.startswith("error: ") and "--overwrite" in message and str(out) in message
+    assert all(name in message for name in before)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    # With --overwrite the run goes on (here to the missing MNIST).
+    with pytest.raises(UserError, match="mnist data not found"):
+        am.generate(
+            am.get_args_parser().parse_args(
+                [
+                    "--mnist-root",
+                    str(tmp_path / "no_mnist"),
+                    "--out",
+                    str(out),
+                    "--device",
+                    "cpu",
+                    "--overwrite",
+                ]
+            )
+        )
+
+
+def test_evaluate_only_checks_the_manifest_before_training(tmp_path):
+    _write_released_style(tmp_path)  # 3 samples x 10 labels = 30 pairs
+    (tmp_path / am.MANIFEST_FILE).write_text(json.dumps({"train_pairs": 999999}))
+    args = am.get_args_parser().parse_args(
+        ["--mnist-root", str(tmp_path), "--evaluate-only", "--device", "cpu"]
+    )
+    with pytest.raises(UserError, match=r"train_pairs 999999.*only 30 \(sample, label\) pairs"):
+        am.evaluate_existing(args)
+
+
+def test_failed_selection_names_the_training_steps():
+    torch.manual_seed(0)
+    vae = am.ConvVAE(latent_dim=4).eval()
+    with pytest.raises(UserError, match="16 optimiser steps and each classifier for 32") as err:
+        am.generate_split(
+            vae,
+            _fitted_ensemble([0, 1, 2]),
+            torch.randn(30, 4),
+            torch.arange(10).repeat(3),
+            5,
+            generator=torch.Generator().manual_seed(0),
+            min_entropy=10.0,  # above log 10: nothing can pass
+            max_mi=0.1,
+            triple_fraction=0.5,
+            concentration=3,
+            candidate_batch=64,
+            max_candidates=64,
+            name="train",
+            training_steps=(16, 32),
+        )
+    assert "\n" not in str(err.value) and "--vae-batch-size" in str(err.value)
+
+
+def _stripes(n_per_class: int = 20) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ten classes an untrained net cannot tell apart but a few steps can: a bright block per class."""
+    labels = torch.arange(10).repeat(n_per_class)
+    images = 0.2 * torch.rand(len(labels), 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    for c in range(10):
+        row, col = divmod(c, 5)
+        images[labels == c, :, 4 + 12 * row : 12 + 12 * row, 1 + 5 * col : 6 + 5 * col] = 1.0
+    return images, labels
+
+
+def test_training_inside_one_bf16_autocast_region_learns():
+    """The pipeline runs each training stage inside one autocast region; autocast's cached bf16 weights
+    must not outlive an optimiser step, else every step sees the initial weights (accuracy stays at 10%)."""
+    images, labels = _stripes()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        model = am.train_classifier("lenet", images, labels, epochs=3, batch_size=20, seed=0)
+        accuracy = (am.predict(model, images)[1].argmax(1) == labels).double().mean().item()
+        _, first = am.train_vae(images, epochs=1, latent_dim=4, batch_size=20, lr=3e-3, seed=0)
+        _, third = am.train_vae(images, epochs=3, latent_dim=4, batch_size=20, lr=3e-3, seed=0)
+    assert accuracy > 0.9
+    assert third < 0.8 * first  # fp32 on these images: 462 -> 328 nats
+
+
 # ---------------------------------------------------------------------------------------------------------
 # The small setting end to end
 # ---------------------------------------------------------------------------------------------------------
@@ -296,3 +411,27 @@ def test_written_files_leave_no_temporaries(small_run):
         [am.SAMPLES_FILE, am.LABELS_FILE, am.MANIFEST_FILE, am.GRID_FILE]
     )
     assert not any(name.startswith(".") for name in os.listdir(root))
+
+
+@pytest.mark.slow
+def test_documented_small_command_succeeds(tmp_path, real_data_root):
+    """The docs' small command (about 15 s on one thread) passes the default filters, with digit-like samples."""
+    root = _root_with_mnist(tmp_path / "data", real_data_root)
+    out = tmp_path / "am"
+    manifest = _run(
+        root,
+        [
+            *DOCUMENTED_SMALL,
+            "--device",
+            "cpu",
+            "--no-progress",
+            "--num-threads",
+            str(TEST_THREADS),
+            "--out",
+            str(out),
+        ],
+    )
+    samples = torch.load(out / am.SAMPLES_FILE, weights_only=True)
+    assert samples.shape == (200, 1, 28, 28) and manifest["train_pairs"] == 1000
+    assert samples.flatten(1).max(dim=1).values.median() > 0.8  # strokes, not the grey fog of too few steps
+    assert manifest["label_entropy"]["all"]["distribution"]["quantiles_5_25_50_75_95"][0] >= 0.6

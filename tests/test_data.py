@@ -738,3 +738,43 @@ def test_amnist_manifest_sets_the_train_test_boundary(tmp_path):
     tx, ty = data.load_split("ambiguous_mnist", tmp_path, "test")
     assert len(y) == 30 and len(ty) == 20
     assert torch.equal(torch.cat([y, ty]), labels.reshape(-1))
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ('{"train_pairs": 30', "not valid JSON"),  # truncated
+        ("[30]", "holds an array"),
+        ('{"seed": 1}', "has no train_pairs"),
+        ('{"train_pairs": "30"}', 'train_pairs "30"'),
+        ('{"train_pairs": 0}', "train_pairs 0"),
+        ('{"train_pairs": true}', "train_pairs true"),
+        ('{"train_pairs": 999999}', r"train_pairs 999999, but .* hold only 50 \(sample, label\) pairs"),
+    ],
+    ids=["truncated", "not_an_object", "missing", "string", "zero", "boolean", "more_than_the_files"],
+)
+def test_unusable_amnist_manifest_is_one_sentence_naming_file_and_value(tmp_path, text, expected):
+    """A manifest that is there but unusable would silently give another split (60,000 pairs, or more pairs
+    than exist), so every loader that reads it stops with the file, the value and the fix."""
+    write_mnist(tmp_path)
+    write_amnist(tmp_path, num_samples=5)  # 50 pairs
+    (tmp_path / "amnist_manifest.json").write_text(text)
+    for name, split in (("ambiguous_mnist", "train"), ("ambiguous_mnist", "test"), ("dirty_mnist", "train")):
+        with pytest.raises(UserError, match=expected) as err:
+            data.load_split(name, tmp_path, split)
+        message = str(err.value)
+        assert "amnist_manifest.json" in message and "--overwrite" in message and "\n" not in message
+
+
+def test_amnist_manifest_may_claim_every_pair_for_training(tmp_path):
+    write_amnist(tmp_path, num_samples=5)
+    (tmp_path / "amnist_manifest.json").write_text(json.dumps({"train_pairs": 50, "seed": 1}))
+    assert len(data.load_split("ambiguous_mnist", tmp_path, "train")[1]) == 50
+    assert len(data.load_split("ambiguous_mnist", tmp_path, "test")[1]) == 0
+
+
+def test_missing_files_name_the_callers_root_flag(tmp_path):
+    with pytest.raises(UserError, match="pass the --mnist-root that holds it"):
+        data.load_split("mnist", tmp_path, "train", root_flag="--mnist-root")
+    with pytest.raises(UserError, match="pass the --dataset-root that holds it"):
+        data.load_split("mnist", tmp_path, "train")

@@ -122,12 +122,15 @@ def generate_split(
     max_candidates: int,
     name: str = "",
     progress: bool | None = None,
+    training_steps: tuple[int, int] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
     """Generate candidates (`make_candidates`) in rounds until `target` pass `select_ambiguous`.
 
     Candidates are i.i.d., so keeping the first `target` that pass is a uniform random choice among those
     that pass. Returns samples `(target, 1, 28, 28)` and mean probabilities `(target, C)` on the CPU, and
-    counts for the manifest. Raises `UserError` when `max_candidates` tries are not enough.
+    counts for the manifest. Raises `UserError` when `max_candidates` tries are not enough; that message
+    names `training_steps`, the optimiser steps of the VAE and of each classifier, when given: too few
+    steps (not too few epochs) is the usual cause.
     """
     kept_images, kept_probs, kept = [], [], 0
     passing = {"entropy": 0, "mutual_information": 0, "log_density": 0, "all": 0}
@@ -137,10 +140,18 @@ def generate_split(
         if generated >= budget:
             bar.close()
             rates = ", ".join(f"{k} {v / generated:.1%}" for k, v in passing.items() if k != "all")
+            steps = ""
+            if training_steps is not None:
+                steps = (
+                    f"; the VAE trained for {training_steps[0]} optimiser steps and each classifier for "
+                    f"{training_steps[1]} (epochs x digits / batch size), and a few hundred each are needed "
+                    "for candidates that look like digits rather than grey fog"
+                )
             raise UserError(
                 f"only {kept} of {target} {name} candidates passed the filters after {generated} tries "
-                f"(each filter alone passed: {rates}); train longer (--vae-epochs, --classifier-epochs) "
-                "or relax --min-entropy, --max-mi or --density-quantile"
+                f"(each filter alone passed: {rates}{steps}); train longer (--vae-epochs, "
+                "--classifier-epochs, or smaller --vae-batch-size, --classifier-batch-size) or relax "
+                "--min-entropy, --max-mi or --density-quantile"
             )
         images, _ = make_candidates(
             vae,

@@ -17,7 +17,7 @@ from torch import nn
 from tqdm import tqdm
 
 import net
-from data.ambiguous_mnist.common import NUM_CLASSES, no_bar, shuffled_batches
+from data.ambiguous_mnist.common import NUM_CLASSES, drop_stale_casts, no_bar, shuffled_batches
 from data.registry import MNIST_MEAN, MNIST_STD
 from metrics.ddu import DDUScorer
 from metrics.gmm import ClassGaussians
@@ -62,6 +62,7 @@ def train_classifier(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            drop_stale_casts()
             total += loss.detach() * len(idx)
             count += len(idx)
         bar.set_postfix(loss=f"{float(total) / count:.3f}")

@@ -7,6 +7,7 @@ import argparse
 import contextlib
 import json
 import logging
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ import torch.nn.functional as F
 import net
 from data.ambiguous_mnist.candidates import draw_labels, generate_split
 from data.ambiguous_mnist.common import (
+    GRID_FILE,
     LABELS_FILE,
     MANIFEST_FILE,
     NUM_CLASSES,
@@ -37,7 +39,7 @@ from data.ambiguous_mnist.report import (
     write_files,
 )
 from data.ambiguous_mnist.vae import ConvVAE, train_vae
-from data.sources import AMNIST_TRAIN_PAIRS, load_split
+from data.sources import amnist_train_pairs, load_split
 from utils.device import autocast_context, resolve_precision
 from utils.errors import UserError, exit_on_user_error
 from utils.io import atomic_write_json, check_writable_dir, read_json
@@ -46,14 +48,17 @@ from utils.validation import check_count, check_number
 
 log = logging.getLogger(__name__)
 
+# Every file a run writes; the first two are also the released set's names (`data.sources.AMNIST_FILES`).
+OUTPUT_FILES = (SAMPLES_FILE, LABELS_FILE, MANIFEST_FILE, GRID_FILE)
+
 
 def load_mnist(root: Path, split: str, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """MNIST `split` as float images `(N, 1, 28, 28)` in [0, 1] and int64 labels `(N,)` on `device`.
 
-    Missing files end in the data package's one-sentence `UserError`.
+    Missing files end in the data package's one-sentence `UserError`, which names this command's
+    `--mnist-root`.
     """
-
-    images, labels = load_split("mnist", root, split)
+    images, labels = load_split("mnist", root, split, root_flag="--mnist-root")
     return images.to(device=device, dtype=torch.float32).div_(255), labels.to(device)
 
 
@@ -88,6 +93,13 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         type=Path,
         default=None,
         help="output folder; default --mnist-root, where the dirty_mnist loader looks",
+    )
+    parser.add_argument(
+        "--overwrite",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="replace a set already in --out (generated, or the released files); without it the run "
+        "stops before training, so a finished set is never lost by a rerun",
     )
     parser.add_argument(
         "--seed",
@@ -244,8 +256,8 @@ def _add_evaluation_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--evaluate-only",
         action="store_true",
-        help="skip generation; evaluate the files already in --out (uses the manifest's test "
-        "count, else the released split: samples after the first 60,000 pairs)",
+        help="skip generation; evaluate the test samples already in --out (the loader's split: after the "
+        "manifest's train_pairs, else after the released first 60,000 pairs); never refused by existing files",
     )
     group.add_argument(
         "--eval-model", default="resnet18", help="independent classifier from the net registry"
@@ -336,17 +348,31 @@ class _StageClock:
         return {k: round(v, 1) for k, v in {**self.seconds, "total": total}.items()}
 
 
+def check_no_existing_set(out: Path) -> None:
+    """Refuse to write into `out` when it already holds any file of a set (ours or the released one):
+    hours of generation, or the released files, would otherwise be replaced without a word."""
+    found = [name for name in OUTPUT_FILES if (out / name).exists()]
+    if found:
+        raise UserError(
+            f"'{out}' already holds {', '.join(found)}; pass --overwrite to replace them, or choose another "
+            "--out (--evaluate-only re-checks existing files without replacing them)"
+        )
+
+
 def generate(args: argparse.Namespace) -> dict[str, Any]:
     """The whole pipeline; writes the four files into `args.out` and returns the manifest."""
     check_args(args)
     device = _resolve_device(args.device)
     args = _with_precision(args, device)
+    out = args.out if args.out is not None else args.mnist_root
+    if not args.overwrite:
+        check_no_existing_set(out)
     seed_everything(args.seed)
     clock = _StageClock()
     with clock("load"):
         # MNIST first: a wrong --mnist-root should not leave a new empty output folder behind.
         mnist_train = load_mnist(args.mnist_root, "train", device)
-        out = check_writable_dir(args.out if args.out is not None else args.mnist_root)
+        out = check_writable_dir(out)
         images, labels = random_subset(*mnist_train, args.max_mnist, args.seed + SEED_SPLIT)
     with clock("vae"), _numerics(device, args):
         vae, vae_neg_elbo = _vae_stage(images, args)
@@ -434,6 +460,10 @@ def _candidate_stage(
             max_candidates=args.max_candidates_per_sample * target,
             name=name,
             progress=args.progress,
+            training_steps=(
+                args.vae_epochs * math.ceil(len(images) / args.vae_batch_size),
+                args.classifier_epochs * math.ceil(len(images) / args.classifier_batch_size),
+            ),
         )
         split_samples.append(samples)
         split_probs.append(probs)
@@ -471,9 +501,10 @@ def evaluate_existing(args: argparse.Namespace) -> dict[str, Any]:
         raise UserError(f"expected {SAMPLES_FILE} and {LABELS_FILE} in '{out}'; generate them first")
     samples = torch.load(paths[0], map_location="cpu", weights_only=True)
     labels = torch.load(paths[1], map_location="cpu", weights_only=True)
+    # The loader's split, so a broken manifest ends here in the same sentence as in training.
+    first_test = amnist_train_pairs(out, labels.numel()) // labels.shape[1]
     manifest_path = out / MANIFEST_FILE
     manifest = read_json(manifest_path) if manifest_path.is_file() else {}
-    first_test = manifest.get("train_samples", AMNIST_TRAIN_PAIRS // labels.shape[1])
     seed_everything(args.seed)
     with _numerics(device, args):
         quality = _quality_check(

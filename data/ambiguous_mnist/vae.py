@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from data.ambiguous_mnist.common import no_bar, shuffled_batches
+from data.ambiguous_mnist.common import drop_stale_casts, no_bar, shuffled_batches
 
 
 class ConvVAE(nn.Module):
@@ -103,6 +103,7 @@ def train_vae(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            drop_stale_casts()
             total += loss.detach() * len(idx)
             count += len(idx)
         loss_value = float(total) / count
