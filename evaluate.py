@@ -30,20 +30,17 @@ import torch
 import data
 import metrics
 from engine.evaluation import (
-    RunFailedError,
     check_finite_outputs,
-    check_finite_weights,
     ensemble_run,
     gmm_run,
     softmax_run,
 )
 from engine.features import Outputs, collect_outputs
 from engine.models import (
+    RunFailedError,
     arch_values,
-    build_model,
     check_network_flags,
-    load_checkpoint,
-    model_config,
+    load_network,
     model_parser,
 )
 from engine.results import aggregate, format_table, table_rows
@@ -173,9 +170,7 @@ class Evaluator:
     def load(self, path: Path):
         """The network of the flags with the checkpoint at `path`, on the device, in eval mode. The flags are
         cross-checked with those its run recorded; NaN/inf weights raise `RunFailedError`."""
-        model = load_checkpoint(build_model(self.args), path, config=model_config(self.args))
-        check_finite_weights(model, f"'{path}'")
-        model = model.to(self.device)
+        model = load_network(self.args, path, self.device)
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last)
         return model.eval()

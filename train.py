@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +44,7 @@ from engine.training import LOSSES, OPTIMIZERS
 from utils import distributed
 from utils.device import resolve_precision, select_device
 from utils.errors import UserError, exit_on_user_error
-from utils.io import check_writable_dir
+from utils.io import check_writable_dir, git_revision
 from utils.seed import set_deterministic
 from utils.validation import check_count, check_milestones, check_number, check_seed, flag_names
 
@@ -278,20 +277,6 @@ def check_args(args: argparse.Namespace) -> None:
         )
 
 
-def _git_revision() -> str:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=Path(__file__).resolve().parent,
-            capture_output=True,
-            text=True,
-            timeout=5,
-        )
-        return out.stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
 def _resolve(
     args: argparse.Namespace, device: torch.device, dist_info: distributed.DistInfo
 ) -> argparse.Namespace:
@@ -357,7 +342,7 @@ def _train(args: argparse.Namespace, device: torch.device, dist_info: distribute
 def _log_run(args: argparse.Namespace, dist_info: distributed.DistInfo) -> None:
     """The git revision, the process count and the sorted arguments, first in the log (as DINO does)."""
     processes = f"{dist_info.world_size} processes" if dist_info.enabled else "1 process"
-    log.info("git revision %s; %s", _git_revision(), processes)
+    log.info("git revision %s; %s", git_revision(), processes)
     for key, value in sorted(vars(args).items()):
         log.info("%s: %s", key, value)
 

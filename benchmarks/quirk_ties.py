@@ -31,7 +31,7 @@ import torch
 import engine.active_learning as al
 import metrics
 import net
-from engine.models import add_arch_flags, arch_kwargs
+from engine.models import add_arch_flags, build_model
 from engine.training import TrainSettings
 from utils.errors import exit_on_user_error
 from utils.io import atomic_write_json
@@ -45,6 +45,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--model", default="resnet18", choices=net.list_models(), help="network trained")
     parser.add_argument("-sn", action="store_true", dest="sn", help="spectral normalisation")
     parser.add_argument("-mod", action="store_true", dest="mod", help="leaky ReLU / strided shortcuts")
+    parser.add_argument("--coeff", type=float, default=3.0, help="Lipschitz bound per layer for -sn")
     add_arch_flags(parser.add_argument_group("reduced network size"))
     parser.add_argument("--epochs", type=int, default=3, help="training epochs per labelled set")
     parser.add_argument("--samples-per-epoch", type=int, default=5056, help="resampled epoch length")
@@ -65,13 +66,9 @@ def measure(args: argparse.Namespace) -> list[dict]:
     order = torch.randperm(len(pool), generator=torch.Generator().manual_seed(args.seed + 100)).tolist()
     extra = [i for i in order if i not in taken]
     settings = TrainSettings(device=cpu, precision="fp32", progress=False, log_interval=10**9)
-    sizes_flags = arch_kwargs(args)
 
     def make_model():
-        return net.create_model(
-            args.model, num_classes=NUM_CLASSES, mnist=True, spectral_normalization=args.sn, mod=args.mod,
-            **sizes_flags,
-        )  # fmt: skip
+        return build_model(args, "mnist")
 
     rows = []
     for size in (int(s) for s in args.sizes.split(",")):

@@ -43,6 +43,7 @@ import metrics
 from data.transforms import normalize
 from engine import ensemble, training
 from engine.features import collect_outputs
+from utils.epochs import run_epochs
 
 
 @dataclass
@@ -213,19 +214,37 @@ def train_best_model(
     optimizer = training.make_optimizer(model.parameters(), "adam", lr=1e-3, weight_decay=5e-4)
     loader = ResampledLoader(labelled, samples_per_epoch, batch_size, seed)
     val_loader = _SplitLoader(validation, test_batch_size)
-    best_accuracy, best_state = -1.0, None
-    for epoch in range(epochs):
-        loader.set_epoch(epoch)
-        stats = training.train_one_epoch(model, loader, optimizer, settings, epoch=epoch)
-        accuracy = training.evaluate_accuracy(model, val_loader, settings)
-        if on_epoch_end is not None:
-            stats.val_accuracy = accuracy
-            on_epoch_end(stats)
-        if accuracy > best_accuracy:
-            best_accuracy, best_state = accuracy, copy.deepcopy(model.state_dict())
+    best = _BestEpochs(1)
+
+    def validate(epoch: int, stats: training.EpochStats) -> None:
+        stats.val_accuracy = training.evaluate_accuracy(model, val_loader, settings)
+        best.offer(0, stats.val_accuracy, lambda: copy.deepcopy(model.state_dict()))
+
+    run_epochs(
+        lambda epoch: training.train_one_epoch(model, loader, optimizer, settings, epoch=epoch),
+        epochs=epochs,
+        loader=loader,
+        validate=validate,
+        validate_every=1,
+        on_epoch_end=on_epoch_end,
+    )
     if not original_quirks:
-        model.load_state_dict(best_state)
+        model.load_state_dict(best.states[0])
     return model.eval()
+
+
+class _BestEpochs:
+    """The best validation accuracy so far of each of `n` members and a copy of its weights then (the first
+    epoch that reached it: a later tie does not replace it)."""
+
+    def __init__(self, n: int) -> None:
+        self.accuracy = [-1.0] * n
+        self.states: list[dict | None] = [None] * n
+
+    def offer(self, k: int, accuracy: float, state: Callable[[], dict], force: bool = False) -> None:
+        """Keep `state()` for member `k` when `accuracy` beats its best (or when `force`)."""
+        if accuracy > self.accuracy[k] or force:
+            self.accuracy[k], self.states[k] = accuracy, state()
 
 
 def train_best_models(
@@ -292,20 +311,32 @@ def _train_best_models_stacked(
         [ResampledLoader(labelled, samples_per_epoch, batch_size, seed) for seed in seeds]
     )
     val_loader = _SplitLoader(validation, test_batch_size)
-    best_accuracy = [-1.0] * len(seeds)
-    best_state: list[dict | None] = [None] * len(seeds)
-    for epoch in range(epochs):
-        loader.set_epoch(epoch)
-        stats = ensemble.train_one_epoch_stacked(stack, loader, optimizer, settings, epoch=epoch)
+    best = _BestEpochs(len(seeds))
+
+    def validate(epoch: int, stats: list[training.EpochStats]) -> None:
         accuracies = ensemble.evaluate_accuracy_stacked(stack, val_loader, settings, shared_input=True)
         for k, (member_stats, accuracy) in enumerate(zip(stats, accuracies)):
-            if on_epoch_end is not None:
-                member_stats.val_accuracy = accuracy
-                on_epoch_end(k, member_stats)
-            if accuracy > best_accuracy[k] or (original_quirks and epoch == epochs - 1):
-                best_accuracy[k] = accuracy
-                best_state[k] = {name: t.clone() for name, t in stack.member_state_dict(k).items()}
-    for member, state in zip(members, best_state):
+            member_stats.val_accuracy = accuracy
+            best.offer(
+                k,
+                accuracy,
+                lambda k=k: {name: t.clone() for name, t in stack.member_state_dict(k).items()},
+                force=original_quirks and epoch == epochs - 1,
+            )
+
+    def each_member(stats: list[training.EpochStats]) -> None:
+        for k, member_stats in enumerate(stats):
+            on_epoch_end(k, member_stats)
+
+    run_epochs(
+        lambda epoch: ensemble.train_one_epoch_stacked(stack, loader, optimizer, settings, epoch=epoch),
+        epochs=epochs,
+        loader=loader,
+        validate=validate,
+        validate_every=1,
+        on_epoch_end=each_member if on_epoch_end is not None else None,
+    )
+    for member, state in zip(members, best.states):
         member.load_state_dict(state)
         if settings.channels_last:
             member.to(memory_format=torch.channels_last)

@@ -48,6 +48,7 @@ import net
 from engine import training
 from engine.training import EpochStats, NonFiniteLossError, TrainSettings
 from utils.device import autocast_context
+from utils.epochs import run_epochs
 
 MODES = ("auto", "stacked", "sequential")
 
@@ -370,28 +371,26 @@ def train_epochs_stacked(
     member_names: Sequence[str] | None = None,
     on_epoch_end: Callable[[list[EpochStats]], None] | None = None,
 ) -> list[list[EpochStats]]:
-    """`engine.training.train_epochs` for a stacked ensemble: the same epoch plan (set_epoch, one pass,
-    scheduler step, validation every `validate_every` epochs and after the last), with one `EpochStats` per
-    member at each epoch end (`on_epoch_end(stats)`). Returns the epochs' statistics, `[epoch][member]`."""
-    history = []
-    for epoch in range(start_epoch, epochs):
-        if hasattr(train_loader, "set_epoch"):
-            train_loader.set_epoch(epoch)
-        stats = train_one_epoch_stacked(
+    """`engine.training.train_epochs` for a stacked ensemble: the same epoch plan (`utils.epochs.run_epochs`),
+    with one `EpochStats` per member at each epoch end (`on_epoch_end(stats)`). Returns the epochs'
+    statistics, `[epoch][member]`."""
+
+    def validate(epoch: int, stats: list[EpochStats]) -> None:
+        for member_stats, accuracy in zip(stats, evaluate_accuracy_stacked(ensemble, valid_loader, settings)):
+            member_stats.val_accuracy = accuracy
+
+    return run_epochs(
+        lambda epoch: train_one_epoch_stacked(
             ensemble, train_loader, optimizer, settings, epoch=epoch, member_names=member_names
-        )
-        if scheduler is not None:
-            scheduler.step()
-        last = epoch + 1 == epochs
-        if valid_loader is not None and (last or (validate_every > 0 and (epoch + 1) % validate_every == 0)):
-            for member_stats, accuracy in zip(
-                stats, evaluate_accuracy_stacked(ensemble, valid_loader, settings)
-            ):
-                member_stats.val_accuracy = accuracy
-        if on_epoch_end is not None:
-            on_epoch_end(stats)
-        history.append(stats)
-    return history
+        ),
+        epochs=epochs,
+        start_epoch=start_epoch,
+        loader=train_loader,
+        scheduler=scheduler,
+        validate=validate if valid_loader is not None else None,
+        validate_every=validate_every,
+        on_epoch_end=on_epoch_end,
+    )
 
 
 __all__ = [

@@ -13,13 +13,15 @@ keys. Scores and their orientation, as the original:
 For confidence scores the in-distribution test set is the positive class, for uncertainty scores the OoD set.
 
 `dirty_scores` gives the per-sample scores behind the paper's Fig. 1 (softmax entropy and DDU feature density
-of the clean, ambiguous and OoD test samples) straight from a network.
+of the clean, ambiguous and OoD test samples) straight from a network, and `dirty_aurocs` the AUROCs the
+paper's Dirty-MNIST table and the demo read from them.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -28,25 +30,10 @@ import torch
 import data
 import metrics
 from engine.features import Outputs, collect_outputs
+from engine.models import RunFailedError
 from utils.errors import UserError
 
 log = logging.getLogger(__name__)
-
-
-class RunFailedError(Exception):
-    """A run that cannot be scored (its network holds or computes NaN/inf); evaluate.py records it in
-    `failed_runs` with this message as the reason, as it does for a failed GMM fit."""
-
-
-def check_finite_weights(model: torch.nn.Module, source: str) -> None:
-    """Raise `RunFailedError` when a floating-point parameter or buffer of `model` is NaN or infinite."""
-    state = model.state_dict()
-    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
-    if bad:
-        raise RunFailedError(
-            f"{source} holds NaN or infinite values in {len(bad)} of its {len(state)} tensors (first: {bad[0]}); "
-            "its training diverged: retrain it, or use an earlier epoch's checkpoint"
-        )
 
 
 def check_finite_outputs(outputs: Mapping[str, Outputs], source: str) -> None:
@@ -238,6 +225,20 @@ def ensemble_run(
     return result
 
 
+@dataclass
+class DirtyScores:
+    """The per-sample scores behind the paper's Fig. 1 and the facts its Dirty-MNIST table adds.
+
+    `scores[group] = {"entropy": (N,), "log_density": (N,)}` (float64 NumPy) for the groups 'clean',
+    'ambiguous' and 'ood'; `clean_accuracy` is the accuracy on the clean test part, `gmm_jitter` the jitter
+    the class Gaussians needed.
+    """
+
+    scores: dict[str, dict[str, np.ndarray]]
+    clean_accuracy: float
+    gmm_jitter: float
+
+
 def dirty_scores(
     model: torch.nn.Module,
     dataset: str,
@@ -245,12 +246,13 @@ def dirty_scores(
     root: str | Path | None,
     device=None,
     batch_size: int = 512,
-) -> dict[str, dict[str, np.ndarray]]:
+    val_seed: int = 1,
+) -> DirtyScores:
     """Softmax entropy and DDU feature log-density of the clean, ambiguous and OoD test samples.
 
-    `dataset` is a dirty set (`data.dirty_parts` gives its clean and ambiguous parts); the GMM is fitted
-    as in evaluate.py, on the features of the 90% training split (no augmentation). Returns
-    `scores[group] = {"entropy": (N,), "log_density": (N,)}` for the groups 'clean', 'ambiguous' and 'ood'.
+    `dataset` is a dirty set (`data.dirty_parts` gives its clean and ambiguous parts); the class Gaussians
+    (uniform weights, `metrics.DDUScorer`) are fitted on the features of the 90% training split (no
+    augmentation) that train.py's `--val-seed` (default: its `--seed`) holds out, as evaluate.py does.
     """
     device = torch.device(device) if device is not None else torch.device("cpu")
     model = model.to(device).eval()
@@ -258,17 +260,49 @@ def dirty_scores(
     if parts is None:
         raise UserError(f"{dataset} has no clean/ambiguous parts; use dirty_mnist or digits")
     train_loader, _ = data.get_train_valid_loader(
-        dataset, root, batch_size, augment=False, val_seed=1, device=device, shuffle=False
+        dataset, root, batch_size, augment=False, val_seed=val_seed, device=device, shuffle=False
     )
     train = collect_outputs(model, train_loader, device)
     scorer = metrics.DDUScorer.fit_features(train.features, train.labels, data.get_info(dataset).num_classes)
-    result = {}
+    scores, clean_accuracy = {}, float("nan")
     for group, name in (("clean", parts[0]), ("ambiguous", parts[1]), ("ood", ood)):
         loader = data.get_test_loader(name, root, batch_size, device=device, like=dataset)
         out = collect_outputs(model, loader, device)
-        density = scorer.predict_features(out.features)["log_density"]
-        result[group] = {
-            "entropy": metrics.softmax_entropy(out.logits).cpu().numpy(),
-            "log_density": density.cpu().numpy(),
+        if group == "clean":
+            clean_accuracy = metrics.accuracy(out.logits, out.labels)
+        scores[group] = {
+            "entropy": metrics.softmax_entropy(out.logits).double().cpu().numpy(),
+            "log_density": scorer.predict_features(out.features)["log_density"].double().cpu().numpy(),
         }
-    return result
+    return DirtyScores(scores, clean_accuracy, float(scorer.gaussians.jitter))
+
+
+# The two uncertainties of Fig. 1 and which way each points: softmax entropy grows with uncertainty, the
+# feature log-density falls with it.
+DIRTY_SCORE_NAMES = {"entropy": "softmax entropy", "log_density": "feature density (DDU)"}
+_UNCERTAIN_WHEN_HIGHER = {"entropy": True, "log_density": False}
+
+
+def dirty_aurocs(scores: Mapping[str, Mapping[str, np.ndarray]]) -> dict[str, dict[str, float]]:
+    """The AUROCs of the paper's Dirty-MNIST argument from `DirtyScores.scores`, per score:
+    `{"entropy" | "log_density": {"ambiguous vs clean", "OoD vs clean", "OoD vs clean+ambiguous"}}`, each
+    with the first group as the positives (the more uncertain). Softmax entropy should separate ambiguous
+    from clean (aleatoric) while the density should not, and the density should flag OoD (epistemic)."""
+    table = {}
+    for key, higher in _UNCERTAIN_WHEN_HIGHER.items():
+        sign = 1.0 if higher else -1.0  # so that a higher value is always the more uncertain
+        groups = {
+            g: sign * torch.as_tensor(scores[g][key], dtype=torch.float64)
+            for g in ("clean", "ambiguous", "ood")
+        }
+        dirty = torch.cat([groups["clean"], groups["ambiguous"]])
+
+        def auroc(positive, negative) -> float:
+            return metrics.detection_metrics(positive, negative)["auroc"]
+
+        table[key] = {
+            "ambiguous vs clean": auroc(groups["ambiguous"], groups["clean"]),
+            "OoD vs clean": auroc(groups["ood"], groups["clean"]),
+            "OoD vs clean+ambiguous": auroc(groups["ood"], dirty),
+        }
+    return table

@@ -254,6 +254,22 @@ def differing_flags(
     ]
 
 
+class RunFailedError(Exception):
+    """A run that cannot be scored (its network holds or computes NaN/inf); evaluate.py records it in
+    `failed_runs` with this message as the reason, as it does for a failed GMM fit."""
+
+
+def check_finite_weights(model: torch.nn.Module, source: str) -> None:
+    """Raise `RunFailedError` when a floating-point parameter or buffer of `model` is NaN or infinite."""
+    state = model.state_dict()
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise RunFailedError(
+            f"{source} holds NaN or infinite values in {len(bad)} of its {len(state)} tensors (first: {bad[0]}); "
+            "its training diverged: retrain it, or use an earlier epoch's checkpoint"
+        )
+
+
 def load_checkpoint(
     model: nn.Module,
     checkpoint,
@@ -310,3 +326,21 @@ def saved_model_config(checkpoint: str | Path) -> tuple[dict[str, Any], Path] | 
         )
         return None
     return (dict(config), resume) if isinstance(config, Mapping) else None
+
+
+def load_network(
+    spec: argparse.Namespace | Mapping[str, Any],
+    checkpoint: str | Path,
+    device: torch.device | str | None = None,
+    *,
+    dataset: str | None = None,
+    flags: Mapping[str, str] = MODEL_FLAGS,
+) -> nn.Module:
+    """Flags -> network -> checkpoint loaded, the one way every script and tool does it: the network that
+    `spec` describes (script flags with `dataset`, default `spec.dataset`, or a stored `model_config`), the
+    state dict of `checkpoint` loaded into it after the flags were compared with those its run recorded
+    (`load_checkpoint`), NaN/inf weights refused (`RunFailedError`), on `device`, in eval mode."""
+    config = model_config(spec, dataset) if isinstance(spec, argparse.Namespace) else dict(spec)
+    model = load_checkpoint(build_model(config, flags=flags), checkpoint, flags=flags, config=config)
+    check_finite_weights(model, f"'{checkpoint}'")
+    return (model.to(device) if device is not None else model).eval()

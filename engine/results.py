@@ -13,6 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from engine.run_files import run_name
 from utils.errors import UserError
 
 # The keys of the original evaluate.py output, in its order.
@@ -69,7 +72,7 @@ def aggregate(per_run: list[dict[str, float] | None], info: dict[str, Any]) -> d
 
 
 # --------------------------------------------------------------------------------------------------------
-# The paper's table from result files: `python -m engine.results table res_*.json`
+# The paper's table from result files (`python -m tools.results table res_*.json`)
 
 
 @dataclass(frozen=True)
@@ -130,11 +133,7 @@ class Row:
 
 
 def _network_name(info: dict[str, Any]) -> str:
-    name = info.get("model", "?")
-    if info.get("sn"):
-        name += f"_sn_{float(info.get('coeff', 3.0))}"
-    if info.get("mod"):
-        name += "_mod"
+    name = run_name(info.get("model", "?"), None, info.get("sn"), info.get("mod"), info.get("coeff", 3.0))
     if info.get("model_type") == "ensemble":
         name += f" x{info.get('ensemble')}"
     return name
@@ -245,21 +244,44 @@ def format_table(rows: Sequence[Row], fmt: str = "markdown") -> str:
         raise ValueError(f"unknown format {fmt!r}; choose one of: {', '.join(FORMATS)}")
     blocks = []
     pairs = list(dict.fromkeys((row.dataset, row.ood_dataset) for row in rows))
+    headers = ("method", "score", "network", "accuracy", "ECE", "AUROC", "AUPRC", "runs")
     for dataset, ood in pairs:
-        lines = [
-            f"**{dataset} vs {ood}** (percent, mean ± standard error over runs)",
-            "",
-            "| method | score | network | accuracy | ECE | AUROC | AUPRC | runs |",
-            "|---|---|---|---|---|---|---|---|",
+        cells = [
+            [
+                row.method.name,
+                row.method.score,
+                row.network,
+                *(_cell(row, c) for c in TABLE_COLUMNS),
+                _runs_cell(row),
+            ]
+            for row in rows
+            if (row.dataset, row.ood_dataset) == (dataset, ood)
         ]
-        for row in rows:
-            if (row.dataset, row.ood_dataset) != (dataset, ood):
-                continue
-            cells = [row.method.name, row.method.score, row.network]
-            cells += [_cell(row, column) for column in TABLE_COLUMNS] + [_runs_cell(row)]
-            lines.append("| " + " | ".join(cells) + " |")
-        blocks.append("\n".join(lines))
+        title = f"**{dataset} vs {ood}** (percent, mean ± standard error over runs)"
+        blocks.append(f"{title}\n\n{markdown_table(headers, cells)}")
     return "\n\n".join(blocks) + "\n"
+
+
+def format_value(value: Any, digits: int = 4) -> str:
+    """A table cell: floats to `digits` decimals, None as '-', anything else as its str."""
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A Markdown table of `rows` under `headers`, cells through `format_value` (floats to 4 decimals)."""
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(format_value(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def curve_standard_errors(values: np.ndarray) -> np.ndarray:
+    """`standard_error` of each column of `values` `(runs, steps)` (a curve's band), 0 for a single run."""
+    values = np.atleast_2d(np.asarray(values, dtype=np.float64))
+    return np.array([standard_error(column.tolist()) or 0.0 for column in values.T])
 
 
 def read_results(paths: Sequence[str | Path]) -> list[tuple[str, dict[str, Any]]]:

@@ -38,6 +38,7 @@ from tqdm import tqdm
 import net
 from utils import distributed
 from utils.device import autocast_context
+from utils.epochs import run_epochs
 from utils.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -339,26 +340,25 @@ def train_epochs(
 ) -> list[EpochStats]:
     """Train from `start_epoch` up to `epochs` (exclusive, counting from 0); return the epochs' statistics.
 
-    Per epoch: `train_loader.set_epoch(epoch)` (so order and augmentation are the same whether or not
-    the run was resumed), one pass, `scheduler.step()` (per epoch, as the original), validation every
-    `validate_every` epochs and after the last one when a `valid_loader` is given, then
-    `on_epoch_end(stats)` (e.g. to write checkpoints; it may raise to stop).
+    The epoch plan of `utils.epochs.run_epochs` with one pass of `train_one_epoch` per epoch and, when a
+    `valid_loader` is given, its accuracy every `validate_every` epochs and after the last one;
+    `on_epoch_end(stats)` may write checkpoints or raise to stop.
     """
-    history = []
     eval_model = net.unwrap_model(model)
-    for epoch in range(start_epoch, epochs):
-        if hasattr(train_loader, "set_epoch"):
-            train_loader.set_epoch(epoch)
-        stats = train_one_epoch(model, train_loader, optimizer, settings, epoch=epoch)
-        if scheduler is not None:
-            scheduler.step()
-        last = epoch + 1 == epochs
-        if valid_loader is not None and (last or (validate_every > 0 and (epoch + 1) % validate_every == 0)):
-            stats.val_accuracy = evaluate_accuracy(eval_model, valid_loader, settings)
-        if on_epoch_end is not None:
-            on_epoch_end(stats)
-        history.append(stats)
-    return history
+
+    def validate(epoch: int, stats: EpochStats) -> None:
+        stats.val_accuracy = evaluate_accuracy(eval_model, valid_loader, settings)
+
+    return run_epochs(
+        lambda epoch: train_one_epoch(model, train_loader, optimizer, settings, epoch=epoch),
+        epochs=epochs,
+        start_epoch=start_epoch,
+        loader=train_loader,
+        scheduler=scheduler,
+        validate=validate if valid_loader is not None else None,
+        validate_every=validate_every,
+        on_epoch_end=on_epoch_end,
+    )
 
 
 __all__ = [

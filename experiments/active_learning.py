@@ -27,6 +27,8 @@ from pathlib import Path
 import numpy as np
 
 import active_learning
+from engine import al_run
+from engine.results import curve_standard_errors, markdown_table
 from experiments import common
 from experiments.common import ModelSpec
 from experiments.subsets import write_subset_root
@@ -191,16 +193,16 @@ def al_argv(
     ]
 
 
-def read_curves(folder: Path, al_type: str) -> dict[str, list[float]]:
-    """active_learning.py's `test_accs_*_{al_type}_mnist.json`: run -> test accuracy (%) per step."""
-    (path,) = sorted(folder.glob(f"test_accs_*_{al_type}_mnist.json"))
-    return json.loads(path.read_text())
+def curves_file(argv: list) -> Path:
+    """The `test_accs_*.json` (run -> test accuracy (%) per step) active_learning.py writes for `argv`."""
+    args = active_learning.get_args_parser().parse_args([str(a) for a in argv])
+    return Path(args.output_dir) / al_run.output_names(args)["test_accs"]
 
 
 def summarise_curves(runs: dict[str, list[float]], preset: Scale) -> dict:
     steps = min(len(v) for v in runs.values())
     values = np.array([v[:steps] for v in runs.values()], dtype=np.float64)
-    sem = values.std(0, ddof=1) / np.sqrt(len(values)) if len(values) > 1 else np.zeros(steps)
+    sem = curve_standard_errors(values)
     return {
         "labels": [preset.initial + i * preset.acquisition for i in range(steps)],
         "mean": values.mean(0).round(3).tolist(),
@@ -259,12 +261,11 @@ def time_steps(preset: Scale, root: Path, work: Path, no_gpu: bool, started: flo
     return timings
 
 
-def draw_figure(folders: dict[str, Path], preset: Scale, path: Path, title: str) -> None:
+def draw_figure(files: dict[str, Path], preset: Scale, path: Path, title: str) -> None:
     """Through tools.plots' command line: accuracy per number of labels, mean and s.e. band over runs."""
 
     curves = []
-    for al_type, folder in folders.items():
-        (json_path,) = sorted(folder.glob(f"test_accs_*_{al_type}_mnist.json"))
+    for al_type, json_path in files.items():
         curves += ["--curve", f"{LABELS[al_type]}={json_path}"]
     argv = [
         "al",
@@ -291,7 +292,7 @@ def table(results: dict) -> str:
             r = results[t]
             row.append(f"{r['mean'][i]:.2f} ± {r['sem'][i]:.2f}" if i < len(r["mean"]) else "-")
         rows.append(row)
-    return common.markdown_table(["labelled samples", *(f"{LABELS[t]} acc. (%)" for t in types)], rows)
+    return markdown_table(["labelled samples", *(f"{LABELS[t]} acc. (%)" for t in types)], rows)
 
 
 def timing_table(timings: dict) -> str:
@@ -302,7 +303,7 @@ def timing_table(timings: dict) -> str:
         for t, v in timings.items()
         if isinstance(v, dict)
     ]
-    return common.markdown_table(
+    return markdown_table(
         [
             "acquisition",
             "s per step",
@@ -390,29 +391,29 @@ def run_curves(
 ) -> None:
     """Every acquisition type's curves of `preset`'s network into `into["results"]` (a part of `record`,
     which is rewritten after each type), then its figure and table."""
-    folders = {}
+    files = {}
     for al_type in preset.al_types:
-        folder = folders[al_type] = work / al_type
         argv = al_argv(
             preset,
             al_type,
             runs=preset.runs,
             max_samples=max_samples,
             root=root,
-            out=folder,
+            out=work / al_type,
             no_gpu=args.no_gpu,
             resume=not preset.budget_s,
         )
+        files[al_type] = curves_file(argv)
         _, seconds = common.timed(lambda: common.run_script(active_learning, argv))
         into["results"][al_type] = {
-            **summarise_curves(read_curves(folder, al_type), preset),
+            **summarise_curves(json.loads(files[al_type].read_text()), preset),
             "seconds": round(seconds, 1),
         }
         record["environment"] = common.finish_environment(record["environment"], started)
         common.write_record(paths.json, record)
     figure = figure or paths.figure
     title = f"active learning on MNIST, {preset.model.label}, scale '{args.scale}'"
-    draw_figure(folders, preset, figure, title)
+    draw_figure(files, preset, figure, title)
     into["table"] = table(into["results"])
     into["figure"] = str(figure)
 

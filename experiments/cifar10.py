@@ -34,6 +34,7 @@ import numpy as np
 
 import data
 import evaluate
+from engine.results import markdown_table
 from experiments import common
 from experiments.common import ModelSpec
 from experiments.subsets import write_subset_root
@@ -199,7 +200,7 @@ def table(results: dict) -> str:
         for label, r in results.items()
         for ood, summary in r.get("summary", {}).items()
     ]
-    return common.markdown_table(TABLE_HEADERS, rows)
+    return markdown_table(TABLE_HEADERS, rows)
 
 
 SCORES = (

@@ -15,7 +15,6 @@ import datetime
 import json
 import os
 import platform
-import subprocess
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -25,10 +24,11 @@ from typing import Any
 import torch
 
 import train
-from engine.run_files import run_name
+from engine.models import ARCH_FLAGS
+from engine.run_files import RunFiles, run_name
 from tools.plots import load_training_log
 from utils.device import cpu_model, cpu_reports_native_bf16, select_device
-from utils.io import atomic_write_json, check_writable_dir
+from utils.io import atomic_write_json, check_writable_dir, git_revision
 
 SCALE_NAMES = ("smoke", "cpu", "gpu")
 REPO = Path(__file__).resolve().parents[1]
@@ -54,6 +54,11 @@ class ModelSpec:
         for name, value in self.arch:
             flags += [f"--{name.replace('_', '-')}", str(value)]
         return flags
+
+    def namespace(self, coeff: float = 3.0) -> argparse.Namespace:
+        """The network flags as the scripts parse them (`engine.models.load_network` takes them)."""
+        sizes = {name: dict(self.arch).get(name) for name in ARCH_FLAGS}
+        return argparse.Namespace(model=self.model, sn=self.sn, mod=self.mod, coeff=coeff, **sizes)
 
     def run_name(self, seed: int, coeff: float = 3.0) -> str:
         """train.py's file name stem for this network (the original naming), e.g. `resnet18_sn_3.0_mod_1`."""
@@ -154,15 +159,15 @@ def train_with_script(
         *(["--no-gpu"] if no_gpu else []),
     ]
     run_script(train, argv)
-    name = spec.run_name(seed, coeff)
-    log = load_training_log(work / "Run1" / f"{name}_log.jsonl")
+    files = RunFiles(work / "Run1", spec.run_name(seed, coeff))
+    log = load_training_log(files.log)
     return {
         "epochs": len(log),
         "train_seconds": round(sum(e["seconds"] for e in log), 1),
         "images_per_s": round(sum(e["images_per_s"] for e in log) / len(log), 1),
         "final_train_accuracy": log[-1]["accuracy"],
         "val_accuracy": log[-1].get("val_accuracy"),
-        "checkpoint": str(work / "Run1" / f"{name}_{epochs}.model"),
+        "checkpoint": str(files.model(epochs)),
     }
 
 
@@ -187,16 +192,6 @@ def start_record(
     return record, paths, device
 
 
-def _git_revision() -> str:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True, timeout=5
-        )
-        return out.stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
 def environment(device: torch.device) -> dict[str, Any]:
     """Where and how this ran: date, hardware, software, threads and the machine's load (1-min average)."""
     record = {
@@ -209,7 +204,7 @@ def environment(device: torch.device) -> dict[str, Any]:
         "torch_threads": torch.get_num_threads(),
         "python": platform.python_version(),
         "torch": torch.__version__,
-        "git_revision": _git_revision(),
+        "git_revision": git_revision(),
     }
     if hasattr(os, "getloadavg"):
         record["load_average_1min_start"] = round(os.getloadavg()[0], 2)
@@ -257,21 +252,6 @@ def finish_record(record: dict[str, Any], paths: Paths, table: str) -> dict[str,
 def write_record(path: Path, record: dict[str, Any]) -> None:
     """The result JSON, written atomically (also after each stage, so a cut-off run leaves what it did)."""
     atomic_write_json(path, record)
-
-
-def fmt(value: Any, digits: int = 4) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.{digits}f}"
-    return str(value)
-
-
-def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    """A Markdown table (what the README's Reproduction section shows), floats to 4 decimals."""
-    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in rows]
-    return "\n".join(lines)
 
 
 def timed(fn: Callable[[], Any]) -> tuple[Any, float]:

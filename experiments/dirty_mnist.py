@@ -30,13 +30,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
-import data
-import metrics
-import net
-from engine.features import collect_outputs
+import engine.models
+from engine.evaluation import DirtyScores, dirty_aurocs, dirty_scores
+from engine.results import format_value, markdown_table
 from experiments import common
 from experiments.common import ModelSpec
 from experiments.subsets import write_subset_root
@@ -182,76 +180,24 @@ def train_network(t: Training, preset: Scale, root: Path, work: Path, no_gpu: bo
 
 
 def load_network(t: Training, preset: Scale, checkpoint: str | Path, device: torch.device) -> torch.nn.Module:
-    model = net.create_model(
-        t.spec.model,
-        num_classes=data.get_info(DATASET).num_classes,
-        spectral_normalization=t.spec.sn,
-        mod=t.spec.mod,
-        coeff=preset.coeff,
-        mnist=True,
-        **dict(t.spec.arch),
-    )
-    net.load_state_dict(model, checkpoint)
-    return model.to(device).eval()
+    return engine.models.load_network(t.spec.namespace(preset.coeff), checkpoint, device, dataset=DATASET)
 
 
-def dirty_scores(
-    model: torch.nn.Module,
-    root: Path,
-    device: torch.device,
-    *,
-    dataset: str = DATASET,
-    ood: str = OOD,
-    val_seed: int = 1,
-    batch_size: int = 512,
-) -> tuple[dict[str, float], dict[str, dict[str, np.ndarray]]]:
-    """The numbers of the paper's Dirty-MNIST table and the per-sample scores of Fig. 1, in one pass.
-
-    As evaluate.py: class Gaussians (uniform weights) fitted on the features of the 90% training split
-    (`val_seed` as train.py's split); the dirty test set is its clean part followed by its ambiguous part.
-    Returns `(numbers, scores)` with `scores[group] = {"entropy": (N,), "log_density": (N,)}` for the groups
-    "clean", "ambiguous" and "ood".
-    """
-
-    clean_name, ambiguous_name = data.dirty_parts(dataset)
-    num_classes = data.get_info(dataset).num_classes
-    train_loader, _ = data.get_train_valid_loader(
-        dataset, root, batch_size, augment=False, val_seed=val_seed, device=device, shuffle=False
-    )
-    train_out = collect_outputs(model, train_loader, device)
-    gaussians = metrics.fit_class_gaussians(train_out.features, train_out.labels, num_classes)
-    outputs, entropy, density = {}, {}, {}
-    for group, name in (("clean", clean_name), ("ambiguous", ambiguous_name), ("ood", ood)):
-        loader = data.get_test_loader(name, root, batch_size, device=device, like=dataset)
-        outputs[group] = out = collect_outputs(model, loader, device)
-        entropy[group] = metrics.softmax_entropy(out.logits)
-        density[group] = metrics.ddu_scores(metrics.class_log_densities(gaussians, out.features))[
-            "log_density"
-        ]
-
-    def auroc(in_scores, out_scores, higher_is_in_distribution: bool) -> float:
-        return metrics.ood_metrics(
-            in_scores, out_scores, higher_is_in_distribution=higher_is_in_distribution
-        )["auroc"]
-
-    dirty_entropy = torch.cat([entropy["clean"], entropy["ambiguous"]])
-    dirty_density = torch.cat([density["clean"], density["ambiguous"]])
-    numbers = {
-        "mnist_test_accuracy": metrics.accuracy(outputs["clean"].logits, outputs["clean"].labels),
-        "aleatoric_entropy_auroc": auroc(entropy["clean"], entropy["ambiguous"], False),
-        "epistemic_density_auroc": auroc(dirty_density, density["ood"], True),
-        "epistemic_entropy_auroc": auroc(dirty_entropy, entropy["ood"], False),
-        # Not in the paper's table, but part of its argument: density should NOT flag the ambiguous digits.
-        "ambiguous_density_auroc": auroc(density["clean"], density["ambiguous"], True),
-        "gmm_jitter": float(gaussians.jitter),
-        "mean_entropy": {g: float(entropy[g].mean()) for g in entropy},
-        "samples": {g: len(outputs[g]) for g in outputs},
+def dirty_numbers(result: DirtyScores) -> dict:
+    """The paper's Dirty-MNIST table from `engine.evaluation.dirty_scores`: aleatoric AUROC (softmax entropy,
+    ambiguous vs clean), epistemic AUROCs (density and entropy, OoD vs clean+ambiguous), and the density's
+    ambiguous-vs-clean AUROC, which should stay near 0.5 (the density must NOT flag ambiguous digits)."""
+    aurocs = dirty_aurocs(result.scores)
+    return {
+        "mnist_test_accuracy": result.clean_accuracy,
+        "aleatoric_entropy_auroc": aurocs["entropy"]["ambiguous vs clean"],
+        "epistemic_density_auroc": aurocs["log_density"]["OoD vs clean+ambiguous"],
+        "epistemic_entropy_auroc": aurocs["entropy"]["OoD vs clean+ambiguous"],
+        "ambiguous_density_auroc": aurocs["log_density"]["ambiguous vs clean"],
+        "gmm_jitter": result.gmm_jitter,
+        "mean_entropy": {g: float(s["entropy"].mean()) for g, s in result.scores.items()},
+        "samples": {g: len(s["entropy"]) for g, s in result.scores.items()},
     }
-    scores = {
-        g: {"entropy": entropy[g].cpu().numpy(), "log_density": density[g].double().cpu().numpy()}
-        for g in outputs
-    }
-    return numbers, scores
 
 
 def draw_figure(scores: dict, path: Path, title: str) -> None:
@@ -282,7 +228,7 @@ def table(results: dict) -> str:
         ]
         for label, r in results.items()
     ]
-    return common.markdown_table(TABLE_HEADERS, rows)
+    return markdown_table(TABLE_HEADERS, rows)
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -304,9 +250,12 @@ def main(args: argparse.Namespace) -> dict:
     for t in preset.trainings:
         training = train_network(t, preset, root, paths.work, args.no_gpu)
         model = load_network(t, preset, training["checkpoint"], device)
-        (numbers, scores), seconds = common.timed(
-            lambda: dirty_scores(model, root, device, val_seed=preset.seed, batch_size=preset.eval_batch_size)
+        result, seconds = common.timed(
+            lambda: dirty_scores(
+                model, DATASET, OOD, root, device, batch_size=preset.eval_batch_size, val_seed=preset.seed
+            )
         )
+        numbers, scores = dirty_numbers(result), result.scores
         record["results"][t.spec.label] = {
             **numbers,
             "training": training,
@@ -318,7 +267,7 @@ def main(args: argparse.Namespace) -> dict:
         common.write_record(paths.json, record)
         print(
             f"{t.spec.label}: "
-            + ", ".join(f"{k} {common.fmt(v)}" for k, v in numbers.items() if isinstance(v, float))
+            + ", ".join(f"{k} {format_value(v)}" for k, v in numbers.items() if isinstance(v, float))
         )
     return common.finish_record(record, paths, table(record["results"]))
 

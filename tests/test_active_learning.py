@@ -23,7 +23,7 @@ import data
 import engine.active_learning
 import metrics
 import net
-from engine import training
+from engine import al_run, training
 from engine.active_learning import (
     ResampledLoader,
     Split,
@@ -432,6 +432,7 @@ def test_train_best_model_keeps_the_epoch_with_the_best_validation_accuracy(monk
         with torch.no_grad():
             for p in model.parameters():
                 p.fill_(epoch + 1)
+        return training.EpochStats(epoch, 0.0, 0.0, 0.0, 1e-3, 4, 1.0, 4.0)
 
     monkeypatch.setattr(training, "train_one_epoch", fake_epoch)
     monkeypatch.setattr(training, "evaluate_accuracy", lambda model, loader, settings: next(accuracies))
@@ -452,6 +453,7 @@ def test_original_quirks_keep_the_last_epoch_whatever_the_validation_says(monkey
         with torch.no_grad():
             for p in model.parameters():
                 p.fill_(epoch + 1)
+        return training.EpochStats(epoch, 0.0, 0.0, 0.0, 1e-3, 4, 1.0, 4.0)
 
     monkeypatch.setattr(training, "train_one_epoch", fake_epoch)
     accuracies = iter([0.2, 0.9, 0.5])
@@ -496,7 +498,7 @@ def test_original_readme_commands_parse_with_the_original_defaults():
                 args.acquisition_batch_size, args.epochs, args.train_batch_size, args.test_batch_size,
                 args.scoring_batch_size, args.threshold, args.subsample, args.runs)  # fmt: skip
     assert defaults == (False, False, 5, 20, 300, 5, 20, 64, 512, 128, 1.0, 1000, 5)
-    assert active_learning.output_names(args)["test_accs"] == "test_accs_resnet18_sn_3.0_mod_1_gmm_mnist.json"
+    assert al_run.output_names(args)["test_accs"] == "test_accs_resnet18_sn_3.0_mod_1_gmm_mnist.json"
 
     args = parse(
         "--seed", "1", "--model", "resnet18", "-sn", "-mod", "--al-type", "gmm", "-ambiguous",
@@ -506,7 +508,7 @@ def test_original_readme_commands_parse_with_the_original_defaults():
     given = (args.ambiguous, args.trained_model, args.tsn, args.tmod, args.tcoeff)
     assert given == (True, "resnet18", True, True, 3.0)
     assert (args.saved_model_path, args.saved_model_name) == ("runs/", "resnet18_sn_3.0_mod_1_350.model")
-    names = active_learning.output_names(args)
+    names = al_run.output_names(args)
     assert names["test_accs"] == "test_accs_resnet18_sn_3.0_mod_1_gmm_dirty_mnist_1000.json"
     assert names["ambiguous"] == "ambiguous_resnet18_sn_3.0_mod_1_gmm_dirty_mnist_1000.json"
     assert names["entropies"] == "ambiguous_entropies_resnet18_sn_3.0_mod_1_gmm_dirty_mnist_1000.json"
@@ -724,19 +726,19 @@ def test_a_reduced_width_ambiguity_model_loads_with_its_size_flag(tmp_path):
         "resnet18",
     ]
     args = parse("--seed", "1", "-ambiguous", *flags, "-tmod", "--trained-base-width", "2")
-    loaded = active_learning.load_ambiguity_model(args, CPU)
+    loaded = al_run.load_ambiguity_model(args, CPU)
     assert not loaded.training and loaded.conv1.weight.shape == (2, 1, 3, 3)
     assert all(torch.equal(value, saved.state_dict()[key]) for key, value in loaded.state_dict().items())
     with pytest.raises(UserError, match="--trained-base-width"):  # built at the default width 64
-        active_learning.load_ambiguity_model(parse("--seed", "1", "-ambiguous", *flags, "-tmod"), CPU)
+        al_run.load_ambiguity_model(parse("--seed", "1", "-ambiguous", *flags, "-tmod"), CPU)
     with pytest.raises(UserError, match="drop -tsn"):
-        active_learning.load_ambiguity_model(
+        al_run.load_ambiguity_model(
             parse("--seed", "1", "-ambiguous", *flags, "-tmod", "-tsn", "--trained-base-width", "2"), CPU
         )
     with pytest.raises(
         UserError, match="--trained-depth / --trained-base-width does not fit --trained-model"
     ):
-        active_learning.load_ambiguity_model(
+        al_run.load_ambiguity_model(
             parse("--seed", "1", "-ambiguous", *flags, "--trained-depth", "10", "--trained-base-width", "2"),
             CPU,
         )

@@ -24,6 +24,8 @@ from conftest import SHARED
 import data
 import evaluate
 import train
+from engine.evaluation import dirty_scores
+from engine.results import markdown_table
 from experiments import active_learning as al_experiment
 from experiments import cifar10 as cifar_experiment
 from experiments import common
@@ -82,7 +84,7 @@ def test_active_learning_curves_are_cut_to_the_steps_that_fit():
 
 
 def test_markdown_table():
-    text = common.markdown_table(["a", "b"], [["x", 0.123456], ["y", None]])
+    text = markdown_table(["a", "b"], [["x", 0.123456], ["y", None]])
     assert text.splitlines() == ["| a | b |", "|---|---|", "| x | 0.1235 |", "| y | - |"]
 
 
@@ -156,9 +158,8 @@ def test_dirty_scores_equal_evaluate_py_numbers(tmp_path):
     model = dirty_experiment.load_network(
         training, preset, runs / "Run1" / "lenet_1_2.model", torch.device("cpu")
     )
-    numbers, scores = dirty_experiment.dirty_scores(
-        model, tmp_path, torch.device("cpu"), dataset="digits", ood="digits_ood"
-    )
+    result = dirty_scores(model, "digits", "digits_ood", tmp_path, torch.device("cpu"))
+    numbers, scores = dirty_experiment.dirty_numbers(result), result.scores
     assert numbers["aleatoric_entropy_auroc"] == pytest.approx(gmm["aleatoric_entropy_auroc"], abs=1e-9)
     assert numbers["epistemic_density_auroc"] == pytest.approx(gmm["m1_auroc"], abs=1e-9)
     assert numbers["epistemic_entropy_auroc"] == pytest.approx(softmax["m2_auroc"], abs=1e-9)

@@ -168,7 +168,9 @@ def tiny_lenet(tmp_path_factory) -> Path:
 
 def test_dirty_scores_of_a_tiny_model(tiny_lenet):
     model = plots.load_model("lenet", tiny_lenet, "digits")
-    scores = dirty_scores(model, "digits", "digits_ood", None)
+    result = dirty_scores(model, "digits", "digits_ood", None)
+    scores = result.scores
+    assert 0.0 <= result.clean_accuracy <= 1.0 and result.gmm_jitter >= 0.0
     for group, name in (("clean", "digits_clean"), ("ambiguous", "digits_ambiguous"), ("ood", "digits_ood")):
         size = len(data.load_split(name, None, "test")[1])
         assert scores[group]["entropy"].shape == scores[group]["log_density"].shape == (size,)

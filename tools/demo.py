@@ -20,13 +20,10 @@ import argparse
 import time
 from pathlib import Path
 
-import torch
-
 import evaluate
-import metrics
 import train
-from engine.evaluation import dirty_scores
-from engine.models import build_model, load_checkpoint
+from engine.evaluation import DIRTY_SCORE_NAMES, dirty_aurocs, dirty_scores
+from engine.models import load_network
 from tools.plots import plot_fig1
 
 DATASET, OOD = "digits", "digits_ood"
@@ -44,30 +41,6 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--no-gpu", action="store_true")
     return parser
-
-
-def _auroc(positive, negative) -> float:
-    return metrics.detection_metrics(positive, negative)["auroc"]
-
-
-def separation_table(scores: dict) -> dict[str, dict[str, float]]:
-    """AUROCs from `engine.evaluation.dirty_scores` output. Entropy: higher = more uncertain; log-density:
-    lower."""
-    table = {}
-    for key, label, sign in (
-        ("entropy", "softmax entropy", 1.0),
-        ("log_density", "feature density (DDU)", -1.0),
-    ):
-        clean, ambiguous, ood = (
-            sign * torch.as_tensor(scores[g][key], dtype=torch.float64) for g in ("clean", "ambiguous", "ood")
-        )
-        dirty = torch.cat([clean, ambiguous])
-        table[label] = {
-            "ambiguous vs clean": _auroc(ambiguous, clean),
-            "OoD vs clean": _auroc(ood, clean),
-            "OoD vs clean+ambiguous": _auroc(ood, dirty),
-        }
-    return table
 
 
 def main(args: argparse.Namespace) -> dict:
@@ -134,15 +107,15 @@ def main(args: argparse.Namespace) -> dict:
             )
         )
     print("[demo] 3/4 Fig.-1-style plot")
-    model = load_checkpoint(build_model(train_args), trained["files"].model(args.epochs))
-    scores = dirty_scores(model, DATASET, OOD, None)
+    model = load_network(train_args, trained["files"].model(args.epochs))
+    scores = dirty_scores(model, DATASET, OOD, None).scores
     figure = out / "fig1_demo.png"
     plot_fig1(
         {f"{args.model}+SN (demo)": scores},
         group_names={"clean": "clean digits", "ambiguous": "ambiguous blends", "ood": "photo patches (OoD)"},
         out=figure,
     )
-    table = separation_table(scores)
+    table = {DIRTY_SCORE_NAMES[key]: row for key, row in dirty_aurocs(scores).items()}
 
     print("[demo] 4/4 results")
     print_report(results["softmax"]["mean"], table)

@@ -36,11 +36,10 @@ from engine.evaluation import dirty_scores
 from engine.models import (
     ARCH_FLAGS,
     MODEL_FLAGS,
-    build_model,
     check_network_flags,
-    load_checkpoint,
-    model_config,
+    load_network,
 )
+from engine.results import curve_standard_errors
 from utils.device import select_device
 from utils.errors import UserError, exit_on_user_error
 from utils.validation import check_count, check_number
@@ -241,7 +240,7 @@ def plot_active_learning(
         values = np.atleast_2d(values)
         x = initial + batch * np.arange(values.shape[1])
         mean = values.mean(0)
-        sem = values.std(0, ddof=1) / np.sqrt(values.shape[0]) if values.shape[0] > 1 else np.zeros_like(mean)
+        sem = curve_standard_errors(values)
         runs = values.shape[0]
         (line,) = ax.plot(
             x, mean, color=colours.get(label), label=f"{label} ({runs} run{'s' if runs > 1 else ''})"
@@ -340,13 +339,13 @@ def load_model(
     **arch,
 ) -> torch.nn.Module:
     """The network of a checkpoint trained on `dataset` with these flags and size overrides (`base_width`),
-    in eval mode (`engine.models.build_model` and `load_checkpoint`, as the scripts load theirs)."""
+    in eval mode (`engine.models.load_network`, as the scripts load theirs)."""
 
     unknown = sorted(set(arch) - set(ARCH_FLAGS))
     if unknown:
         raise UserError(f"unknown size overrides {unknown} for model {model}; use {', '.join(ARCH_FLAGS)}")
     flags = argparse.Namespace(model=model, sn=sn, mod=mod, coeff=coeff, **arch)
-    return load_checkpoint(build_model(flags, dataset), path, config=model_config(flags, dataset)).eval()
+    return load_network(flags, path, dataset=dataset)
 
 
 def _parse_checkpoint(spec: str) -> tuple[str, str, dict, str]:
@@ -506,7 +505,9 @@ def main(args: argparse.Namespace) -> None:
         if args.base_width and model_name.startswith("resnet"):
             kwargs.setdefault("base_width", args.base_width)
         model = load_model(model_name, path, args.dataset, coeff=args.coeff, **kwargs)
-        scores[label] = dirty_scores(model, args.dataset, args.ood_dataset, args.dataset_root, device=device)
+        scores[label] = dirty_scores(
+            model, args.dataset, args.ood_dataset, args.dataset_root, device=device
+        ).scores
     names = group_names(args.dataset, args.ood_dataset)
     plot_fig1(scores, group_names=names, out=args.out)
     print(f"wrote {args.out}")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import subprocess
 import tempfile
 import threading
 from collections.abc import Callable
@@ -183,3 +184,15 @@ def read_json(path: Path) -> Any:
         raise UserError(
             f"'{path}' is not valid JSON ({err.msg} at line {err.lineno}); was it truncated?"
         ) from None
+
+
+def git_revision(folder: str | os.PathLike | None = None) -> str:
+    """The short git commit of the repository holding `folder` (default: this code's), or 'unknown'."""
+    where = Path(folder) if folder is not None else Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=where, capture_output=True, text=True, timeout=5
+        )
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
