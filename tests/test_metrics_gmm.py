@@ -20,7 +20,7 @@ from metrics import (
     fit_shared_mahalanobis,
     mahalanobis_score,
 )
-from metrics.gmm import _original_jitters, _sound_factors
+from metrics.gmm import _class_moments, _original_jitters, _sound_factors
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
@@ -231,16 +231,15 @@ def test_mahalanobis_matches_numpy_reference(device):
 def _reference_fit_and_score(features, labels, num_classes, test_points, max_tries=20):
     """The jitter search and scoring written out plainly, as they were before the in-place search: every
     class refactored (on a jittered copy) at every attempt until all are sound, then one batched triangular
-    solve over all classes. Returns `(jitter, cholesky (C, D, D), log-densities (M, C))`."""
+    solve over all classes. Returns `(jitter, cholesky (C, D, D), log-densities (M, C))`.
+
+    The class moments come from the fit's own `_class_moments`: how a BLAS rounds the scatter products
+    (it may round a product written into a slice of a block differently from a fresh one, as MKL does on
+    AMD CPUs) is not what this compares, and on a singular covariance that round-off moves the factors."""
     eps = torch.finfo(torch.float64).eps
     dim = features.shape[1]
-    means, covariances = [], []
-    for c in range(num_classes):
-        z = features[labels == c].double()
-        means.append(z.mean(dim=0))
-        centred = z - means[-1]
-        covariances.append(centred.T @ centred / max(z.shape[0] - 1, 1))
-    means, covariances = torch.stack(means), torch.stack(covariances)
+    means, scatters, counts = _class_moments(features, labels, num_classes)
+    covariances = scatters / (counts - 1).clamp(min=1).double()[:, None, None]
     scale = covariances.diagonal(dim1=-2, dim2=-1).mean().item()
     jitter_start = eps * (scale if scale > 0 else 1.0)
     for attempt in range(max_tries + 1):
