@@ -1,2 +1,3 @@
-"""Tools a person runs by hand: `python -m tools.plots`, `python -m tools.demo` (`make demo`),
-`python -m tools.two_moons` and `python -m tools.results table`."""
+"""What a person runs by hand, above the scripts: `python -m tools.plots` (Fig. 1 and 2, training curves,
+active-learning curves), `python -m tools.demo` (`make demo`), `python -m tools.results table res_*.json`
+(the paper's table), and `two_moons`, the toy of `notebooks/two_moons.ipynb`."""

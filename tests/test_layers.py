@@ -1,0 +1,125 @@
+"""The package layers only point down, and no import cycle or hidden (function-local) import exists.
+
+From the bottom: `utils` (plumbing) < `metrics`, `net` (independent of each other) < `data` (the
+Ambiguous-MNIST generator trains networks) < `engine` < the scripts (`train`, `evaluate`,
+`active_learning`) < `tools` < `experiments`, `benchmarks`. A module may import its own package and any
+lower layer, never a higher one or a sibling of its own layer. The test reads every module's source
+(nothing is imported), so it holds for code added later too.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+LAYERS = {
+    "utils": 0,
+    "metrics": 1,
+    "net": 1,
+    "data": 2,
+    "engine": 3,
+    "train": 4,
+    "evaluate": 4,
+    "active_learning": 4,
+    "tools": 5,
+    "experiments": 6,
+    "benchmarks": 6,
+}
+SCRIPTS = {"train", "evaluate", "active_learning"}
+
+
+def project_modules() -> dict[str, Path]:
+    modules = {}
+    for path in sorted(REPO.rglob("*.py")):
+        parts = path.relative_to(REPO).with_suffix("").parts
+        if parts[0] not in LAYERS or any(p.startswith(".") for p in parts):
+            continue
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        modules[".".join(parts)] = path
+    return modules
+
+
+MODULES = project_modules()
+
+
+def imports_of(path: Path) -> list[tuple[str, bool]]:
+    """`(imported project module, at module level)` for every import statement of the file."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    top_level = {id(node) for node in tree.body}
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            # `from engine import training` imports engine.training; `from engine.x import f` imports engine.x.
+            names = [
+                f"{node.module}.{alias.name}" if f"{node.module}.{alias.name}" in MODULES else node.module
+                for alias in node.names
+            ]
+        else:
+            continue
+        for name in names:
+            if name.split(".")[0] in LAYERS:
+                found.append((name, id(node) in top_level))
+    return found
+
+
+def package(module: str) -> str:
+    return module.split(".")[0]
+
+
+def test_the_layer_table_knows_every_package():
+    assert {package(m) for m in MODULES} == set(LAYERS)
+    assert {"engine.training", "engine.models", "utils.io", "tools.plots"} <= set(MODULES)
+
+
+@pytest.mark.parametrize("module", sorted(MODULES))
+def test_imports_point_down(module):
+    here = package(module)
+    for name, _ in imports_of(MODULES[module]):
+        there = package(name)
+        if there == here:
+            continue
+        assert LAYERS[there] < LAYERS[here], f"{module} imports {name}: {there} is not below {here}"
+
+
+@pytest.mark.parametrize("module", sorted(MODULES))
+def test_project_imports_are_at_module_level(module):
+    hidden = [name for name, top in imports_of(MODULES[module]) if not top]
+    assert not hidden, f"{module} imports {hidden} inside a function or block; import at the top"
+
+
+def test_no_import_cycle():
+    graph = {
+        m: {n if n in MODULES else n.rsplit(".", 1)[0] for n, _ in imports_of(p)} & set(MODULES)
+        for m, p in MODULES.items()
+    }
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+
+    def visit(module: str, path: list[str]) -> None:
+        state[module] = 1
+        for target in sorted(graph[module]):
+            if target == module or MODULES[target].name == "__init__.py" and module.startswith(target + "."):
+                continue  # a package's own __init__ re-exporting its modules is not a cycle of theirs
+            if state.get(target) == 1:
+                cycle = path[path.index(target) :] + [target] if target in path else [module, target]
+                raise AssertionError(f"import cycle: {' -> '.join(cycle)}")
+            if target not in state:
+                visit(target, path + [target])
+        state[module] = 2
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module, [module])
+
+
+def test_the_checks_see_a_violation(tmp_path):
+    """The walker finds a function-local import and an upward one (so the tests above can fail)."""
+    source = tmp_path / "probe.py"
+    source.write_text("import net\n\ndef f():\n    from engine import training\n")
+    found = imports_of(source)
+    assert ("net", True) in found and ("engine.training", False) in found
