@@ -22,8 +22,9 @@ fraction of ambiguous samples in the labelled set after each acquisition) and `a
 from its state file; an experiment already in --output-dir is never replaced unless `--overwrite` is given.
 
 The pool, validation split and initial labelled set are built once from --seed and shared by the runs, as the
-original; run r trains with seed + r. `--original-quirks` keeps the last epoch's model and ranks the DDU
-acquisition by float32 densities (ties at 0), as the original code does; the default follows the paper.
+original; run r trains with seed + r. `--original-quirks` keeps the last epoch's model, fits the DDU
+Gaussians with the original's jitter search and ranks by float32 densities (ties at 0), as the original code
+does; the default follows the paper.
 `--tensorboard [DIR]` also writes TensorBoard scalars (per epoch and per step); `--al-type ensemble` trains its
 members stacked where that is exact on a GPU (`--ensemble-mode`, as train.py --ensemble).
 """
@@ -120,8 +121,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--original-quirks",
         action="store_true",
-        help="as the original code: keep the last epoch's model (not the best on validation) and rank the "
-        "gmm acquisition by densities summed in float32, which underflow to 0 and tie; default: as the paper",
+        help="as the original code: keep the last epoch's model (not the best on validation), fit the gmm "
+        "acquisition's Gaussians with the original's jitter search and rank by densities summed in float32, "
+        "which underflow to 0 and tie; default: as the paper",
     )
     parser.add_argument("--no-gpu", action="store_true", help="run on the CPU")
     parser.add_argument(

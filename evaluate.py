@@ -14,8 +14,8 @@ Writes `res_{name}_{model-type}_{dataset}_{ood}.json` into --output-dir with `me
 null with one run, where the original writes NaN), `values` and `info` as the original, plus extra metrics
 (NLL, FPR95, temperatures, GMM jitters, MSP and Mahalanobis detectors, failed runs). A run whose GMM cannot be
 fitted, or whose network holds or computes NaN/inf, is listed in `failed_runs` with the reason (its values are
-null) and the command exits with status 1. `--original-quirks` computes the gmm m2 score from float32
-log-densities, as the original code does.
+null) and the command exits with status 1. `--original-quirks` fits the gmm with the original code's jitter
+search and computes its m1 and m2 scores from float32 log-densities, as the original code does.
 """
 
 from __future__ import annotations
@@ -92,8 +92,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--original-quirks",
         action="store_true",
-        help="gmm: compute m2 (entropy over class densities) from float32 log-densities, as the original "
-        "code does (nearly every in-distribution entropy is then exactly 0); default: float64, as the paper",
+        help="gmm, as the original code: choose the covariance jitter by its search (the first absolute "
+        "jitter from 0 up that Cholesky accepts; far smaller on ill-conditioned features) and compute m1 and "
+        "m2 from float32 log-densities (nearly every in-distribution entropy is then exactly 0; a run whose m2 "
+        "is NaN fails, where the original crashes); default: the project's jitter and float64, as the paper",
     )
     parser.add_argument(
         "--precision",

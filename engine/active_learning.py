@@ -429,12 +429,15 @@ def original_ddu_acquisition(
     With hundreds of feature dimensions and 20 to 300 labelled samples nearly every pool density underflows
     to exactly 0, so the choice is topk's tie-breaking among zeros (on current PyTorch, for a large pool,
     the first pool positions), not the lowest density. The default path ranks the float64 log-densities
-    themselves (`acquisition_scores`), as the paper does. The Gaussians are the same fit as the default's
-    (`metrics.DDUScorer`), without class priors: the original applies `class_weights` after the exp.
+    themselves (`acquisition_scores`), as the paper does. The Gaussians are fitted as the original's
+    `gmm_fit` (the one its evaluation uses): its jitter search (`jitter_search="original"`), no class
+    priors (it applies `class_weights` after the exp).
     """
     labelled_out = collect_outputs(model, _SplitLoader(labelled, batch_size), device, precision)
     pool_out = collect_outputs(model, _SplitLoader(pool, batch_size), device, precision)
-    scorer = metrics.DDUScorer.fit_features(labelled_out.features, labelled_out.labels, num_classes)
+    scorer = metrics.DDUScorer.fit_features(
+        labelled_out.features, labelled_out.labels, num_classes, jitter_search="original"
+    )
     density = metrics.original_float32_density(scorer.class_log_densities(pool_out.features), class_weights)
     return torch.topk(density, min(k, len(pool)), largest=False).indices
 

@@ -143,6 +143,17 @@ def softmax_run(
     return result
 
 
+def _check_original_entropy(test_entropy: torch.Tensor, ood_entropy: torch.Tensor, jitter: float) -> None:
+    """Raise `RunFailedError` if the original's float32 m2 (`--original-quirks`) is NaN for some sample."""
+    missing = int(test_entropy.isnan().sum() + ood_entropy.isnan().sum())
+    if missing:
+        raise RunFailedError(
+            f"with --original-quirks the m2 score is NaN for {missing} of {len(test_entropy) + len(ood_entropy)} "
+            f"test and OoD samples, whose float32 class log-densities are all -inf under the original's jitter "
+            f"{jitter:.3g}, so the original code stops here too; drop --original-quirks to use the project's jitter"
+        )
+
+
 def gmm_run(
     test: Outputs,
     ood: Outputs,
@@ -156,18 +167,29 @@ def gmm_run(
 ) -> dict[str, float]:
     """DDU: fit one Gaussian per class on the training features, score test and OoD features.
 
-    `original_quirks` computes m2 as the original code does, from float32 class log-densities, where
-    nearly every in-distribution entropy is exactly 0 (`metrics.original_float32_entropy`); m1 is the same.
+    `original_quirks` follows the original code where it departs from the paper: the covariance jitter is
+    the first of its absolute jitters that `torch.linalg.cholesky` accepts (`jitter_search="original"`,
+    on ill-conditioned features far smaller than the project's), and m1 and m2 come from float32 class
+    log-densities, where nearly every in-distribution entropy is exactly 0
+    (`metrics.original_float32_entropy`).
 
-    Raises `metrics.GaussianFitError` when no jitter makes the covariances positive definite.
+    Raises `metrics.GaussianFitError` when no jitter makes the covariances positive definite, and with
+    `original_quirks` `RunFailedError` where the original's m2 is NaN (a sample whose float32 class
+    log-densities all overflow to -inf), on which the original's evaluation stops with a scikit-learn error.
     """
     result, _ = calibration_block(test, val)
     scorer = metrics.DDUScorer.fit_features(
-        train.features, train.labels, num_classes, weight_by_class_frequency=weight_by_class_frequency
+        train.features,
+        train.labels,
+        num_classes,
+        weight_by_class_frequency=weight_by_class_frequency,
+        jitter_search="original" if original_quirks else "project",
     )
     result["gmm_jitter"] = scorer.jitter
     test_scores = scorer.predict_features(test.features, original_quirks=original_quirks)
     ood_scores = scorer.predict_features(ood.features, original_quirks=original_quirks)
+    if original_quirks:
+        _check_original_entropy(test_scores["entropy"], ood_scores["entropy"], scorer.jitter)
     density = _detection("m1", test_scores["log_density"], ood_scores["log_density"], True)
     entropy = _detection("m2", test_scores["entropy"], ood_scores["entropy"], False)
     result.update(density)

@@ -89,13 +89,16 @@ class DDUScorer:
         """DDU's scores of `features` `(M, D)`: `log_density` and `entropy`, each `(M,)` float64 on the
         Gaussians' device (see the module docstring for their formulas and orientation).
 
-        With `original_quirks` the entropy is the original code's, from float32 log-densities
-        (`original_float32_entropy`); `log_density` is the same either way.
+        With `original_quirks` both scores are the original code's, computed in float32 from the class
+        log-densities it stores in float32: `original_float32_entropy`, and `log_density` as a float32
+        log-sum-exp (the same up to float32 rounding, and -inf where a log-density lies below -3.4e38, as
+        it can with the original's tiny jitters).
         """
         log_densities = self.class_log_densities(features, chunk_size=chunk_size)
         scores = ddu_scores(log_densities)
         if original_quirks:
             scores["entropy"] = original_float32_entropy(log_densities).double()
+            scores["log_density"] = torch.logsumexp(log_densities.float(), dim=1).double()
         return scores
 
 

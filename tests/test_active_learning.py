@@ -445,6 +445,31 @@ def test_train_best_model_keeps_the_epoch_with_the_best_validation_accuracy(monk
     assert all(bool((p == 2).all()) for p in model.parameters())
 
 
+def test_original_quirks_fit_the_acquisition_gaussians_with_the_original_jitter(monkeypatch):
+    # The original's active learning fits its Gaussians with the same gmm_fit as its evaluation: on the
+    # dead-ReLU features its gmm_fit picked 1e-45 (float32: 1.4e-45; tests/fixtures/gmm), the project's
+    # search a far larger jitter.
+    fixture = json.loads(
+        (Path(__file__).parent / "fixtures" / "gmm" / "original_jitter_dead_relu.json").read_text()
+    )
+    features, labels = torch.tensor(fixture["features"]), torch.tensor(fixture["labels"])
+    n = len(labels)
+    model = TableModel(torch.cat([features, features[:20] + 1.0]), num_classes=10)
+    fitted = []
+    real_fit = DDUScorer.fit_features.__func__
+
+    def fit_spy(cls, *args, **kwargs):
+        fitted.append(real_fit(cls, *args, **kwargs))
+        return fitted[-1]
+
+    monkeypatch.setattr(DDUScorer, "fit_features", classmethod(fit_spy))
+    original_ddu_acquisition(model, index_split(range(n, n + 20)), index_split(range(n), labels), 3,
+                             torch.full((10,), 0.1), batch_size=64, device=CPU)  # fmt: skip
+    assert len(fitted) == 1 and fitted[0].jitter_search == "original"
+    assert fitted[0].jitter == torch.tensor(fixture["original_jitter_eps"], dtype=torch.float32).item()
+    assert DDUScorer.fit_features(features, labels, 10).jitter > 1e-20
+
+
 def test_original_quirks_keep_the_last_epoch_whatever_the_validation_says(monkeypatch):
     """The original's `best_model = model` is a reference to the network that goes on training, so the
     last epoch's weights come back: with accuracies 0.2, 0.9, 0.5 that is epoch 2 (weights 3), not epoch 1."""

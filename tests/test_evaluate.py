@@ -511,22 +511,70 @@ def test_softmax_and_gmm_evaluate_the_same_networks_on_the_same_splits(evaluated
     assert softmax["m1_auroc"] != gmm["m1_auroc"]  # log-sum-exp of logits versus feature density
 
 
-def test_original_quirks_reach_the_gmm_run_and_change_only_m2(evaluated, layouts, tmp_path, monkeypatch):
+def test_original_quirks_reach_the_gmm_run_and_its_jitter_search(evaluated, layouts, tmp_path, monkeypatch):
+    # The tiny digits LeNets have singular class covariances: the original's jitter is so small that some
+    # float32 class log-densities all overflow to -inf, the original's m2 is NaN and its evaluation would
+    # crash in scikit-learn; here each such run fails with that reason and the command exits 1.
     paper = evaluated("gmm").saved
-    calls = []
-    real_gmm_run = evaluate.gmm_run
+    calls, searches = [], []
+    real_gmm_run, real_fit = evaluate.gmm_run, metrics.DDUScorer.fit_features.__func__
 
     def spy(*args, **kwargs):
         calls.append(kwargs["original_quirks"])
         return real_gmm_run(*args, **kwargs)
 
+    def fit_spy(cls, *args, **kwargs):
+        searches.append(kwargs.get("jitter_search", "project"))
+        return real_fit(cls, *args, **kwargs)
+
     monkeypatch.setattr(evaluate, "gmm_run", spy)
-    quirk = evaluate.main(eval_args(layouts["single"], tmp_path, "--original-quirks", model_type="gmm"))
+    monkeypatch.setattr(metrics.DDUScorer, "fit_features", classmethod(fit_spy))
+    with pytest.raises(SystemExit) as exit_info:
+        evaluate.main(eval_args(layouts["single"], tmp_path, "--original-quirks", model_type="gmm"))
+    assert exit_info.value.code == 1
+    quirk = json.loads(next(tmp_path.glob("res_*_gmm_*.json")).read_text())
     assert calls == [True, True] and quirk["info"]["original_quirks"] is True
     assert paper["info"]["original_quirks"] is False
-    for key in ("accuracy", "ece", "m1_auroc", "m1_auprc", "gmm_jitter"):
-        assert quirk["values"][key] == paper["values"][key], key
-    assert quirk["values"]["m2_auroc"] != paper["values"]["m2_auroc"]
+    assert searches[0] == "original"  # the DDU fit; the Mahalanobis baseline fits no DDUScorer
+    assert [f["run"] for f in quirk["failed_runs"]] == [1, 2]
+    assert all("m2 score is NaN" in f["reason"] for f in quirk["failed_runs"])
+    assert all(math.isfinite(value) for value in paper["values"]["m2_auroc"])
+
+
+ORIGINAL_EVALUATE_FIXTURE = (
+    Path(__file__).resolve().parent / "fixtures" / "gmm" / "original_evaluate_lenet_mnist.json"
+)
+
+
+def _original_evaluate_fixture() -> tuple[dict, dict[str, Outputs]]:
+    fixture = json.loads(ORIGINAL_EVALUATE_FIXTURE.read_text())
+    outputs = {
+        name: Outputs(
+            torch.tensor(fixture[name]["logits"], dtype=torch.float32),
+            torch.tensor(fixture[name]["features"], dtype=torch.float32),
+            torch.tensor(fixture[name]["labels"]),
+        )
+        for name in ("train", "test", "ood")
+    }
+    return fixture, outputs
+
+
+def test_original_quirks_give_the_original_evaluations_jitter_and_aurocs_on_real_mnist_features():
+    # Written by the original's get_embeddings, gmm_fit, gmm_evaluate and get_roc_auc_logits on the features
+    # of its LeNet after one epoch on MNIST (tests/fixtures/make_gmm_evaluate_fixture.py): 30 training
+    # samples per class in 84 dimensions, so the class covariances are singular and the jitter loop runs.
+    fixture, out = _original_evaluate_fixture()
+    original = fixture["original"]
+    quirk = gmm_run(out["test"], out["ood"], out["test"], out["train"], num_classes=10, original_quirks=True)
+    paper = gmm_run(out["test"], out["ood"], out["test"], out["train"], num_classes=10)
+    # The original adds `jitter_eps * torch.eye(D)`, a float32 tensor.
+    assert fixture["original_jitter_eps"] == 1e-14
+    assert quirk["gmm_jitter"] == torch.tensor(fixture["original_jitter_eps"], dtype=torch.float32).item()
+    for key in ("m1_auroc", "m1_auprc", "m2_auroc", "m2_auprc"):
+        assert quirk[key] == pytest.approx(original[key], abs=1e-4), key
+    # The project's search needs a jitter about 190 times larger, which moves m1.
+    assert paper["gmm_jitter"] > 100 * quirk["gmm_jitter"]
+    assert abs(paper["m1_auroc"] - original["m1_auroc"]) > 1e-6
 
 
 @pytest.mark.parametrize(
