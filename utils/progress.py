@@ -9,6 +9,7 @@ from tqdm.auto import tqdm
 
 
 def progress_enabled(rank: int = 0) -> bool:
+    """Bars on rank 0 only, and only on a terminal unless DDU_PROGRESS=1."""
     if rank != 0:
         return False
     if os.environ.get("DDU_PROGRESS") == "1":
@@ -16,6 +17,8 @@ def progress_enabled(rank: int = 0) -> bool:
     return sys.stderr.isatty()
 
 
-def progress_bar(iterable=None, *, rank: int = 0, **kwargs):
-    """`tqdm(iterable, **kwargs)`, disabled where it would flood logs (set DDU_PROGRESS=1 to force it)."""
-    return tqdm(iterable, disable=not progress_enabled(rank), dynamic_ncols=True, **kwargs)
+def progress_bar(iterable=None, *, rank: int = 0, enabled: bool | None = None, **kwargs):
+    """`tqdm(iterable, **kwargs)`, shown when `enabled`, or with `enabled=None` where it would not flood
+    logs (`progress_enabled`: a terminal, or DDU_PROGRESS=1)."""
+    show = progress_enabled(rank) if enabled is None else enabled
+    return tqdm(iterable, disable=not show, dynamic_ncols=True, **kwargs)

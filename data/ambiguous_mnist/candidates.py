@@ -7,12 +7,11 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from tqdm import tqdm
 
-from data.ambiguous_mnist.common import no_bar
 from data.ambiguous_mnist.ensemble import Ensemble, ensemble_scores
 from data.ambiguous_mnist.vae import ConvVAE
 from utils.errors import UserError
+from utils.progress import progress_bar
 
 
 def _distinct_class_partner(
@@ -135,7 +134,7 @@ def generate_split(
     kept_images, kept_probs, kept = [], [], 0
     passing = {"entropy": 0, "mutual_information": 0, "log_density": 0, "all": 0}
     generated, budget = 0, max(max_candidates, candidate_batch)
-    bar = tqdm(total=target, desc=f"{name} samples", unit="sample", disable=no_bar(progress))
+    bar = progress_bar(total=target, desc=f"{name} samples", unit="sample", enabled=progress)
     while kept < target:
         if generated >= budget:
             bar.close()

@@ -14,10 +14,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
 
 import net
-from data.ambiguous_mnist.common import NUM_CLASSES, drop_stale_casts, no_bar, shuffled_batches
+from data.ambiguous_mnist.common import NUM_CLASSES, fit_epochs
 from data.registry import MNIST_MEAN, MNIST_STD
 from metrics.ddu import DDUScorer
 from metrics.gmm import ClassGaussians
@@ -52,20 +51,18 @@ def train_classifier(
         images.device
     )
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    order_gen = torch.Generator().manual_seed(seed)
-    bar = tqdm(range(epochs), desc=desc, unit="epoch", disable=no_bar(progress))
-    for _ in bar:
-        model.train()
-        total, count = torch.zeros((), device=images.device), 0
-        for idx in shuffled_batches(len(images), batch_size, order_gen, images.device):
-            loss = F.cross_entropy(model(normalize(images[idx])), labels[idx])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            drop_stale_casts()
-            total += loss.detach() * len(idx)
-            count += len(idx)
-        bar.set_postfix(loss=f"{float(total) / count:.3f}")
+    fit_epochs(
+        model,
+        optimizer,
+        images,
+        lambda idx: F.cross_entropy(model(normalize(images[idx])), labels[idx]),
+        epochs=epochs,
+        batch_size=batch_size,
+        seed=seed,
+        desc=desc,
+        loss_name="loss",
+        progress=progress,
+    )
     return model.eval()
 
 

@@ -6,9 +6,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
 
-from data.ambiguous_mnist.common import drop_stale_casts, no_bar, shuffled_batches
+from data.ambiguous_mnist.common import fit_epochs
 
 
 class ConvVAE(nn.Module):
@@ -91,21 +90,17 @@ def train_vae(
     torch.manual_seed(seed)
     vae = ConvVAE(latent_dim).to(images.device)
     optimizer = torch.optim.Adam(vae.parameters(), lr=lr)
-    order_gen = torch.Generator().manual_seed(seed)
     noise_gen = torch.Generator(device=images.device).manual_seed(seed + 1)
-    loss_value = float("nan")
-    bar = tqdm(range(epochs), desc="VAE", unit="epoch", disable=no_bar(progress))
-    for _ in bar:
-        vae.train()
-        total, count = torch.zeros((), device=images.device), 0
-        for idx in shuffled_batches(len(images), batch_size, order_gen, images.device):
-            loss = vae_loss(vae, images[idx], noise_gen)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            drop_stale_casts()
-            total += loss.detach() * len(idx)
-            count += len(idx)
-        loss_value = float(total) / count
-        bar.set_postfix(neg_elbo=f"{loss_value:.1f}")
-    return vae.eval(), loss_value
+    losses = fit_epochs(
+        vae,
+        optimizer,
+        images,
+        lambda idx: vae_loss(vae, images[idx], noise_gen),
+        epochs=epochs,
+        batch_size=batch_size,
+        seed=seed,
+        desc="VAE",
+        loss_name="neg_elbo",
+        progress=progress,
+    )
+    return vae.eval(), losses[-1] if losses else float("nan")
