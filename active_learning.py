@@ -74,7 +74,8 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--trained-model",
         default="resnet18",
         choices=net.list_models(),
-        help="architecture of the pretrained Dirty-MNIST model that tells ambiguous samples",
+        help="architecture of the pretrained Dirty-MNIST model that tells ambiguous samples (the original's "
+        "default resnet18_sn is no model name; -tsn gives its spectral normalisation)",
     )
     parser.add_argument("-tsn", "--tsn", dest="tsn", action="store_true", help="that model uses -sn")
     parser.add_argument("--tcoeff", type=float, default=3.0, help="that model's --coeff")
@@ -84,8 +85,15 @@ def get_args_parser() -> argparse.ArgumentParser:
         prefix="trained-",
         whose="that model's ",
     )
-    parser.add_argument("--saved-model-path", default="", help="folder of the pretrained Dirty-MNIST model")
-    parser.add_argument("--saved-model-name", default="", help="file name of that model's checkpoint")
+    parser.add_argument(
+        "--saved-model-path", default="./", help="folder of the pretrained Dirty-MNIST model (default ./)"
+    )
+    parser.add_argument(
+        "--saved-model-name",
+        default="",
+        help="file name of that model's checkpoint; required with -ambiguous (the original's default "
+        "resnet18_sn_3.0_50.model, a name its train.py never writes, is not assumed)",
+    )
     parser.add_argument(
         "--threshold", type=float, default=1.0, help="softmax entropy above which a sample is ambiguous"
     )
@@ -107,7 +115,9 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--max-training-samples", type=int, default=300, help="stop at this labelled-set size"
     )
     parser.add_argument("--acquisition-batch-size", type=int, default=5, help="samples acquired per step")
-    parser.add_argument("--epochs", type=int, default=20, help="training epochs per step")
+    parser.add_argument(
+        "-e", "--epochs", dest="epochs", type=int, default=20, help="training epochs per step"
+    )
     parser.add_argument("-b", "--train-batch-size", dest="train_batch_size", type=int, default=64)
     parser.add_argument("-tb", "--test-batch-size", dest="test_batch_size", type=int, default=512)
     parser.add_argument("-sb", "--scoring-batch-size", dest="scoring_batch_size", type=int, default=128)

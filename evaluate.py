@@ -68,7 +68,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--dataset-root", default="./", help="folder holding the data sets (default ./, as the original)"
     )
-    parser.add_argument("--load-path", required=True, help="folder with Run1/, Run2/, ... of checkpoints")
+    parser.add_argument(
+        "--load-path",
+        default=None,
+        help="folder with Run1/, Run2/, ... of checkpoints (required; the original's default "
+        "../Models/Normal/ is not assumed)",
+    )
     parser.add_argument("--runs", type=int, default=5, help="number of runs to evaluate and average")
     parser.add_argument(
         "--ensemble", type=int, default=5, help="members per ensemble (--model-type ensemble)"
@@ -80,7 +85,14 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--epoch", type=int, default=350, help="which checkpoint epoch to load ({name}_{epoch}.model)"
     )
     parser.add_argument(
-        "-b", "--batch-size", dest="batch_size", type=int, default=512, help="evaluation batch size"
+        "-b", "--batch-size", dest="batch_size", type=int, default=128, help="evaluation batch size"
+    )
+    parser.add_argument(
+        "--data-aug",
+        action="store_true",
+        help="accepted for the original's command lines and recorded in the result's info, no effect: "
+        "evaluation never augments here (the original's flag would augment the GMM's training features and "
+        "the temperature-scaling split)",
     )
     parser.add_argument("--no-gpu", action="store_true", help="run on the CPU even if a GPU is available")
     parser.add_argument("--output-dir", default=".", help="where the result JSON goes")
@@ -125,6 +137,10 @@ def check_args(args: argparse.Namespace) -> None:
     if args.weight_by_class_frequency and args.model_type != "gmm":
         raise UserError(
             f"--weight-by-class-frequency applies to --model-type gmm only, not {args.model_type}; drop it"
+        )
+    if args.load_path is None:
+        raise UserError(
+            "evaluate.py needs --load-path, the folder that holds Run1/, Run2/, ... with the checkpoints"
         )
     check_dir(args.load_path, "--load-path", "Run1/, Run2/, ... with the checkpoints")
 
@@ -253,6 +269,7 @@ def main(args: argparse.Namespace) -> dict:
     evaluator = Evaluator(args, device)
 
     info = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    info.update(load_loc=info["load_path"], gpu=not args.no_gpu)  # the original's keys for the same flags
     # Runs finished so far are kept in a side file while the command runs, so an interruption loses at most
     # the run in progress; the final file only ever holds all runs.
     partial = output.with_name(output.name + ".partial")

@@ -172,6 +172,14 @@ def _add_run_flags(g: argparse._ArgumentGroup) -> None:
     g.add_argument(
         "--save-path", dest="save_loc", default="./", help="folder for models, logs and resume file"
     )
+    g.add_argument(
+        "--saved_model_name",
+        "--saved-model-name",
+        dest="saved_model_name",
+        default="resnet50_350.model",
+        help="accepted for the original's command lines, no effect (the original's train.py never reads it "
+        "either): checkpoints are named {name}_{epoch}.model from the run's flags",
+    )
     g.add_argument("--first-milestone", type=int, default=150, help="epoch of the first tenfold lr drop")
     g.add_argument("--second-milestone", type=int, default=250, help="epoch of the second tenfold lr drop")
 
