@@ -48,6 +48,7 @@ from engine.models import (
     model_parser,
 )
 from utils.errors import Interrupted, UserError, exit_on_user_error
+from utils.io import check_writable_dir, exclusive_lock, lock_path
 from utils.validation import check_count, check_file, check_number, check_seed, flag_names
 
 log = logging.getLogger("active_learning")
@@ -226,13 +227,15 @@ def main(args: argparse.Namespace) -> dict:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     print("active_learning.py " + " ".join(f"{k}={v}" for k, v in sorted(vars(args).items())), flush=True)
     check_args(args)
+    state = Path(args.output_dir) / al_run.output_names(args)["state"]
+    check_writable_dir(state.parent, "output folder (--output-dir)")
     try:
-        return al_run.run_experiment(args, flag_names(get_args_parser()))
+        with exclusive_lock(lock_path(state), f"the experiment of '{state}'", "pass another --output-dir"):
+            return al_run.run_experiment(args, flag_names(get_args_parser()))
     except KeyboardInterrupt:
-        state = Path(args.output_dir) / al_run.output_names(args)["state"]
+        how = "with --resume instead of --overwrite" if args.overwrite else "the same command with --resume"
         raise Interrupted(
-            f"interrupted; the finished acquisition steps are in {state}: rerun the same command with --resume "
-            "to continue"
+            f"interrupted; the finished acquisition steps are in {state}: rerun {how} to continue"
         ) from None
 
 

@@ -47,7 +47,7 @@ from engine.results import aggregate, format_table, table_rows
 from engine.run_files import locate_checkpoint, run_name, run_seeds
 from utils.device import resolve_precision, select_device
 from utils.errors import Interrupted, UserError, exit_on_user_error
-from utils.io import atomic_write_json, check_writable_dir
+from utils.io import atomic_write_json, check_writable_dir, exclusive_lock, lock_path
 from utils.progress import progress_bar
 from utils.validation import check_count, check_dir, check_seed
 
@@ -263,6 +263,12 @@ def main(args: argparse.Namespace) -> dict:
     print("evaluate.py " + " ".join(f"{k}={v}" for k, v in sorted(vars(args).items())), flush=True)
     output = result_path(args)
     check_writable_dir(output.parent, "output folder (--output-dir)")
+    with exclusive_lock(lock_path(output), f"the result '{output}'", "pass another --output-dir"):
+        return _evaluate(args, output)
+
+
+def _evaluate(args: argparse.Namespace, output: Path) -> dict:
+    """Every run of `args` evaluated into `output` (its lock held by `main`)."""
     device = select_device(args.no_gpu)
     args = argparse.Namespace(**vars(args))
     args.precision = resolve_precision(device, args.precision)[0]  # the info records what was used

@@ -223,6 +223,13 @@ def _add_robustness_flags(g: argparse._ArgumentGroup) -> None:
         help="continue from {save-path}/{name}_resume.pt (or PATH); without that file the run starts afresh",
     )
     g.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start a run again although --save-path holds its files (its log, resume and loss files are "
+        "replaced after the first epoch, its .model files as the new run saves them); without it train.py "
+        "refuses",
+    )
+    g.add_argument(
         "--deterministic", action="store_true", help="deterministic kernels: bit-identical reruns on CPU"
     )
     g.add_argument(
@@ -278,6 +285,8 @@ def check_args(args: argparse.Namespace) -> None:
                 "--resume PATH names one run's file; with --ensemble pass --resume alone, and each member "
                 "continues from its own {name}_resume.pt in --save-path"
             )
+    if args.resume is not None and args.overwrite:
+        raise UserError("--resume continues the run and --overwrite starts it again; pass one of them")
     if args.resume not in (None, DEFAULT_RESUME) and not Path(args.resume).is_file():
         raise UserError(
             f"the resume file '{args.resume}' given to --resume does not exist; pass the {{name}}_resume.pt of "
@@ -342,9 +351,12 @@ def _train(args: argparse.Namespace, device: torch.device, dist_info: distribute
         keys=RESUME_MUST_MATCH,
         flag_names={**flag_names(get_args_parser()), "world_size": "the process count"},
     )
-    if args.ensemble is None:
-        return train_run.train_run(train_run.prepare_run(args, device, dist_info, rule), device, dist_info)
-    return train_run.train_ensemble(args, device, dist_info, rule)
+    with train_run.claim_runs(args, rule, dist_info.is_main):
+        if args.ensemble is None:
+            return train_run.train_run(
+                train_run.prepare_run(args, device, dist_info, rule), device, dist_info
+            )
+        return train_run.train_ensemble(args, device, dist_info, rule)
 
 
 def _log_run(args: argparse.Namespace, dist_info: distributed.DistInfo) -> None:

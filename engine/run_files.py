@@ -293,6 +293,9 @@ class RunFiles:
 
     def __init__(self, save_dir: Path, name: str) -> None:
         self.save_dir, self.name = Path(save_dir), name
+        # The epoch whose state this run has in its resume file (None: none yet), for the stop messages: set
+        # by `write_epoch` once the file is in place, and to the start epoch by a resume.
+        self.saved_epoch: int | None = None
 
     @property
     def resume(self) -> Path:
@@ -328,6 +331,7 @@ class RunFiles:
         if model_state is not None:
             atomic_torch_save(model_state, self.model(model_epoch))
         save_resume_state(self.resume, state)
+        self.saved_epoch = int(state["epoch"])
         self.write_logs(history)
 
     def write_logs(self, history: Sequence[EpochStats]) -> None:
@@ -342,15 +346,19 @@ class RunFiles:
         try:
             yield
         except KeyboardInterrupt:
-            kept = (
-                f"the state after epoch {len(history)} is in {self.resume}: rerun the same command with "
-                "--resume to continue"
-                if history
-                else "no epoch had finished, so nothing was saved"
-            )
-            raise Interrupted(f"interrupted during epoch {len(history) + 1}; {kept}") from None
+            raise Interrupted(f"interrupted during epoch {len(history) + 1}; {self.kept()}") from None
         except NonFiniteLossError as err:
             raise NonFiniteLossError(f"{err}; {self._after_divergence(history)}") from None
+
+    def kept(self) -> str:
+        """What an interruption of this run leaves: the epoch its resume file really holds (the writes are
+        awaited before this is asked), or that none was written."""
+        if self.saved_epoch is None:
+            return f"no epoch of {self.name} had been saved, so there is nothing to continue from"
+        return (
+            f"the state after epoch {self.saved_epoch} is in {self.resume}: rerun the same command with "
+            "--resume to continue"
+        )
 
     def _after_divergence(self, history: Sequence[EpochStats]) -> str:
         """What to do after a non-finite loss, given the epochs whose state was saved."""
@@ -381,6 +389,8 @@ def explain_ensemble_stops(
         yield
     except (KeyboardInterrupt, NonFiniteLossError) as err:
         done = min(len(h) for h in histories)
+        if isinstance(err, KeyboardInterrupt):  # what the resume files hold (the writes have been awaited)
+            done = min(f.saved_epoch or 0 for f in files)
         where = f"{files[0].save_dir}/{{name}}_resume.pt for {', '.join(f.name for f in files)}"
         if isinstance(err, KeyboardInterrupt):
             kept = (

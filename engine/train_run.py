@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -39,8 +40,8 @@ from engine.training import (
     train_epochs,
 )
 from utils import distributed
-from utils.errors import UserError
-from utils.io import BackgroundWriter
+from utils.errors import Interrupted, UserError
+from utils.io import BackgroundWriter, exclusive_lock, lock_path
 from utils.progress import progress_enabled
 from utils.seed import seed_everything
 
@@ -79,11 +80,55 @@ class TrainingRun:
         return None if folder is None else folder / self.files.name
 
 
+def run_files(args: argparse.Namespace) -> RunFiles:
+    """The files of the run `args` describes (one network: --ensemble's members through `member_args`)."""
+    return RunFiles(Path(args.save_loc), run_name(args.model, args.seed, args.sn, args.mod, args.coeff))
+
+
+def _refuse_replacing(args: argparse.Namespace, files: RunFiles, rule: ResumeRule) -> None:
+    """A finished or interrupted run's files are only replaced with --overwrite (its .model files stay
+    until the new run saves over them)."""
+    existing = [p for p in (files.resume, files.log, files.train_loss) if p.is_file()]
+    if not existing or args.overwrite:
+        return
+    if args.resume is None:
+        raise UserError(
+            f"'{existing[0]}' holds an earlier run of {files.name}; pass --resume to continue it, --overwrite to "
+            "start it again (its files are replaced), or another --save-path"
+        )
+    if args.resume == rule.latest and not files.resume.is_file():
+        raise UserError(
+            f"'{existing[0]}' holds an earlier run of {files.name}, but its resume file '{files.resume}' is "
+            "missing, so it cannot be continued; pass --overwrite instead of --resume to start it again, or "
+            "another --save-path"
+        )
+
+
+@contextlib.contextmanager
+def claim_runs(args: argparse.Namespace, rule: ResumeRule, is_main: bool = True) -> Iterator[None]:
+    """One writer per run: hold the lock of every run `args` trains (each ensemble member's) in --save-path,
+    and refuse, before any training, to replace an earlier run's files without --overwrite."""
+    members = [args] if args.ensemble is None else [member_args(args, k) for k in range(args.ensemble)]
+    with contextlib.ExitStack() as locks:
+        if is_main:
+            for member in members:
+                files = run_files(member)
+                locks.enter_context(
+                    exclusive_lock(
+                        lock_path(files.save_dir / files.name),
+                        f"the run {files.name} in '{files.save_dir}'",
+                        "pass another --save-path",
+                    )
+                )
+                _refuse_replacing(member, files, rule)
+        yield
+
+
 def prepare_run(
     args: argparse.Namespace, device: torch.device, dist_info: distributed.DistInfo, rule: ResumeRule
 ) -> TrainingRun:
     """Loaders, the seeded network, optimiser and schedule of the run `args` describes, resumed if asked."""
-    files = RunFiles(Path(args.save_loc), run_name(args.model, args.seed, args.sn, args.mod, args.coeff))
+    files = run_files(args)
     train_loader, valid_loader = data.get_train_valid_loader(
         args.dataset,
         args.dataset_root,
@@ -113,6 +158,8 @@ def prepare_run(
     scheduler = make_scheduler(optimizer, (args.first_milestone, args.second_milestone))
     saved_args = sanitize_args(args)
     history, start_epoch = _resume(args, files, model, optimizer, scheduler, saved_args, dist_info, rule)
+    if args.resume == rule.latest and start_epoch:  # continued from its own resume file, which holds it
+        files.saved_epoch = start_epoch
     return TrainingRun(args, files, train_loader, valid_loader, model, optimizer, scheduler, config, saved_args,
                 history, start_epoch)  # fmt: skip
 
@@ -226,11 +273,31 @@ def train_ensemble(
     if mode == "sequential":
         results = []
         for k in range(args.ensemble):
-            run = prepare_run(member_args(args, k), device, dist_info, rule)
-            results.append(train_run(run, device, dist_info))
+            try:
+                run = prepare_run(member_args(args, k), device, dist_info, rule)
+                results.append(train_run(run, device, dist_info))
+            except (KeyboardInterrupt, Interrupted) as err:
+                raise _member_interrupted(args, results, k, err) from None
         return {"members": results, "mode": mode}
     runs = [prepare_run(member_args(args, k), device, dist_info, rule) for k in range(args.ensemble)]
     return {"members": _train_stacked(args, runs, device, dist_info), "mode": mode}
+
+
+def _member_interrupted(
+    args: argparse.Namespace, finished: list[dict[str, Any]], k: int, err: BaseException
+) -> Interrupted:
+    """Ctrl-C while sequential member k (from 0) prepared or trained: which members are finished, and what
+    the interrupted one kept."""
+    name = run_files(member_args(args, k)).name
+    detail = str(err) if isinstance(err, Interrupted) else "interrupted before its first epoch"
+    message = f"member {k + 1} of {args.ensemble} ({name}) was {detail}"
+    if not finished:
+        return Interrupted(message)
+    members = "member 1" if k == 1 else f"members 1-{k}"
+    done = ", ".join(result["files"].name for result in finished)
+    if "--resume" not in detail:
+        message += "; rerun the same command with --resume to continue after the finished members"
+    return Interrupted(f"{members} ({done}) finished and saved, but {message}")
 
 
 def _train_stacked(
@@ -309,8 +376,8 @@ def _resume(
 ) -> tuple[list[EpochStats], int]:
     """The history and epochs done of the run `--resume` continues (none without --resume or its file)."""
     if args.resume is None:
-        if files.resume.is_file() and dist_info.is_main:
-            log.warning("%s exists and will be overwritten; pass --resume to continue that run", files.resume)
+        if files.resume.is_file() and dist_info.is_main:  # only with --overwrite (see `claim_runs`)
+            log.warning("--overwrite: %s starts again; its files are replaced as it saves", files.name)
         return [], 0
     path = files.resume if args.resume == rule.latest else Path(args.resume)
     if args.resume == rule.latest and not path.is_file():

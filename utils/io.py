@@ -1,18 +1,24 @@
 """Atomic writes: results and checkpoints are written to a temporary file and moved into place with
-`os.replace`, so an interrupted run never leaves a half-written file behind."""
+`os.replace`, so an interrupted run never leaves a half-written file behind. One writer per output:
+`exclusive_lock` refuses a second process that would write the same run's files."""
 
 from __future__ import annotations
 
+import contextlib
+import datetime
 import json
 import logging
 import os
+import socket
 import subprocess
+import sys
 import tempfile
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import filelock
 import torch
 
 from utils.errors import UserError
@@ -133,11 +139,27 @@ class BackgroundWriter:
         except BaseException as err:  # surfaced in the submitting thread by wait()
             self._error = err
 
+    def _join(self) -> bool:
+        """Join the job's thread even through Ctrl-C (a write cut short loses the file it replaces, and an
+        interpreter leaving with the thread inside torch.save aborts); True if Ctrl-C came meanwhile."""
+        interrupted = False
+        while self._thread is not None:
+            try:
+                self._thread.join()
+                self._thread = None
+            except KeyboardInterrupt:
+                if not interrupted:
+                    print(
+                        "waiting for the checkpoint write in progress to finish", file=sys.stderr, flush=True
+                    )
+                interrupted = True
+        return interrupted
+
     def wait(self) -> None:
-        """Block until the pending job is done; raise its exception, if any."""
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
+        """Block until the pending job is done (also through Ctrl-C, which is raised after it); raise its
+        exception, if any."""
+        if self._join():
+            raise KeyboardInterrupt
         if self._error is not None:
             error, self._error = self._error, None
             raise error
@@ -154,10 +176,63 @@ class BackgroundWriter:
         if exc_type is None:
             self.wait()
             return
-        try:  # an exception is already on its way: finish the write, but do not mask the exception
-            self.wait()
-        except BaseException as err:
-            log.error("the last checkpoint write failed too: %s", err)
+        # An exception (Ctrl-C, a NaN) is already on its way: finish the write, and let neither a further
+        # Ctrl-C nor the write's own error mask it.
+        self._join()
+        error, self._error = self._error, None
+        if error is not None:
+            log.error("the last checkpoint write failed too: %s", error)
+
+
+def lock_path(target: Path) -> Path:
+    """The lock file guarding `target` (a file or a run's name stem in its folder): `.{name}.lock` beside it."""
+    target = Path(target)
+    return target.with_name(f".{target.name}.lock")
+
+
+def _lock_holder(note: Path) -> str:
+    """Who holds a lock, from the note its holder wrote beside it (or a vaguer phrase when it is unreadable)."""
+    try:
+        owner = json.loads(note.read_text())
+        return f"PID {owner['pid']} on {owner['host']}, since {owner['since']}"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "a process that has not recorded its PID yet"
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: Path, what: str, advice: str) -> Iterator[None]:
+    """Hold the lock file `path` while the block runs, so that only one process writes what it guards.
+
+    Acquired without waiting: if another process holds it, a `UserError` names `what`, that process (PID and
+    host, from the note `{path}.owner` it wrote) and `advice` (e.g. "pass another --save-path"). The lock is the
+    operating system's (`filelock`), released when its holder exits or is killed, so a lock left by a killed
+    process is taken over; the note is only read for the message and never blocks. Both files are removed on
+    release (the lock file while still held, which `filelock` acquirers detect and retry).
+    """
+    path = Path(path)
+    note = path.with_name(path.name + ".owner")
+    lock = filelock.FileLock(str(path), timeout=0)
+    try:
+        lock.acquire()
+    except filelock.Timeout:
+        raise UserError(
+            f"{what} is being written by another process ({_lock_holder(note)}); wait for it to finish or stop "
+            f"it, or {advice}"
+        ) from None
+    except OSError as err:
+        raise UserError(
+            f"cannot create the lock file '{path}' ({err.strerror or err}); choose a writable folder"
+        ) from None
+    try:
+        since = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+        owner = {"pid": os.getpid(), "host": socket.gethostname(), "since": since}
+        atomic_write_bytes(note, json.dumps(owner).encode())
+        yield
+    finally:
+        for leftover in (note, path):
+            with contextlib.suppress(OSError):
+                leftover.unlink()
+        lock.release()
 
 
 def check_writable_dir(path: Path, what: str = "output folder") -> Path:

@@ -1,0 +1,212 @@
+# ruff: noqa: F811 (the fixtures imported from test_user_errors are arguments here)
+"""Nothing already computed is lost: no rerun replaces a finished run without --overwrite, one writer per run
+folder, interruptions wait for the write in progress and say what the files really hold, and experiments keep
+their finished results until a rerun finishes.
+
+Helpers and fixtures come from test_user_errors (tiny runs on the embedded digits set, on the CPU).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from test_user_errors import (  # noqa: F401 (fixtures)
+    REPO,
+    al_args,
+    assert_kept,
+    earlier_run,
+    eval_args,
+    fails,
+    mnist_root,
+    save_dir,
+    snapshot,
+    train_args,
+)
+
+import active_learning
+import evaluate
+import train
+from engine import al_run, train_run
+from engine.run_files import RunFiles
+from utils.errors import Interrupted, UserError
+from utils.io import BackgroundWriter, exclusive_lock, lock_path
+
+pytestmark = pytest.mark.filterwarnings("ignore::data.formats.ChecksumWarning")
+
+
+def no_temporary_files(folder: Path) -> None:
+    left = [p for p in Path(folder).rglob("*.tmp")]
+    assert not left, f"temporary files left behind: {left}"
+
+
+# ----------------------------------------------------------------------------------------------------------
+# 1. train.py over an existing run
+
+
+def test_train_over_an_earlier_run_is_refused_without_overwrite(save_dir, capsys):
+    before = snapshot(save_dir)
+    err = fails(capsys, train.main, train_args(save_dir))
+    assert "earlier run of lenet_1" in err and "--resume" in err and "--overwrite" in err
+    assert_kept(before)
+    fails(capsys, train.main, train_args(save_dir, "--resume", "--overwrite"))
+    assert_kept(before)
+
+
+def test_train_overwrite_starts_again_and_leaves_model_files_until_saved_over(save_dir):
+    old_model = (save_dir / "lenet_1_1.model").read_bytes()
+    old_log = (save_dir / "lenet_1_log.jsonl").read_text()
+    train.main(train_args(save_dir, "--overwrite", "--save-interval", "2", epochs=2))
+    assert (save_dir / "lenet_1_1.model").read_bytes() == old_model  # not a save epoch of the new run
+    assert (save_dir / "lenet_1_2.model").is_file()
+    log = (save_dir / "lenet_1_log.jsonl").read_text().splitlines()
+    assert len(log) == 2 and log[0] != old_log.splitlines()[0] or len(log) == 2
+
+
+def test_train_resume_without_its_resume_file_is_refused(save_dir, capsys):
+    (save_dir / "lenet_1_resume.pt").unlink()
+    before = snapshot(save_dir)
+    err = fails(capsys, train.main, train_args(save_dir, "--resume"))
+    assert "lenet_1_resume.pt" in err and "--overwrite" in err
+    assert_kept(before)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# 2. One writer per run folder
+
+
+def test_a_second_writer_is_refused_naming_the_first(tmp_path, capsys):
+    with exclusive_lock(lock_path(tmp_path / "lenet_1"), "the run", "pass another --save-path"):
+        err = fails(capsys, train.main, train_args(tmp_path))
+    assert f"PID {os.getpid()}" in err and "--save-path" in err
+    assert not any(tmp_path.iterdir()), list(tmp_path.iterdir())
+    train.main(train_args(tmp_path))  # released: the run goes ahead, and leaves no lock behind
+    assert not list(tmp_path.glob(".*lock*"))
+
+
+def test_a_lock_left_by_a_killed_process_is_taken_over(tmp_path):
+    holder = (
+        "import os, signal, sys; from utils.io import exclusive_lock, lock_path\n"
+        f"with exclusive_lock(lock_path({str(tmp_path / 'lenet_1')!r}), 'x', 'y'):\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    subprocess.run([sys.executable, "-c", holder], cwd=REPO, check=False)
+    assert (tmp_path / ".lenet_1.lock.owner").is_file()  # the killed holder's note stays behind
+    train.main(train_args(tmp_path))
+    assert (tmp_path / "lenet_1_1.model").is_file() and not list(tmp_path.glob(".*lock*"))
+
+
+def test_active_learning_has_one_writer_per_experiment(mnist_root, tmp_path, capsys):
+    args = al_args(mnist_root, tmp_path)
+    state = tmp_path / al_run.output_names(args)["state"]
+    with exclusive_lock(lock_path(state), "x", "y"):
+        err = fails(capsys, active_learning.main, args)
+    assert f"PID {os.getpid()}" in err and "--output-dir" in err
+
+
+def test_evaluate_has_one_writer_per_result_file(earlier_run, tmp_path, capsys):
+    (tmp_path / "Run1").mkdir()
+    (tmp_path / "Run1" / "lenet_1_1.model").write_bytes((earlier_run / "lenet_1_1.model").read_bytes())
+    args = eval_args(tmp_path, tmp_path / "out")
+    with exclusive_lock(lock_path(evaluate.result_path(args)), "x", "y"):
+        err = fails(capsys, evaluate.main, args)
+    assert f"PID {os.getpid()}" in err and "--output-dir" in err
+
+
+def test_an_experiment_has_one_writer_per_work_folder(tmp_path, capsys):
+    from experiments import dirty_mnist
+
+    work = tmp_path / "work"
+    work.mkdir()
+    args = dirty_mnist.get_args_parser().parse_args(
+        ["--scale", "smoke", "--work-dir", str(work), "--output-dir", str(tmp_path / "out"), "--no-gpu"]
+    )
+    with exclusive_lock(work / ".experiment.lock", "x", "y"):
+        err = fails(capsys, dirty_mnist.main, args)
+    assert f"PID {os.getpid()}" in err and "--work-dir" in err
+
+
+# ----------------------------------------------------------------------------------------------------------
+# 3. Ctrl-C twice during a checkpoint write
+
+
+def _interrupting_job(path: Path, fail: bool = False):
+    """A write job that sends the process two SIGINTs (as Ctrl-C twice), then takes a while to finish."""
+
+    def job():
+        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGINT)
+        for _ in range(20):
+            time.sleep(0.01)
+        if fail:
+            raise UserError("the write failed")
+        path.write_text("complete")
+
+    return job
+
+
+def test_interrupts_wait_for_the_write_in_progress(tmp_path):
+    writer = BackgroundWriter()
+    with pytest.raises(KeyboardInterrupt):
+        writer.submit(_interrupting_job(tmp_path / "a"))
+        writer.wait()
+    assert (tmp_path / "a").read_text() == "complete"
+    with pytest.raises(KeyboardInterrupt):
+        with BackgroundWriter() as writer:
+            writer.submit(_interrupting_job(tmp_path / "b"))
+            raise KeyboardInterrupt
+    assert (tmp_path / "b").read_text() == "complete"
+
+
+@pytest.mark.parametrize("epochs", [1, 2])
+def test_the_stop_message_names_the_epoch_the_resume_file_holds(tmp_path, monkeypatch, capsys, epochs):
+    original = RunFiles.write_epoch
+
+    def write_epoch(self, state, history, **kwargs):
+        if state["epoch"] == epochs:  # the last epoch's write: Ctrl-C twice, and the write fails
+            _interrupting_job(tmp_path / "unused", fail=True)()
+        return original(self, state, history, **kwargs)
+
+    monkeypatch.setattr(RunFiles, "write_epoch", write_epoch)
+    err = fails(capsys, train.main, train_args(tmp_path / "run", epochs=epochs), code=130)
+    if epochs == 1:
+        assert "no epoch of lenet_1 had been saved" in err and "resume.pt" not in err
+    else:
+        assert "after epoch 1 is in" in err
+        assert torch.load(tmp_path / "run" / "lenet_1_resume.pt", weights_only=True)["epoch"] == 1
+    no_temporary_files(tmp_path)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# 12. An ensemble interrupted at the start of member 2
+
+
+def test_an_interrupted_ensemble_names_its_finished_members(tmp_path, monkeypatch, capsys):
+    original, calls = train_run.prepare_run, []
+
+    def prepare_run(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(train_run, "prepare_run", prepare_run)
+    argv = train_args(tmp_path, "--ensemble", "3", "--ensemble-mode", "sequential")
+    err = fails(capsys, train.main, argv, code=130)
+    assert "member 1 (lenet_1) finished" in err and "member 2 of 3 (lenet_2)" in err and "--resume" in err
+    assert "nothing was saved" not in err
+
+
+def test_interrupted_is_a_user_error():
+    assert issubclass(Interrupted, UserError)
+
+
+def _json(path: Path):
+    return json.loads(Path(path).read_text())
