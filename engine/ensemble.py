@@ -48,7 +48,6 @@ import net
 from engine import training
 from engine.training import EpochStats, NonFiniteLossError, TrainSettings
 from utils.device import autocast_context
-from utils.epochs import run_epochs
 
 MODES = ("auto", "stacked", "sequential")
 
@@ -379,17 +378,21 @@ def train_epochs_stacked(
         for member_stats, accuracy in zip(stats, evaluate_accuracy_stacked(ensemble, valid_loader, settings)):
             member_stats.val_accuracy = accuracy
 
-    return run_epochs(
-        lambda epoch: train_one_epoch_stacked(
-            ensemble, train_loader, optimizer, settings, epoch=epoch, member_names=member_names
-        ),
+    return training.train_epochs(
+        ensemble,
+        train_loader,
+        optimizer,
+        scheduler,
+        settings,
         epochs=epochs,
         start_epoch=start_epoch,
-        loader=train_loader,
-        scheduler=scheduler,
-        validate=validate if valid_loader is not None else None,
+        valid_loader=valid_loader,
         validate_every=validate_every,
         on_epoch_end=on_epoch_end,
+        one_epoch=lambda epoch: train_one_epoch_stacked(
+            ensemble, train_loader, optimizer, settings, epoch=epoch, member_names=member_names
+        ),
+        validate=validate,
     )
 
 

@@ -336,26 +336,29 @@ def train_epochs(
     start_epoch: int = 0,
     valid_loader: Iterable[tuple[torch.Tensor, torch.Tensor]] | None = None,
     validate_every: int = 0,
-    on_epoch_end: Callable[[EpochStats], None] | None = None,
-) -> list[EpochStats]:
+    on_epoch_end: Callable[[Any], None] | None = None,
+    one_epoch: Callable[[int], Any] | None = None,
+    validate: Callable[[int, Any], None] | None = None,
+) -> list:
     """Train from `start_epoch` up to `epochs` (exclusive, counting from 0); return the epochs' statistics.
 
     The epoch plan of `utils.epochs.run_epochs` with one pass of `train_one_epoch` per epoch and, when a
     `valid_loader` is given, its accuracy every `validate_every` epochs and after the last one;
-    `on_epoch_end(stats)` may write checkpoints or raise to stop.
+    `on_epoch_end(stats)` may write checkpoints or raise to stop. A stacked ensemble passes its own
+    `one_epoch(epoch)` and `validate(epoch, stats)` (`engine.ensemble.train_epochs_stacked`).
     """
     eval_model = net.unwrap_model(model)
 
-    def validate(epoch: int, stats: EpochStats) -> None:
+    def validate_network(epoch: int, stats: EpochStats) -> None:
         stats.val_accuracy = evaluate_accuracy(eval_model, valid_loader, settings)
 
     return run_epochs(
-        lambda epoch: train_one_epoch(model, train_loader, optimizer, settings, epoch=epoch),
+        one_epoch or (lambda epoch: train_one_epoch(model, train_loader, optimizer, settings, epoch=epoch)),
         epochs=epochs,
         start_epoch=start_epoch,
         loader=train_loader,
         scheduler=scheduler,
-        validate=validate if valid_loader is not None else None,
+        validate=(validate or validate_network) if valid_loader is not None else None,
         validate_every=validate_every,
         on_epoch_end=on_epoch_end,
     )

@@ -21,6 +21,7 @@ import argparse
 import json
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,7 +32,6 @@ from engine import al_run
 from engine.results import curve_standard_errors, markdown_table
 from experiments import common
 from experiments.common import ModelSpec
-from experiments.subsets import write_subset_root
 from tools import plots
 from utils.errors import exit_on_user_error
 
@@ -167,8 +167,10 @@ def al_argv(
     no_gpu: bool,
     epochs: int | None = None,
     samples_per_epoch: int | None = None,
-    resume: bool = False,
+    start: Sequence[str] = ("--overwrite",),
 ) -> list:
+    """active_learning.py's flags; `start` says what to do with files of an earlier run in `out`: the
+    timing runs start over (they are measurements), the curves continue (`common.continue_flags`)."""
     return [
         *("--seed", preset.seed, *preset.model.flags(), "--al-type", al_type),
         *(
@@ -189,7 +191,7 @@ def al_argv(
         *(("--max-pool", preset.max_pool) if preset.max_pool else ()),
         *("--dataset-root", root, "--output-dir", out),
         *(["--no-gpu"] if no_gpu else []),
-        *(["--resume"] if resume else []),
+        *start,
     ]
 
 
@@ -319,21 +321,28 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 @exit_on_user_error
+@common.one_writer(NAME)
 def main(args: argparse.Namespace) -> dict:
     started = time.perf_counter()
     preset = SCALES[args.scale]
-    record, paths, device = common.start_record(args, NAME, preset, PAPER, differences(preset))
-    root = Path(args.dataset_root)
-    if preset.subset:
-        root = write_subset_root(root, paths.work / "data", dict(preset.subset))
+    record, paths, device, root = common.start_record(args, NAME, preset, PAPER, differences(preset))
 
     max_samples = preset.max_samples
+    earlier = common.earlier_record(paths, args)
     if preset.timing:
-        record["timing"] = time_steps(preset, root, paths.work, args.no_gpu, started)
-        record["timing_table"] = timing_table(record["timing"])
-        common.write_record(paths.json, record)
+        if earlier is not None and "timing" in earlier and "timing_table" in earlier:
+            # A rerun continues the curves found in the work folder, cut as the earlier run cut them.
+            print("timings: those of the earlier run in the work folder (--overwrite measures again)")
+            record["timing"], record["timing_table"] = earlier["timing"], earlier["timing_table"]
+        else:
+            record["timing"] = time_steps(preset, root, paths.work, args.no_gpu, started)
+            record["timing_table"] = timing_table(record["timing"])
+        common.write_stage(paths, record)
         print(record["timing_table"], flush=True)
-        if preset.budget_s:
+        if preset.budget_s and earlier is not None and "curves_cut_to" in earlier and "timing" in earlier:
+            record["curves_cut_to"] = earlier["curves_cut_to"]
+            max_samples = record["curves_cut_to"]["max_samples"] if record["curves_cut_to"]["steps"] >= 2 else 0
+        elif preset.budget_s:
             measured = [
                 record["timing"][t]["per_step_s"]
                 for t in preset.al_types
@@ -368,7 +377,7 @@ def main(args: argparse.Namespace) -> dict:
             paths.work / f"curves_{preset.companion.model.model}", paths, args, started, figure,
         )  # fmt: skip
     record["environment"] = common.finish_environment(record["environment"], started)
-    common.write_record(paths.json, record)
+    common.write_final(paths, record)
     print()
     print(record.get("table", "no curves"))
     if preset.companion is not None:
@@ -401,16 +410,16 @@ def run_curves(
             root=root,
             out=work / al_type,
             no_gpu=args.no_gpu,
-            resume=not preset.budget_s,
+            start=common.continue_flags(args),
         )
         files[al_type] = curves_file(argv)
-        _, seconds = common.timed(lambda: common.run_script(active_learning, argv))
+        _, seconds = common.timed(lambda: common.run_script(active_learning, argv, work))
         into["results"][al_type] = {
             **summarise_curves(json.loads(files[al_type].read_text()), preset),
             "seconds": round(seconds, 1),
         }
         record["environment"] = common.finish_environment(record["environment"], started)
-        common.write_record(paths.json, record)
+        common.write_stage(paths, record)
     figure = figure or paths.figure
     title = f"active learning on MNIST, {preset.model.label}, scale '{args.scale}'"
     draw_figure(files, preset, figure, title)

@@ -37,7 +37,6 @@ import evaluate
 from engine.results import markdown_table
 from experiments import common
 from experiments.common import ModelSpec
-from experiments.subsets import write_subset_root
 from utils.errors import UserError, exit_on_user_error
 
 NAME = "cifar10"
@@ -122,11 +121,13 @@ def differences(preset: Scale) -> list[str]:
     return lines
 
 
-def train_network(spec: ModelSpec, preset: Scale, root: Path, work: Path, no_gpu: bool) -> dict:
+def train_network(
+    spec: ModelSpec, preset: Scale, root: Path, work: Path, no_gpu: bool, overwrite: bool = False
+) -> dict:
     return common.train_with_script(
         spec, dataset=DATASET, root=root, work=work, seed=preset.seed, coeff=preset.coeff, epochs=preset.epochs,
         batch_size=preset.batch_size, learning_rate=preset.learning_rate,
-        steps_per_epoch=preset.steps_per_epoch, no_gpu=no_gpu,
+        steps_per_epoch=preset.steps_per_epoch, no_gpu=no_gpu, overwrite=overwrite,
     )  # fmt: skip
 
 
@@ -144,7 +145,14 @@ def ood_sets(root: Path, chosen: str | None = None) -> tuple[str, ...]:
 
 
 def evaluate_network(
-    spec: ModelSpec, preset: Scale, root: Path, work: Path, model_type: str, ood: str, no_gpu: bool
+    spec: ModelSpec,
+    preset: Scale,
+    root: Path,
+    work: Path,
+    model_type: str,
+    ood: str,
+    no_gpu: bool,
+    overwrite: bool = False,
 ) -> dict:
     """evaluate.py for one run and OoD set; returns its result's `mean` (one run: the values themselves)."""
     argv = [
@@ -153,8 +161,9 @@ def evaluate_network(
         *("--output-dir", work / "eval"),
         *spec.flags(preset.coeff),
         *(["--no-gpu"] if no_gpu else []),
+        *(["--overwrite"] if overwrite else []),
     ]
-    return common.run_script(evaluate, argv)["mean"]
+    return common.run_script(evaluate, argv, work)["mean"]
 
 
 def summarise(softmax: dict, gmm: dict) -> dict:
@@ -267,28 +276,26 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 @exit_on_user_error
+@common.one_writer(NAME)
 def main(args: argparse.Namespace) -> dict:
     started = time.perf_counter()
     preset = SCALES[args.scale]
-    record, paths, device = common.start_record(args, NAME, preset, PAPER, differences(preset))
+    record, paths, device, root = common.start_record(args, NAME, preset, PAPER, differences(preset))
     record["milestones"] = common.scaled_milestones(preset.epochs)
-    root = Path(args.dataset_root)
-    if preset.subset:
-        root = write_subset_root(root, paths.work / "data", dict(preset.subset))
     oods = ood_sets(Path(args.dataset_root), args.ood_sets)
     record["ood_sets"] = list(oods)
     for spec in preset.models:
         entry = record["results"][spec.label] = {
-            "training": train_network(spec, preset, root, paths.work, args.no_gpu),
+            "training": train_network(spec, preset, root, paths.work, args.no_gpu, args.overwrite),
             "evaluation": {},
             "summary": {},
             "evaluate_seconds": {},
         }
-        common.write_record(paths.json, record)
+        common.write_stage(paths, record)
         for ood in oods:
             evaluation, seconds = common.timed(
                 lambda: {
-                    t: evaluate_network(spec, preset, root, paths.work, t, ood, args.no_gpu)
+                    t: evaluate_network(spec, preset, root, paths.work, t, ood, args.no_gpu, args.overwrite)
                     for t in ("softmax", "gmm")
                 }
             )
@@ -296,7 +303,7 @@ def main(args: argparse.Namespace) -> dict:
             entry["summary"][ood] = summarise(**evaluation)
             entry["evaluate_seconds"][ood] = round(seconds, 1)
             record["environment"] = common.finish_environment(record["environment"], started)
-            common.write_record(paths.json, record)
+            common.write_stage(paths, record)
             draw_figure(
                 record["results"],
                 paths.figure,

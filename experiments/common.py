@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
+import functools
 import json
 import os
 import platform
@@ -26,9 +27,11 @@ import torch
 import train
 from engine.models import ARCH_FLAGS
 from engine.run_files import RunFiles, run_name
+from experiments.subsets import write_subset_root
 from tools.plots import load_training_log
 from utils.device import cpu_model, cpu_reports_native_bf16, select_device
-from utils.io import atomic_write_json, check_writable_dir, git_revision
+from utils.errors import Interrupted, UserError
+from utils.io import atomic_write_json, check_writable_dir, exclusive_lock, git_revision, read_json
 
 SCALE_NAMES = ("smoke", "cpu", "gpu")
 REPO = Path(__file__).resolve().parents[1]
@@ -98,6 +101,12 @@ def base_parser(name: str, description: str) -> argparse.ArgumentParser:
         "continues the trainings found there",
     )
     parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start the work folder over: its trainings and runs are redone and replaced (default: a rerun "
+        "continues what it finds there)",
+    )
+    parser.add_argument(
         "--output-dir", default="results/repro", help=f"where {name}_SCALE.json and {name}_SCALE.png go"
     )
     parser.add_argument("--no-gpu", action="store_true", help="run on the CPU even if a GPU is available")
@@ -113,23 +122,81 @@ class Paths:
     json: Path
     figure: Path
 
+    @property
+    def partial(self) -> Path:
+        """The record of the stages done so far (`NAME_SCALE.partial.json`), while the run is not finished:
+        the final JSON is only replaced by a run that finishes."""
+        return self.json.with_name(f"{self.json.stem}.partial.json")
+
+
+def work_dir(args: argparse.Namespace, name: str) -> Path:
+    return Path(args.work_dir or Path("runs") / "experiments" / f"{name}_{args.scale}")
+
+
+def one_writer(name: str) -> Callable:
+    """Decorator of an experiment's `main(args)`: one process at a time in its work folder (a lock file
+    there, see `utils.io.exclusive_lock`), and Ctrl-C ends in one sentence saying how to continue."""
+
+    def decorate(main: Callable) -> Callable:
+        @functools.wraps(main)
+        def wrapper(args: argparse.Namespace):
+            work = check_writable_dir(work_dir(args, name), "work folder (--work-dir)")
+            try:
+                with exclusive_lock(
+                    work / ".experiment.lock", f"the work folder '{work}'", "pass another --work-dir"
+                ):
+                    return main(args)
+            except KeyboardInterrupt:
+                raise Interrupted(f"interrupted; {_how_to_continue(args, work)}") from None
+
+        return wrapper
+
+    return decorate
+
+
+def _how_to_continue(args: argparse.Namespace, work: Path) -> str:
+    again = "the command without --overwrite" if args.overwrite else "the same command"
+    return f"what finished is kept in '{work}': rerun {again} to continue from it"
+
 
 def prepare_run(args: argparse.Namespace, name: str) -> Paths:
     """Folders of this run; sets the thread count; returns where the outputs go."""
 
     if args.num_threads:
         torch.set_num_threads(args.num_threads)
-    work = Path(args.work_dir or Path("runs") / "experiments" / f"{name}_{args.scale}")
+    work = work_dir(args, name)
     out = Path(args.output_dir)
     check_writable_dir(work, "work folder (--work-dir)")
     check_writable_dir(out, "output folder (--output-dir)")
     return Paths(work, out / f"{name}_{args.scale}.json", out / f"{name}_{args.scale}.png")
 
 
-def run_script(module, argv: Sequence[str]) -> Any:
-    """A top-level script as on its command line: `module.main(module.get_args_parser().parse_args(argv))`."""
-    print(f"$ python {module.__name__.replace('.', '/')}.py {' '.join(map(str, argv))}", flush=True)
-    return module.main(module.get_args_parser().parse_args([str(a) for a in argv]))
+def continue_flags(args: argparse.Namespace) -> list[str]:
+    """What the inner scripts get so that a rerun continues their work (--resume), or with the experiment's
+    --overwrite starts it over."""
+    return ["--overwrite"] if args.overwrite else ["--resume"]
+
+
+def run_script(module, argv: Sequence[str], work: Path | None = None) -> Any:
+    """A top-level script as on its command line: `module.main(module.get_args_parser().parse_args(argv))`.
+
+    Its errors come up to the experiment's own handler (not printed and exited by the script's), so that an
+    interruption, or a refusal to continue files in the work folder `work`, is told in the experiment's
+    flags."""
+    script = f"{module.__name__.replace('.', '/')}.py"
+    print(f"$ python {script} {' '.join(map(str, argv))}", flush=True)
+    main = getattr(module.main, "__wrapped__", module.main)
+    try:
+        return main(module.get_args_parser().parse_args([str(a) for a in argv]))
+    except Interrupted:
+        raise KeyboardInterrupt from None  # told by `one_writer` in the experiment's flags
+    except UserError as err:
+        if work is None or not any(flag in str(err) for flag in ("--resume", "--overwrite")):
+            raise
+        raise UserError(
+            f"{script} cannot continue what the work folder '{work}' holds ({str(err).split(';')[0]}); pass "
+            "--overwrite to start the work folder over, or another --work-dir"
+        ) from None
 
 
 def train_with_script(
@@ -145,9 +212,11 @@ def train_with_script(
     learning_rate: float,
     steps_per_epoch: int,
     no_gpu: bool,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """train.py with milestones at the paper's fractions of `epochs`, into `work/Run1`; `--resume` continues
-    (or skips) a training found there. Returns a summary of its JSON-lines log and the final checkpoint."""
+    (or skips) a training found there, `overwrite` starts it again. Returns a summary of its JSON-lines log
+    and the final checkpoint."""
 
     first, second = scaled_milestones(epochs)
     argv = [
@@ -155,10 +224,11 @@ def train_with_script(
         *spec.flags(coeff),
         *("-e", epochs, "--first-milestone", first, "--second-milestone", second),
         *("-b", batch_size, "--lr", learning_rate, "--steps-per-epoch", steps_per_epoch),
-        *("--save-path", work / "Run1", "--save-interval", epochs, "--resume"),
+        *("--save-path", work / "Run1", "--save-interval", epochs),
+        *(["--overwrite"] if overwrite else ["--resume"]),
         *(["--no-gpu"] if no_gpu else []),
     ]
-    run_script(train, argv)
+    run_script(train, argv, work)
     files = RunFiles(work / "Run1", spec.run_name(seed, coeff))
     log = load_training_log(files.log)
     return {
@@ -173,9 +243,10 @@ def train_with_script(
 
 def start_record(
     args: argparse.Namespace, name: str, preset, paper: dict[str, Any], differences: Sequence[str]
-) -> tuple[dict[str, Any], Paths, torch.device]:
+) -> tuple[dict[str, Any], Paths, torch.device, Path]:
     """An experiment's opening: its folders and device, the record (preset, paper, differences,
-    environment; results to come) and the printed preset."""
+    environment; results to come), the printed preset, and the data root it reads: `--dataset-root`, or
+    the small copies of the preset's `subset` written into the work folder (the smoke scale)."""
 
     paths = prepare_run(args, name)
     device = select_device(args.no_gpu)
@@ -189,7 +260,10 @@ def start_record(
         "results": {},
     }
     print_preset(name, args.scale, preset, paper, record["differences"])
-    return record, paths, device
+    root = Path(args.dataset_root)
+    if preset.subset:
+        root = write_subset_root(root, paths.work / "data", dict(preset.subset))
+    return record, paths, device, root
 
 
 def environment(device: torch.device) -> dict[str, Any]:
@@ -242,7 +316,7 @@ def finish_record(record: dict[str, Any], paths: Paths, table: str) -> dict[str,
     printed."""
     record["table"] = table
     record["figure"] = str(paths.figure)
-    write_record(paths.json, record)
+    write_final(paths, record)
     print()
     print(table)
     print(f"\nwrote {paths.json} and {paths.figure} ({record['environment'].get('wall_time_s')} s)")
@@ -250,8 +324,36 @@ def finish_record(record: dict[str, Any], paths: Paths, table: str) -> dict[str,
 
 
 def write_record(path: Path, record: dict[str, Any]) -> None:
-    """The result JSON, written atomically (also after each stage, so a cut-off run leaves what it did)."""
+    """A record written atomically."""
     atomic_write_json(path, record)
+
+
+def write_stage(paths: Paths, record: dict[str, Any]) -> None:
+    """The record after a stage, into `paths.partial`: a cut-off run leaves what it did, and the final JSON
+    of an earlier, finished run stays as it was."""
+    atomic_write_json(paths.partial, record)
+
+
+def write_final(paths: Paths, record: dict[str, Any]) -> None:
+    """The finished run's record into the final JSON; its stage record is then no longer needed."""
+    atomic_write_json(paths.json, record)
+    paths.partial.unlink(missing_ok=True)
+
+
+def earlier_record(paths: Paths, args: argparse.Namespace) -> dict[str, Any] | None:
+    """The record an earlier run of this experiment left (its stage record, else its final JSON), which a
+    rerun without --overwrite may continue from; None if there is none or it cannot be read."""
+    if args.overwrite:
+        return None
+    for path in (paths.partial, paths.json):
+        if path.is_file():
+            try:
+                record = read_json(path)
+            except UserError:
+                continue
+            if isinstance(record, dict) and record.get("scale") == args.scale:
+                return record
+    return None
 
 
 def timed(fn: Callable[[], Any]) -> tuple[Any, float]:

@@ -37,7 +37,6 @@ from engine.evaluation import DirtyScores, dirty_aurocs, dirty_scores
 from engine.results import format_value, markdown_table
 from experiments import common
 from experiments.common import ModelSpec
-from experiments.subsets import write_subset_root
 from tools.plots import group_names, plot_fig1
 from utils.errors import exit_on_user_error
 
@@ -171,11 +170,13 @@ def ensure_ambiguous_mnist(root: Path, flags: tuple[str, ...], device: torch.dev
     }
 
 
-def train_network(t: Training, preset: Scale, root: Path, work: Path, no_gpu: bool) -> dict:
+def train_network(
+    t: Training, preset: Scale, root: Path, work: Path, no_gpu: bool, overwrite: bool = False
+) -> dict:
     return common.train_with_script(
         t.spec, dataset=DATASET, root=root, work=work, seed=preset.seed, coeff=preset.coeff, epochs=t.epochs,
         batch_size=preset.batch_size, learning_rate=preset.learning_rate, steps_per_epoch=t.steps_per_epoch,
-        no_gpu=no_gpu,
+        no_gpu=no_gpu, overwrite=overwrite,
     )  # fmt: skip
 
 
@@ -236,19 +237,17 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 @exit_on_user_error
+@common.one_writer(NAME)
 def main(args: argparse.Namespace) -> dict:
     started = time.perf_counter()
     preset = SCALES[args.scale]
-    record, paths, device = common.start_record(args, NAME, preset, PAPER, differences(preset))
-    root = Path(args.dataset_root)
-    if preset.subset:
-        root = write_subset_root(root, paths.work / "data", dict(preset.subset))
+    record, paths, device, root = common.start_record(args, NAME, preset, PAPER, differences(preset))
     record["ambiguous_mnist"] = ensure_ambiguous_mnist(root, preset.generate, device)
-    common.write_record(paths.json, record)
+    common.write_stage(paths, record)
 
     figure_scores = {}
     for t in preset.trainings:
-        training = train_network(t, preset, root, paths.work, args.no_gpu)
+        training = train_network(t, preset, root, paths.work, args.no_gpu, args.overwrite)
         model = load_network(t, preset, training["checkpoint"], device)
         result, seconds = common.timed(
             lambda: dirty_scores(
@@ -264,7 +263,7 @@ def main(args: argparse.Namespace) -> dict:
         figure_scores[t.spec.label] = scores
         draw_figure(figure_scores, paths.figure, f"Dirty-MNIST vs Fashion-MNIST, scale '{args.scale}'")
         record["environment"] = common.finish_environment(record["environment"], started)
-        common.write_record(paths.json, record)
+        common.write_stage(paths, record)
         print(
             f"{t.spec.label}: "
             + ", ".join(f"{k} {format_value(v)}" for k, v in numbers.items() if isinstance(v, float))
