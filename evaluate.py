@@ -15,7 +15,9 @@ null with one run, where the original writes NaN), `values` and `info` as the or
 (NLL, FPR95, temperatures, GMM jitters, MSP and Mahalanobis detectors, failed runs). A run whose GMM cannot be
 fitted, or whose network holds or computes NaN/inf, is listed in `failed_runs` with the reason (its values are
 null) and the command exits with status 1. `--original-quirks` fits the gmm with the original code's jitter
-search and computes its m1 and m2 scores from float32 log-densities, as the original code does.
+search and computes its m1 and m2 scores from float32 log-densities, and evaluates ensembles with the original's
+member rule (5 members with seeds 5(i-1)+1.. untempered, the first --ensemble of them tempered), as the
+original code does.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import data
 import metrics
 from engine.evaluation import (
     check_finite_outputs,
+    ensemble_members,
     ensemble_run,
     gmm_run,
     softmax_run,
@@ -107,7 +110,10 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="gmm, as the original code: choose the covariance jitter by its search (the first absolute "
         "jitter from 0 up that Cholesky accepts; far smaller on ill-conditioned features) and compute m1 and "
         "m2 from float32 log-densities (nearly every in-distribution entropy is then exactly 0; a run whose m2 "
-        "is NaN fails, where the original crashes); default: the project's jitter and float64, as the paper",
+        "is NaN fails, where the original crashes); default: the project's jitter and float64, as the paper. "
+        "ensemble, as the original: the untempered ensemble is the 5 members with seeds 5(i-1)+1..5(i-1)+5 "
+        "whatever --seed and --ensemble say, the temperature-scaled one its first --ensemble (at most 5); "
+        "default: --ensemble members from --seed for both",
     )
     parser.add_argument(
         "--precision",
@@ -219,11 +225,22 @@ def evaluate_run(evaluator: Evaluator, args: argparse.Namespace, run: int) -> di
     num_classes = evaluator.info.num_classes
     checkpoint = dict(model=args.model, sn=args.sn, mod=args.mod, coeff=args.coeff, epoch=args.epoch)
     if args.model_type == "ensemble":
+        seeds, val_seeds, tempered = ensemble_members(args.seed, run, args.ensemble, args.original_quirks)
         members = []
-        for seed in run_seeds(args.seed, run, args.ensemble):
-            path = locate_checkpoint(args.load_path, run, seed=seed, ensemble_naming=True, **checkpoint)
+        for seed, val_seed in zip(seeds, val_seeds):
+            try:
+                path = locate_checkpoint(args.load_path, run, seed=seed, ensemble_naming=True, **checkpoint)
+            except UserError:
+                if not args.original_quirks:
+                    raise
+                raise UserError(
+                    f"with --original-quirks run {run} is the original's ensemble of the 5 members with seeds "
+                    f"{seeds[0]}..{seeds[-1]} (its evaluate.py loads 5 whatever --ensemble and --seed say), but "
+                    f"'{Path(args.load_path) / f'Run{run}'}' has no checkpoint of seed {seed}, where the original "
+                    "crashes; drop --original-quirks to evaluate the --ensemble members"
+                ) from None
             members.append(
-                evaluator.outputs(evaluator.load(path), seed, need_train=False, source=f"'{path}'")
+                evaluator.outputs(evaluator.load(path), val_seed, need_train=False, source=f"'{path}'")
             )
         parts = [m["parts"] for m in members] if evaluator.clean_size is not None else None
         return ensemble_run(
@@ -231,6 +248,7 @@ def evaluate_run(evaluator: Evaluator, args: argparse.Namespace, run: int) -> di
             [m["ood"] for m in members],
             [m["val"] for m in members],
             parts=parts,
+            tempered=tempered,
         )
     (seed,) = run_seeds(args.seed, run)
     path = locate_checkpoint(args.load_path, run, seed=seed, **checkpoint)

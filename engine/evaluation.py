@@ -31,6 +31,7 @@ import data
 import metrics
 from engine.features import Outputs, collect_outputs
 from engine.models import RunFailedError
+from engine.run_files import run_seeds
 from utils.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -203,20 +204,53 @@ def gmm_run(
     return result
 
 
+ORIGINAL_ENSEMBLE_SIZE = 5  # the members the original's evaluate.py loads per run, whatever --ensemble says
+
+
+def ensemble_members(
+    seed: int, run: int, ensemble: int, original_quirks: bool = False
+) -> tuple[list[int], list[int], int | None]:
+    """Run `run`'s (1-based) ensemble: `(member seeds, validation seeds, tempered)`, the members' checkpoint
+    seeds, the seeds of their validation splits, and how many of the first members form the
+    temperature-scaled ensemble (None: all).
+
+    By default the `ensemble` members with seeds `seed + (run-1)*E ...` (`engine.run_files.run_seeds`), each
+    scaled on its own split. With `original_quirks`, as the original's evaluate.py: it always loads the 5
+    members with seeds `5*(run-1)+1 ... 5*(run-1)+5` (`load_ensemble(..., seed=5*i+1)` with its default
+    `ensemble_len=5`, whatever `--seed` and `--ensemble` say), gives member j the validation split of seed
+    `seed + 5*(run-1) + j`, and zips the members with its `--ensemble` validation loaders, so its
+    temperature-scaled ensemble is the first `min(ensemble, 5)` members.
+    """
+    if not original_quirks:
+        seeds = run_seeds(seed, run, ensemble)
+        return seeds, seeds, None
+    offset = ORIGINAL_ENSEMBLE_SIZE * (run - 1)
+    seeds = [offset + 1 + j for j in range(ORIGINAL_ENSEMBLE_SIZE)]
+    val_seeds = [seed + offset + j for j in range(ORIGINAL_ENSEMBLE_SIZE)]
+    return seeds, val_seeds, min(ensemble, ORIGINAL_ENSEMBLE_SIZE)
+
+
 def ensemble_run(
     tests: list[Outputs],
     oods: list[Outputs],
     vals: list[Outputs],
     *,
     parts: list[tuple[Outputs, Outputs]] | None = None,
+    tempered: int | None = None,
 ) -> dict[str, float]:
-    """Deep ensemble: mean of member softmaxes; each member temperature-scaled on its own validation split."""
+    """Deep ensemble: mean of member softmaxes; each member temperature-scaled on its own validation split.
+
+    `tempered` keeps only the first `tempered` members for the `t_` (temperature-scaled) numbers, as the
+    original's evaluate.py does under `--original-quirks` (see `ensemble_members`); None: all members.
+    """
     labels = tests[0].labels
-    temperatures = [metrics.fit_temperature(v.logits, v.labels) for v in vals]
+    kept = len(tests) if tempered is None else tempered
+    temperatures = [metrics.fit_temperature(v.logits, v.labels) for v in vals[:kept]]
     result: dict[str, float] = {}
     for prefix, temps in (("", [1.0] * len(tests)), ("t_", temperatures)):
-        test_probs = torch.stack([t.logits.div(T).softmax(1) for t, T in zip(tests, temps)])
-        ood_probs = torch.stack([o.logits.div(T).softmax(1) for o, T in zip(oods, temps)])
+        members = len(temps)
+        test_probs = torch.stack([t.logits.div(T).softmax(1) for t, T in zip(tests[:members], temps)])
+        ood_probs = torch.stack([o.logits.div(T).softmax(1) for o, T in zip(oods[:members], temps)])
         mean_probs = test_probs.mean(0)
         if not prefix:
             result["accuracy"] = metrics.accuracy(mean_probs, labels)

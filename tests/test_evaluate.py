@@ -476,9 +476,11 @@ def test_result_json_has_the_original_structure_and_the_extras(evaluated, model_
     assert list(saved)[:4] == ["mean", "std", "values", "info"]
     assert saved["failed_runs"] == []
     assert saved["info"]["model_type"] == model_type and saved["info"]["runs"] == 2
-    # The flags as given, with the precision resolved for the device (fp32 here: the suite's CPU default).
+    # The flags as given, with the precision resolved for the device (fp32 here: the suite's CPU default),
+    # and the original's keys for --load-path and --no-gpu next to this project's.
     flags = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
-    assert args.precision is None and saved["info"] == {**flags, "precision": "fp32"}
+    original_keys = {"load_loc": flags["load_path"], "gpu": False}
+    assert args.precision is None and saved["info"] == {**flags, "precision": "fp32", **original_keys}
     for section in ("mean", "std", "values"):
         keys = list(saved[section])
         assert keys[: len(ORIGINAL)] == ORIGINAL, section
@@ -769,3 +771,63 @@ def test_an_interrupted_evaluation_keeps_the_finished_runs(layouts, tmp_path, mo
     assert not (tmp_path / "res_lenet_1_softmax_digits_digits_ood.json").exists()
     partial = strict_json(tmp_path / "res_lenet_1_softmax_digits_digits_ood.json.partial")
     assert partial["runs_done"] == 1 and len(partial["values"]["accuracy"]) == 1
+
+
+# ----------------------------------------------------------------------------------------------------
+# --original-quirks with ensembles: the original's evaluate.py loads 5 members per run, seeds 5(i-1)+1..
+
+
+@pytest.fixture(scope="module")
+def five_members(layouts, tmp_path_factory) -> Path:
+    """Run1 with the LeNets of seeds 1..5 (1..4 copied from the `ensemble` layout, 5 trained here)."""
+    root = tmp_path_factory.mktemp("five")
+    folder = root / "Run1"
+    folder.mkdir()
+    for run, seeds in ((1, (1, 2)), (2, (3, 4))):
+        for seed in seeds:
+            shutil.copy(layouts["ensemble"] / f"Run{run}" / f"lenet_{seed}_1.model", folder)
+    train_lenet(folder, 5)
+    return root
+
+
+def test_ensemble_members_follow_the_original_seed_rule_only_with_quirks():
+    from engine.evaluation import ensemble_members
+
+    assert ensemble_members(7, 2, 3) == ([10, 11, 12], [10, 11, 12], None)
+    assert ensemble_members(7, 2, 3, original_quirks=True) == (
+        [6, 7, 8, 9, 10], [12, 13, 14, 15, 16], 3,
+    )  # fmt: skip
+    assert ensemble_members(1, 1, 8, original_quirks=True) == ([1, 2, 3, 4, 5], [1, 2, 3, 4, 5], 5)
+
+
+def test_original_quirks_ensemble_is_five_members_untempered_and_the_first_ensemble_tempered(
+    five_members, tmp_path
+):
+    def run(*extra: str) -> dict:
+        out = tmp_path / "_".join(extra).replace("-", "")
+        out.mkdir()
+        args = eval_args(five_members, out, *extra, model_type="ensemble", runs=1)
+        return evaluate.main(args)["values"]
+
+    quirk = run("--ensemble", "3", "--original-quirks")
+    five, three = run("--ensemble", "5"), run("--ensemble", "3")
+    untempered = ["accuracy", "ece", "nll", "m1_auroc", "m1_auprc", "m2_auroc", "m2_auprc", "msp_auroc"]
+    tempered = ["t_ece", "t_nll", "t_m1_auroc", "t_m1_auprc", "t_m2_auroc", "t_m2_auprc", "temperature"]
+    for key in untempered:
+        assert quirk[key] == five[key], key  # all 5 members, whatever --ensemble says
+    for key in tempered:
+        assert quirk[key] == three[key], key  # the first 3, each on its own split (seed 1 + j)
+    assert any(five[key] != three[key] for key in untempered)  # so the comparison can fail
+
+
+def test_original_quirks_ensemble_with_missing_members_is_one_sentence(layouts, tmp_path, capsys):
+    # The `ensemble` layout holds 2 members per run (seeds 1, 2 in Run1): the original would look for
+    # lenet_3_1.model in Run1 and crash; here one sentence says so.
+    args = eval_args(
+        layouts["ensemble"], tmp_path, "--ensemble", "2", "--original-quirks", model_type="ensemble"
+    )
+    with pytest.raises(SystemExit) as exit_info:
+        evaluate.main(args)
+    assert exit_info.value.code != 0
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "seeds 1..5" in err and "no checkpoint of seed 3" in err and "drop --original-quirks" in err
