@@ -1,13 +1,11 @@
 #!/usr/bin/env bash
-# Every GPU check in one prepared run on a CUDA machine, kept to about 8 minutes (BUDGET_S, 500 s by default).
-#
-# The data archives are read from device_carry/ (git-ignored) beside the tree:
-#     mkdir -p device_carry && cp ../shared/data/{prepare.py,cifar10-jpeg.tar.xz,tiny-imagenet-test.tar.xz} device_carry/
-#     PYTHONUNBUFFERED=1 bash benchmarks/gpu_check.sh
-# The most important check runs first; every stage has its own time limit, cut to what is left of the
-# budget, and a stage that fails does not stop the others. Results (JSON and one log, at most 8 files) land
-# in $OUT; the table at the end is what to copy into the README, with date and hardware.
-# benchmarks/NOTES.md says how to run it on the shared GPU machine.
+# Runs every GPU check of the project on a CUDA machine in one go, within BUDGET_S seconds (500): the most
+# important check first, each stage with its own time limit cut to what is left, a failed stage not stopping
+# the others. It reads the CIFAR-10 and Tiny-ImageNet archives and prepare.py from device_carry/ (git-ignored,
+# filled by `bash experiments/gpu/carry.sh gpu_check`) and leaves its JSON results and one log (at most 8
+# files) in $OUT; the log ends with the table of figures, date and hardware.
+#     bash experiments/gpu/carry.sh gpu_check && PYTHONUNBUFFERED=1 bash benchmarks/gpu_check.sh
+# benchmarks/GPU_EXPERIMENTS.md lists it with the other GPU runs and records what each found.
 set -uo pipefail
 OUT=${OUT:-gpu_out}
 BUDGET_S=${BUDGET_S:-500}

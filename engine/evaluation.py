@@ -104,8 +104,10 @@ def extra_detectors(test: Outputs, ood: Outputs, train: Outputs | None, num_clas
     return result
 
 
-def aleatoric_split(clean: Outputs, ambiguous: Outputs, entropy_fn=None) -> dict[str, float]:
-    """Dirty-MNIST (paper Fig. 1/2): AUROC of softmax entropy separating ambiguous (positive) from clean."""
+def aleatoric_split(clean: torch.Tensor, ambiguous: torch.Tensor, entropy_fn=None) -> dict[str, float]:
+    """Dirty-MNIST (paper Fig. 1/2): AUROC of an entropy separating the ambiguous test samples (positive)
+    from the clean ones. `clean`, `ambiguous` are logits `(N, C)` for the default softmax entropy, or what
+    `entropy_fn` takes (the members' probabilities `(M, N, C)` for the ensemble's predictive entropy)."""
     entropy_fn = entropy_fn or metrics.softmax_entropy
     result = _detection("aleatoric_entropy", entropy_fn(clean), entropy_fn(ambiguous), False)
     return {"aleatoric_entropy_auroc": result["aleatoric_entropy_auroc"]}

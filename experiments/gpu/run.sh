@@ -1,21 +1,14 @@
 #!/usr/bin/env bash
-# One reproduction experiment at full width as ONE command of about 8 minutes on one H200 (the list of GPU
-# experiments, their order and what has run is benchmarks/GPU_EXPERIMENTS.md).
-#
-# Here, first (the archives do not travel with the tree; device_carry/ is git-ignored, 64 MiB at most):
-#     bash experiments/gpu/carry.sh EXPERIMENT
-# then call the device tool's run with:
-#     command="PYTHONUNBUFFERED=1 bash experiments/gpu/run.sh EXPERIMENT", carry=["device_carry"], timeout_s=570
-# EXPERIMENT is cifar10, dirty_mnist or active_learning. The script lays the carried archives out on the
-# machine's local disk and runs `python -m experiments.EXPERIMENT --scale gpu`, whose preset is sized to
-# about 7 minutes, within what is left of BUDGET_S (550 s). The experiment writes its JSON after every
-# stage, so a run cut off at the limit still returns what it finished. $OUT receives only small files (at
-# most 8): EXPERIMENT_gpu.json, EXPERIMENT_gpu.png, EXPERIMENT_gpu.log, plus the training logs (cifar10)
-# or the Ambiguous-MNIST manifest and sample grid (dirty_mnist). The log ends with the table to copy into
-# the README's Reproduction section, with the date and hardware.
-#
-# CPU setting (what the test suite runs, so the script cannot fail on the GPU for a reason a CPU shows):
-#     SCALE=smoke EXPERIMENT_FLAGS=--no-gpu CARRY=../shared/data DATA_ROOT=/tmp/data OUT=/tmp/out \
+# Runs one reproduction experiment (cifar10, dirty_mnist or active_learning) at its `gpu` preset on a CUDA
+# machine within BUDGET_S seconds (550): lays the data archives found in $CARRY (default device_carry/, which
+# experiments/gpu/carry.sh fills) out in $DATA_ROOT, runs `python -m experiments.EXPERIMENT --scale $SCALE`
+# and leaves the experiment's JSON record, figure and log in $OUT (at most 8 small files: also the training
+# logs for cifar10, the Ambiguous-MNIST manifest and sample grid for dirty_mnist). The experiment writes its
+# record after every stage, so a run cut off at the limit keeps what it finished; the log ends with the
+# table, date and hardware. benchmarks/GPU_EXPERIMENTS.md lists the runs in order and what each found.
+#     bash experiments/gpu/carry.sh cifar10 && PYTHONUNBUFFERED=1 bash experiments/gpu/run.sh cifar10
+# On a CPU, in seconds (the test suite runs it so; DATA is a folder with the archives and prepare.py):
+#     SCALE=smoke EXPERIMENT_FLAGS=--no-gpu CARRY=DATA DATA_ROOT=/tmp/data OUT=/tmp/out \
 #         bash experiments/gpu/run.sh EXPERIMENT
 set -uo pipefail
 EXPERIMENT=${1:-}
