@@ -17,8 +17,9 @@ Quick run on the CPU (small model, small pool, two epochs):
 Outputs (`{name}` as train.py names runs, e.g. `resnet18_sn_3.0_mod_1`), written atomically after every step:
 `test_accs_{name}_{al-type}[_mi]_mnist.json` (or `..._dirty_mnist_{subsample}.json` with -ambiguous): run index
 to the list of MNIST test accuracies (percent) per step; with -ambiguous also `ambiguous_{...}.json` (run to the
-fraction of ambiguous samples in the labelled set after each acquisition) and `ambiguous_entropies_{...}.json`
-(run to acquisition to the entropies of the labelled samples). `--resume` continues an interrupted experiment
+fraction of ambiguous samples in the labelled set after each acquisition, exactly k / n) and
+`ambiguous_entropies_{...}.json` (run to acquisition to the entropies of the labelled samples, in acquisition
+order: the initial set, then each step's picks; the original's are in a shuffled loader's order). `--resume` continues an interrupted experiment
 from its state file; an experiment already in --output-dir is never replaced unless `--overwrite` is given.
 
 The pool, validation split and initial labelled set are built once from --seed and shared by the runs, as the

@@ -242,8 +242,10 @@ def _acquisition_step(
     if ambiguity_model is not None:
         acquired = pool.take(torch.as_tensor(record["labelled"], device=device))
         entropies = al.sample_entropies(ambiguity_model, acquired, args.scoring_batch_size, device)
+        # In acquisition order (the initial set, then each step's picks); the original's come in the
+        # order of a shuffling loader. The fraction is k / n in float64, as the original's `.item() / len`.
         record["entropies"].append(entropies.tolist())
-        record["ambiguous_fraction"].append(float((entropies > args.threshold).float().mean()))
+        record["ambiguous_fraction"].append(int((entropies > args.threshold).sum()) / len(entropies))
     return accuracy
 
 
