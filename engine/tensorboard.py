@@ -4,8 +4,10 @@
     with epoch_writer("runs/stats_logging/resnet18_1", purge_step=start_epoch + 1) as writer:
         add_scalars(writer, stats.to_json(), step=stats.epoch + 1)
 
-Tags are the JSON keys (`loss`, `accuracy`, `lr`, `val_accuracy`, `images_per_s`); the step is the number of
-epochs done, so a resumed run continues the same curves (`purge_step` hides what an interrupted run wrote
+Tags are the JSON keys (`loss`, `accuracy`, `lr`, `val_accuracy`, `images_per_s`), and train.py also writes the
+original's own scalar, `{name}_train_loss` with the number the original computes (`EpochStats.original_loss`:
+the sum of the batch-mean losses over the number of samples; `add_original_train_loss`); the step is the
+number of epochs done, so a resumed run continues the same curves (`purge_step` hides what an interrupted run wrote
 after the epoch it resumes from).
 """
 
@@ -75,9 +77,16 @@ def add_scalars(
     writer.flush()
 
 
+def add_original_train_loss(writer: Any, name: str, original_loss: float, *, step: int) -> None:
+    """The scalar the original's train.py writes every epoch: tag `{name}_train_loss` (its run name), value
+    its "Average loss", step the number of epochs done."""
+    add_scalars(writer, {f"{name}_train_loss": original_loss}, step=step, keys=(f"{name}_train_loss",))
+
+
 __all__ = [
     "DEFAULT_FOLDER",
     "EPOCH_SCALARS",
+    "add_original_train_loss",
     "add_scalars",
     "epoch_writer",
     "require_tensorboard",

@@ -209,6 +209,9 @@ def train_run(
                 prefix = f"{run.files.name} " if args.ensemble is not None else ""
                 log.info("%s%s", prefix, stats.summary(args.epoch))
                 tensorboard.add_scalars(board, stats.to_json(), step=stats.epoch + 1)
+                tensorboard.add_original_train_loss(
+                    board, run.files.name, stats.original_loss, step=stats.epoch + 1
+                )
 
         train_epochs(
             prepare_model(
@@ -349,6 +352,9 @@ def _train_stacked(
                 checkpoint(member_stats)
                 log.info("%s %s", name, member_stats.summary(args.epoch))
                 tensorboard.add_scalars(board, member_stats.to_json(), step=member_stats.epoch + 1)
+                tensorboard.add_original_train_loss(
+                    board, name, member_stats.original_loss, step=member_stats.epoch + 1
+                )
 
         ensemble.train_epochs_stacked(
             stack,

@@ -369,15 +369,17 @@ def test_round_trip_train_evaluate_table(tmp_path, capsys):
     assert rows[1].values["auroc"] == result["values"]["m1_auroc"]
 
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+USAGE = Path(__file__).resolve().parents[1] / "docs" / "usage.md"
 
 
 @pytest.mark.slow
 def test_the_readme_round_trip_runs_as_written(tmp_path, monkeypatch, capsys):
-    """The three commands at the top of the README's ensemble section, run as written (in a fresh folder)."""
+    """The three commands at the top of the ensemble section of docs/usage.md (the user guide the README
+    links), run as written (in a fresh folder)."""
     from tools import results
 
-    section = README.read_text().split("## Deep ensembles, TensorBoard and the results table")[1]
+    heading = "## Deep ensembles, TensorBoard and the results table"
+    section = USAGE.read_text(encoding="utf-8").split(heading)[1]
     block = re.search(r"```bash\n(.*?)```", section, flags=re.S).group(1)
     commands = [shlex.split(line) for line in block.splitlines() if line.startswith("python ")]
     assert [c[1] for c in commands] == ["train.py", "evaluate.py", "-m"]
@@ -417,10 +419,29 @@ def test_tensorboard_scalars_are_the_json_log(tmp_path, mode):
     for seed in (1, 2):
         log = read_jsonl(tmp_path / f"lenet_{seed}_log.jsonl")
         scalars = read_events(tmp_path / "stats_logging" / f"lenet_{seed}")
-        assert set(scalars) == {"loss", "accuracy", "lr", "val_accuracy", "images_per_s"}
+        original_tag = f"lenet_{seed}_train_loss"  # the original's own scalar, next to this project's
+        assert set(scalars) == {"loss", "accuracy", "lr", "val_accuracy", "images_per_s", original_tag}
         for tag, series in scalars.items():
+            key = "original_loss" if tag == original_tag else tag
             assert [step for step, _ in series] == [1, 2]
-            assert [value for _, value in series] == pytest.approx([line[tag] for line in log], rel=1e-6)
+            assert [value for _, value in series] == pytest.approx([line[key] for line in log], rel=1e-6)
+
+
+@pytest.mark.parametrize("loss_mean", [False, True])
+def test_tensorboard_writes_the_originals_train_loss_with_its_formula(tmp_path, loss_mean):
+    # The original's train.py: `writer.add_scalar(save_name + "_train_loss", train_loss, epoch + 1)` with
+    # train_loss = sum over batches of the batch-mean loss (over B once more with --loss-mean) / samples.
+    # Two batches of 16 per epoch: that is the mean per-sample loss / 16 (/ 16 again with --loss-mean).
+    pytest.importorskip("tensorboard")
+    extra = ("--loss-mean",) if loss_mean else ()
+    train.main(alone_args(tmp_path, 3, "--tensorboard", *extra, epochs=2))
+    log = read_jsonl(tmp_path / "lenet_3_log.jsonl")
+    scalars = read_events(tmp_path / "stats_logging" / "lenet_3")
+    divisor = 16 * 16 if loss_mean else 16
+    assert [step for step, _ in scalars["lenet_3_train_loss"]] == [1, 2]
+    values = [value for _, value in scalars["lenet_3_train_loss"]]
+    assert values == pytest.approx([line["loss"] / divisor for line in log], rel=1e-5)
+    assert [value for _, value in scalars["loss"]] == pytest.approx([line["loss"] for line in log], rel=1e-6)
 
 
 def test_tensorboard_into_a_chosen_folder_and_continued_on_resume(tmp_path):
