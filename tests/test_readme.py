@@ -1,7 +1,10 @@
-"""Every command shown in README.md must parse with the script's own argument parser, so none can rot.
+"""Every command shown in README.md and docs/*.md must parse with its script's own argument parser, so none can
+rot.
 
 The commands run with small settings elsewhere (train/evaluate/active-learning/plots/demo tests); here each
-README line is checked against the current flags: an unknown or renamed flag fails this test.
+line of a ```bash block is checked against the current flags: an unknown or renamed flag fails this test,
+and so does a `python -m MODULE` of this project that no longer exists or has no parser. Links between the
+pages must point at files inside the repository.
 """
 
 from __future__ import annotations
@@ -14,34 +17,83 @@ from pathlib import Path
 
 import pytest
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+DOCS = sorted((ROOT / "docs").glob("*.md"))
+PAGES = [README, *DOCS]
 
 SCRIPTS = {
     "train.py": "train",
     "evaluate.py": "evaluate",
     "active_learning.py": "active_learning",
 }
+# The packages of this project: `python -m` of a module in one of them must import and have a parser.
+# Modules of other packages (`python -m pip`, `python -m pytest`) are not this project's to check.
+PACKAGES = sorted(p.parent.name for p in ROOT.glob("*/__init__.py"))
 
 
-def readme_commands() -> list[str]:
-    blocks = re.findall(r"```bash\n(.*?)```", README.read_text(encoding="utf-8"), flags=re.S)
+def _page_name(page: Path) -> str:
+    return page.relative_to(ROOT).as_posix()
+
+
+def _commands_of(text: str) -> list[str]:
+    """The `python ...` and `torchrun ...` lines of the ```bash blocks, comments and leading `VAR=value`
+    assignments dropped."""
     commands = []
-    for block in blocks:
+    for block in re.findall(r"```bash\n(.*?)```", text, flags=re.S):
         for line in block.splitlines():
             line = line.split(" #")[0].strip()
-            if line.startswith(("python ", "torchrun ")):
+            while re.match(r"[A-Z_][A-Z0-9_]*=\S* ", line):
+                line = line.split(" ", 1)[1].lstrip()
+            if line.startswith(("python ", "torchrun ")) and _is_ours(line):
                 commands.append(line)
     return commands
 
 
+def _is_ours(command: str) -> bool:
+    words = shlex.split(command)
+    if len(words) > 2 and words[1] == "-m":
+        return words[2].split(".")[0] in PACKAGES
+    return True
+
+
+def documented_commands() -> list[tuple[str, str]]:
+    """(page, command) for every command of this project shown in the README and in docs/*.md."""
+    return [(_page_name(page), c) for page in PAGES for c in _commands_of(page.read_text(encoding="utf-8"))]
+
+
+def readme_commands() -> list[str]:
+    """Every command the README and the docs pages show (the README's first)."""
+    return [command for _, command in documented_commands()]
+
+
 def test_readme_has_commands():
-    commands = readme_commands()
+    text = README.read_text(encoding="utf-8")
+    commands = _commands_of(text)
     assert any(c.startswith("python train.py") for c in commands)
     assert any(c.startswith("python evaluate.py") for c in commands)
     assert any(c.startswith("python active_learning.py") for c in commands)
-    assert "make demo" in README.read_text(encoding="utf-8") and "make test" in README.read_text(
-        encoding="utf-8"
-    )
+    assert "make demo" in text and "make test" in text
+
+
+def test_docs_pages_are_read_and_linked_from_the_readme():
+    text = README.read_text(encoding="utf-8")
+    assert DOCS, "docs/*.md holds the pages the README links to"
+    for page in DOCS:
+        assert f"]({_page_name(page)}" in text, f"README.md does not link {_page_name(page)}"
+    assert {page for page, _ in documented_commands()} >= {"README.md", "docs/usage.md"}
+
+
+@pytest.mark.parametrize("page", PAGES, ids=_page_name)
+def test_links_point_inside_the_repository(page):
+    """Relative links name files of this repository (no `../shared/...`: users download the data sets)."""
+    text = page.read_text(encoding="utf-8")
+    for target in re.findall(r"\]\(([^)\s]+)\)", text):
+        if re.match(r"[a-z]+:", target) or target.startswith("#"):
+            continue
+        path = (page.parent / target.split("#")[0]).resolve()
+        assert path.is_relative_to(ROOT) and path.exists(), f"{_page_name(page)}: broken link {target}"
+    assert "../shared" not in text
 
 
 def _module_and_args(command: str) -> tuple[str, list[str]]:
@@ -94,11 +146,28 @@ def assert_every_word_takes_effect(parser: argparse.ArgumentParser, argv: list[s
             assert got == expected, (word, got, expected)
 
 
-@pytest.mark.parametrize("command", readme_commands())
-def test_readme_command_parses(command):
+@pytest.mark.parametrize(
+    "page, command",
+    documented_commands(),
+    ids=[f"{page}: {command}" for page, command in documented_commands()],
+)
+def test_readme_command_parses(page, command):
     module_name, argv = _module_and_args(command)
     module = importlib.import_module(module_name)
+    assert hasattr(module, "get_args_parser"), f"{page}: {module_name} has no command line"
     assert_every_word_takes_effect(module.get_args_parser(), argv)
+
+
+def test_python_m_commands_of_this_project_are_collected():
+    """`python -m tools.results ...` is checked, `python -m pip ...` is not; a module of a removed name
+    (`python -m utils.plots`) is collected, so its parse fails on the import."""
+    assert _commands_of("```bash\npython -m pip install x\n```\n") == []
+    assert _commands_of("```bash\npython -m utils.plots al\n```\n") == ["python -m utils.plots al"]
+    assert _commands_of("```bash\nOMP_NUM_THREADS=1 python train.py --seed 1  # one thread\n```\n") == [
+        "python train.py --seed 1"
+    ]
+    modules = {_module_and_args(c)[0] for c in readme_commands()}
+    assert {"tools.results", "tools.plots", "data.ambiguous_mnist", "experiments.dirty_mnist"} <= modules
 
 
 @pytest.mark.parametrize(
@@ -126,7 +195,7 @@ def test_gpu_check_script_is_valid_bash_and_its_commands_parse():
     """benchmarks/gpu_check.sh is run on the GPU machine only; make sure it cannot rot in between."""
     import subprocess
 
-    script = README.parent / "benchmarks" / "gpu_check.sh"
+    script = ROOT / "benchmarks" / "gpu_check.sh"
     subprocess.run(["bash", "-n", str(script)], check=True)
     text = script.read_text(encoding="utf-8").replace("\\\n", " ")
     commands = re.findall(r"\$PY (-m [\w.]+|\w+\.py)([^|\n]*)", text)
