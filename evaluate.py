@@ -40,6 +40,7 @@ from engine.evaluation import (
 )
 from engine.features import Outputs, collect_outputs
 from engine.models import (
+    ARCH_FLAGS,
     RunFailedError,
     arch_values,
     check_network_flags,
@@ -50,9 +51,9 @@ from engine.results import aggregate, format_table, table_rows
 from engine.run_files import locate_checkpoint, run_name, run_seeds
 from utils.device import resolve_precision, select_device
 from utils.errors import Interrupted, UserError, exit_on_user_error
-from utils.io import atomic_write_json, check_writable_dir, exclusive_lock, lock_path
+from utils.io import atomic_write_json, check_writable_dir, exclusive_lock, lock_path, read_json
 from utils.progress import progress_bar
-from utils.validation import check_count, check_dir, check_seed
+from utils.validation import check_count, check_dir, check_seed, flag_names
 
 log = logging.getLogger("evaluate")
 
@@ -122,6 +123,12 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="inference precision (default: bf16 on a GPU and on a CPU with native bf16, else fp32)",
     )
     parser.add_argument("--loader", default="gpu", choices=["gpu", "torchvision"], help="data pipeline")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a result in --output-dir computed with other settings (--runs, --epoch, --ensemble, "
+        "--load-path, ...); without it evaluate.py refuses",
+    )
     return parser
 
 
@@ -267,6 +274,52 @@ def evaluate_run(evaluator: Evaluator, args: argparse.Namespace, run: int) -> di
     )
 
 
+def check_checkpoints(args: argparse.Namespace) -> None:
+    """Every run's folder and checkpoint(s), found before the first evaluation: a missing one is a
+    `UserError` now, not after the runs before it were evaluated."""
+    checkpoint = dict(model=args.model, sn=args.sn, mod=args.mod, coeff=args.coeff, epoch=args.epoch)
+    ensemble = args.model_type == "ensemble"
+    for run in range(1, args.runs + 1):
+        for seed in run_seeds(args.seed, run, args.ensemble if ensemble else None):
+            locate_checkpoint(args.load_path, run, seed=seed, ensemble_naming=ensemble, **checkpoint)
+
+
+# The settings an existing result must share with this command for it to be replaced without --overwrite
+# (those that change its numbers; --ensemble only for ensembles). The file name holds the others.
+RESULT_SETTINGS = (
+    "load_path", "runs", "epoch", "weight_by_class_frequency", "original_quirks", "precision", "data_aug",
+    *ARCH_FLAGS,
+)  # fmt: skip
+
+
+def check_replaceable(output: Path, args: argparse.Namespace) -> None:
+    """Refuse to replace the result in `output` if it was computed with other settings (`RESULT_SETTINGS`,
+    compared where both record them), unless --overwrite."""
+    if args.overwrite or not output.is_file():
+        return
+    try:
+        saved = read_json(output).get("info")
+    except (UserError, AttributeError):
+        saved = None
+    if not isinstance(saved, dict):
+        raise UserError(
+            f"'{output}' is not a result of evaluate.py; pass --overwrite to replace it, or another --output-dir"
+        )
+    keys = [*RESULT_SETTINGS, *(["ensemble"] if args.model_type == "ensemble" else [])]
+    current = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    names = flag_names(get_args_parser())
+    differ = [
+        f"{names.get(k, '--' + k.replace('_', '-'))} {saved[k]!r} there vs {current[k]!r} now"
+        for k in keys
+        if k in saved and k in current and saved[k] != current[k]
+    ]
+    if differ:
+        raise UserError(
+            f"'{output}' holds a result computed with other settings ({', '.join(differ)}); pass --overwrite "
+            "to replace it, or another --output-dir"
+        )
+
+
 def result_path(args: argparse.Namespace) -> Path:
     name = run_name(args.model, args.seed, args.sn, args.mod, args.coeff)
     dataset, ood = data.canonical_name(args.dataset), data.canonical_name(args.ood_dataset)
@@ -281,6 +334,7 @@ def main(args: argparse.Namespace) -> dict:
     print("evaluate.py " + " ".join(f"{k}={v}" for k, v in sorted(vars(args).items())), flush=True)
     output = result_path(args)
     check_writable_dir(output.parent, "output folder (--output-dir)")
+    check_checkpoints(args)
     with exclusive_lock(lock_path(output), f"the result '{output}'", "pass another --output-dir"):
         return _evaluate(args, output)
 
@@ -290,6 +344,7 @@ def _evaluate(args: argparse.Namespace, output: Path) -> dict:
     device = select_device(args.no_gpu)
     args = argparse.Namespace(**vars(args))
     args.precision = resolve_precision(device, args.precision)[0]  # the info records what was used
+    check_replaceable(output, args)
     evaluator = Evaluator(args, device)
 
     info = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
@@ -299,11 +354,18 @@ def _evaluate(args: argparse.Namespace, output: Path) -> dict:
     partial = output.with_name(output.name + ".partial")
     per_run: list[dict | None] = []
     failed: list[dict] = []
+    partial_ok = True
     for run in progress_bar(range(1, args.runs + 1), desc=f"evaluating {args.model_type}", unit="run"):
         try:
             per_run.append(evaluate_run(evaluator, args, run))
         except KeyboardInterrupt:
-            kept = f"the finished runs are in {partial}" if run > 1 else "no run had finished"
+            kept = (
+                "no run had finished"
+                if run == 1
+                else f"the finished runs are in {partial}"
+                if partial_ok
+                else "the finished runs could not be kept (the side file was not writable)"
+            )
             raise Interrupted(
                 f"interrupted during run {run} of {args.runs}; {kept}; rerun the command to evaluate all runs"
             ) from None
@@ -311,8 +373,14 @@ def _evaluate(args: argparse.Namespace, output: Path) -> dict:
             per_run.append(None)
             failed.append({"run": run, "reason": str(err)})
             log.error("run %d failed: %s", run, err)
-        if run < args.runs:
-            atomic_write_json(partial, {**aggregate(per_run, info), "failed_runs": failed, "runs_done": run})
+        if run < args.runs and partial_ok:
+            try:
+                atomic_write_json(
+                    partial, {**aggregate(per_run, info), "failed_runs": failed, "runs_done": run}
+                )
+            except UserError as err:  # only the side file is lost: the evaluation goes on
+                log.warning("warning: %s; the evaluation continues without that side file", err)
+                partial_ok = False
     result = aggregate(per_run, info)
     result["failed_runs"] = failed
     atomic_write_json(output, result)

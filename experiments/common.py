@@ -194,8 +194,8 @@ def run_script(module, argv: Sequence[str], work: Path | None = None) -> Any:
         if work is None or not any(flag in str(err) for flag in ("--resume", "--overwrite")):
             raise
         raise UserError(
-            f"{script} cannot continue what the work folder '{work}' holds ({str(err).split(';')[0]}); pass "
-            "--overwrite to start the work folder over, or another --work-dir"
+            f"{script} cannot continue what the work folder '{work}' holds (made with other settings, or "
+            "left incomplete); pass --overwrite to start the work folder over, or another --work-dir"
         ) from None
 
 

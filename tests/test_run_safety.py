@@ -210,3 +210,135 @@ def test_interrupted_is_a_user_error():
 
 def _json(path: Path):
     return json.loads(Path(path).read_text())
+
+
+# ----------------------------------------------------------------------------------------------------------
+# 4, 5. Experiments: a failed rerun keeps the finished results; reruns continue, --overwrite starts over
+
+
+def _experiment_args(tmp_path: Path, *extra: str):
+    from experiments import dirty_mnist
+
+    return dirty_mnist.get_args_parser().parse_args(
+        ["--scale", "smoke", "--work-dir", str(tmp_path / "work"), "--output-dir", str(tmp_path / "out"),
+         "--no-gpu", *extra]
+    )  # fmt: skip
+
+
+def _fake_experiment(stages: int, interrupt: bool):
+    """An experiment's main on `experiments.common`: a record, a stage per result, the final JSON."""
+    from experiments import common
+
+    @common.one_writer("fake")
+    def main(args):
+        paths = common.prepare_run(args, "fake")
+        record = {"scale": args.scale, "results": {}}
+        for k in range(stages):
+            record["results"][str(k)] = k
+            common.write_stage(paths, record)
+        if interrupt:
+            raise KeyboardInterrupt
+        common.write_final(paths, record)
+        return record
+
+    return main
+
+
+def test_an_interrupted_rerun_keeps_the_finished_experiment_record(tmp_path):
+    args = _experiment_args(tmp_path)
+    _fake_experiment(3, interrupt=False)(args)
+    final = tmp_path / "out" / "fake_smoke.json"
+    kept = final.read_bytes()
+    assert json.loads(kept)["results"] == {"0": 0, "1": 1, "2": 2}
+    assert not (tmp_path / "out" / "fake_smoke.partial.json").exists()
+    with pytest.raises(Interrupted) as info:
+        _fake_experiment(1, interrupt=True)(args)
+    assert final.read_bytes() == kept  # the finished record is untouched
+    assert _json(tmp_path / "out" / "fake_smoke.partial.json")["results"] == {"0": 0}
+    assert "rerun the same command" in str(info.value) and "--resume" not in str(info.value)
+    with pytest.raises(Interrupted) as info:
+        _fake_experiment(1, interrupt=True)(_experiment_args(tmp_path, "--overwrite"))
+    assert "without --overwrite" in str(info.value)
+
+
+def test_inner_scripts_continue_by_default_and_start_over_with_overwrite(tmp_path):
+    from experiments import active_learning as al_experiment
+    from experiments import common
+
+    preset = al_experiment.SCALES["smoke"]
+    for extra, flag in (((), "--resume"), (("--overwrite",), "--overwrite")):
+        args = _experiment_args(tmp_path, *extra)
+        argv = al_experiment.al_argv(
+            preset, "gmm", runs=1, max_samples=30, root=tmp_path, out=tmp_path, no_gpu=True,
+            start=common.continue_flags(args),
+        )  # fmt: skip
+        parsed = active_learning.get_args_parser().parse_args([str(a) for a in argv])
+        assert getattr(parsed, flag.lstrip("-")) and not (parsed.resume and parsed.overwrite)
+
+
+def test_an_inner_refusal_names_the_experiments_flags_only(save_dir, tmp_path):
+    from experiments import common
+
+    argv = train_args(save_dir)  # an earlier run there, and no --resume: train.py refuses
+    argv_list = ["--seed", "1", "--dataset", "digits", "--model", "lenet", "--no-gpu", "-e", "1",
+                 "--steps-per-epoch", "2", "-b", "16", "--save-path", str(save_dir)]  # fmt: skip
+    assert argv.save_loc == str(save_dir)
+    with pytest.raises(UserError) as info:
+        common.run_script(train, argv_list, save_dir)
+    message = str(info.value)
+    assert "--overwrite" in message and "--work-dir" in message and "--resume" not in message
+
+
+# ----------------------------------------------------------------------------------------------------------
+# 7, 10, 11. evaluate.py: other settings, missing runs, a side file that cannot be written
+
+
+@pytest.fixture
+def two_runs(earlier_run, tmp_path) -> Path:
+    """Run1 (seed 1) and Run2 (seed 2) of the earlier LeNet, with checkpoints of epochs 1 and 2."""
+    model = (earlier_run / "lenet_1_1.model").read_bytes()
+    for run in (1, 2):
+        (tmp_path / "runs" / f"Run{run}").mkdir(parents=True)
+        for epoch in (1, 2):
+            (tmp_path / "runs" / f"Run{run}" / f"lenet_{run}_{epoch}.model").write_bytes(model)
+    return tmp_path / "runs"
+
+
+def test_evaluate_refuses_to_replace_a_result_of_other_settings(two_runs, tmp_path, capsys):
+    out = tmp_path / "out"
+    evaluate.main(eval_args(two_runs, out))
+    before = snapshot(out)
+    err = fails(capsys, evaluate.main, eval_args(two_runs, out, "--epoch", "2"))
+    assert "other settings" in err and "--epoch 1 there vs 2 now" in err and "--overwrite" in err
+    assert_kept(before)
+    evaluate.main(eval_args(two_runs, out))  # the same settings: replaced
+    evaluate.main(eval_args(two_runs, out, "--epoch", "2", "--overwrite"))
+    assert _json(evaluate.result_path(eval_args(two_runs, out)))["info"]["epoch"] == 2
+
+
+def test_evaluate_checks_every_run_before_the_first_evaluation(two_runs, tmp_path, capsys):
+    out = tmp_path / "out"
+    err = fails(capsys, evaluate.main, eval_args(two_runs, out, runs=3))
+    assert "Run3" in err
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_evaluate_goes_on_when_only_its_side_file_cannot_be_written(two_runs, tmp_path, monkeypatch, capsys):
+    real = evaluate.atomic_write_json
+
+    def write(path, obj, *args, **kwargs):
+        if str(path).endswith(".partial"):
+            raise UserError("could not write the side file")
+        return real(path, obj, *args, **kwargs)
+
+    monkeypatch.setattr(evaluate, "atomic_write_json", write)
+    result = evaluate.main(eval_args(two_runs, tmp_path / "out", runs=2))
+    assert len(result["values"]["accuracy"]) == 2
+    assert evaluate.result_path(eval_args(two_runs, tmp_path / "out")).is_file()
+
+
+def test_a_full_disk_message_says_rerun_and_not_a_previous_version(tmp_path):
+    from utils.io import _write_error
+
+    message = str(_write_error(tmp_path / "new.json", OSError(28, "No space left on device")))
+    assert "rerun" in message and "resume" not in message and "previous version" not in message

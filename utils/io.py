@@ -33,9 +33,10 @@ def _current_umask() -> int:
 
 
 def _write_error(path: Path, err: OSError) -> UserError:
+    before = "the previous version of that file is intact" if path.is_file() else "nothing was written there"
     return UserError(
-        f"could not write '{path}' ({err.strerror or err}); the previous version of that file is intact: "
-        "free some space or choose another folder, then resume"
+        f"could not write '{path}' ({err.strerror or err}); {before}: free some space or choose another "
+        "folder, then rerun"
     )
 
 
