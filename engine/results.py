@@ -8,6 +8,7 @@ import csv
 import io
 import json
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -115,6 +116,7 @@ class Row:
     ood_dataset: str
     values: dict[str, list[float | None]]
     sources: list[str]
+    partial: bool = False  # pooled from an unfinished evaluation's `.partial` side file
 
     @property
     def runs(self) -> int:
@@ -191,6 +193,7 @@ def table_rows(
             for column in TABLE_COLUMNS:
                 row.values[column] += list(columns[column])
             row.sources.append(source)
+            row.partial = row.partial or is_partial(source)
     return [rows[key] for key in sorted(rows, key=lambda k: (k[2] or "", k[3] or "", k[0], k[1]))]
 
 
@@ -207,9 +210,8 @@ def _cell(row: Row, column: str, separator: str = " ± ") -> str:
 
 
 def _runs_cell(row: Row) -> str:
-    if not row.failed:
-        return str(row.runs)
-    return f"{row.runs - row.failed} of {row.runs} ({row.failed} failed)"
+    cell = str(row.runs) if not row.failed else f"{row.runs - row.failed} of {row.runs} ({row.failed} failed)"
+    return f"{cell}, partial" if row.partial else cell
 
 
 def format_table(rows: Sequence[Row], fmt: str = "markdown") -> str:
@@ -302,4 +304,48 @@ def read_results(paths: Sequence[str | Path]) -> list[tuple[str, dict[str, Any]]
                 f"'{path}' is not a result file of evaluate.py (no 'values' and 'info'); pass res_*.json"
             )
         results.append((str(path), result))
-    return results
+    return _without_duplicates(results)
+
+
+def is_partial(source: str) -> bool:
+    """A `.partial` side file: the runs an unfinished evaluate.py command had done."""
+    return str(source).endswith(".partial")
+
+
+def _seeds(info: dict[str, Any]) -> set[int]:
+    """The seeds of the networks a result evaluated (`engine.run_files.run_seeds` over its runs)."""
+    seed, runs = info.get("seed"), info.get("runs")
+    if not isinstance(seed, int) or not isinstance(runs, int):
+        return set()
+    per_run = info.get("ensemble") if info.get("model_type") == "ensemble" else 1
+    per_run = per_run if isinstance(per_run, int) else 1
+    return set(range(seed, seed + runs * per_run))
+
+
+def _without_duplicates(results: list[tuple[str, dict[str, Any]]]) -> list[tuple[str, dict[str, Any]]]:
+    """`results` with each file counted once: the same file (or the same content) passed twice is dropped
+    with a warning; two results of one method, network and data sets that share a seed are refused, since
+    pooling them would count those runs twice."""
+    kept: list[tuple[str, dict[str, Any]]] = []
+    seen: dict[Any, str] = {}
+    for source, result in results:
+        key = (Path(source).resolve(), json.dumps(result, sort_keys=True))
+        same = next((s for k, s in seen.items() if k[0] == key[0] or k[1] == key[1]), None)
+        if same is not None:
+            warnings.warn(f"'{source}' is the same result as '{same}'; it is counted once", stacklevel=2)
+            continue
+        info = result["info"]
+        group = (info.get("model_type"), _network_name(info), info.get("dataset"), info.get("ood_dataset"))
+        for other, other_result in kept:
+            other_info = other_result["info"]
+            other_group = (other_info.get("model_type"), _network_name(other_info), other_info.get("dataset"),
+                           other_info.get("ood_dataset"))  # fmt: skip
+            shared = _seeds(info) & _seeds(other_info)
+            if group == other_group and shared:
+                raise UserError(
+                    f"'{source}' and '{other}' both evaluated the seed {min(shared)} run of {group[1]} "
+                    f"({group[0]}, {group[2]} vs {group[3]}), which the table would count twice; pass one of them"
+                )
+        seen[key] = source
+        kept.append((source, result))
+    return kept

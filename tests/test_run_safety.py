@@ -342,3 +342,33 @@ def test_a_full_disk_message_says_rerun_and_not_a_previous_version(tmp_path):
 
     message = str(_write_error(tmp_path / "new.json", OSError(28, "No space left on device")))
     assert "rerun" in message and "resume" not in message and "previous version" not in message
+
+
+# ----------------------------------------------------------------------------------------------------------
+# 8. The results table counts every run once and marks partial inputs
+
+
+def _result(path: Path, seed: int = 1, accuracy: float = 0.9) -> Path:
+    info = {"model": "lenet", "sn": False, "mod": False, "coeff": 3.0, "model_type": "softmax",
+            "dataset": "digits", "ood_dataset": "digits_ood", "seed": seed, "runs": 1, "ensemble": 5}  # fmt: skip
+    values = {"accuracy": [accuracy], "m1_auroc": [0.7], "m2_auroc": [0.8]}
+    path.write_text(json.dumps({"info": info, "values": values}))
+    return path
+
+
+def test_the_results_table_counts_each_run_once(tmp_path):
+    from engine.results import format_table, read_results, table_rows
+
+    a = _result(tmp_path / "a.json")
+    copy = tmp_path / "copy.json"
+    copy.write_text(a.read_text())
+    with pytest.warns(UserWarning, match="counted once"):
+        rows = table_rows(read_results([a, a, copy]))
+    assert {row.runs for row in rows} == {1}
+    other = _result(tmp_path / "b.json", accuracy=0.8)  # another evaluation of the seed-1 network
+    with pytest.raises(UserError, match="seed 1"):
+        read_results([a, other])
+    partial = _result(tmp_path / "c.json.partial", seed=2)
+    rows = table_rows(read_results([a, partial]))
+    assert all(row.runs == 2 and row.partial for row in rows)
+    assert "2, partial" in format_table(rows)
