@@ -107,6 +107,10 @@ def locate_checkpoint(
     for path in candidates:
         if path.is_file():
             return path
+        if path.is_dir():
+            raise UserError(
+                f"expected the checkpoint file '{path}', but that is a folder; move it away or check --load-path"
+            )
     if not folder.is_dir():
         raise UserError(
             f"expected the folder '{folder}' with run {run}'s checkpoints (layout {{load-path}}/Run{{i}}/); "
@@ -224,7 +228,7 @@ def check_resume_compatible(
     if differ:
         raise UserError(
             f"cannot resume from {source} because these settings differ: {'; '.join(differ)}; pass the saved "
-            f"values, or start a fresh run without --resume (or with another {output_flag})"
+            f"values, or start afresh with --overwrite instead of --resume (or with another {output_flag})"
         )
 
 
@@ -374,8 +378,8 @@ class RunFiles:
             )
         return (
             f"the state saved after epoch {len(history)} had already diverged (loss {last.loss:.3g}), so do not "
-            f"resume from it: rerun without --resume and with a lower --lr (or --precision fp32), which starts "
-            f"afresh and replaces {self.resume}"
+            f"resume from it: rerun with --overwrite, without --resume and with a lower --lr (or --precision "
+            f"fp32), which starts afresh and replaces {self.resume}"
         )
 
 

@@ -176,11 +176,13 @@ class EpochStats:
         )
 
 
-def _nonfinite_message(epoch: int, step: int, value: float) -> str:
+def _nonfinite_message(epoch: int, step: int, value: float, precision: str | None = None) -> str:
     # train.py adds what was kept and how to go on (`engine.run_files.RunFiles.explain_stops`).
+    causes = "the learning rate is too high for this network, bf16 overflowed, or the data is bad"
+    if precision != "bf16":
+        causes = "the learning rate is too high for this network, or the data is bad"
     return (
-        f"the training loss became {value} at epoch {epoch + 1}, step {step}, so training stopped (the "
-        "learning rate is too high for this network, bf16 overflowed, or the data is bad)"
+        f"the training loss became {value} at epoch {epoch + 1}, step {step}, so training stopped ({causes})"
     )
 
 
@@ -197,7 +199,9 @@ def _check_progress(
     ).tolist()
     if not (math.isfinite(objective_sum) and math.isfinite(loss_sum)):
         raise NonFiniteLossError(
-            _nonfinite_message(epoch, step, loss_sum if not math.isfinite(loss_sum) else objective_sum)
+            _nonfinite_message(
+                epoch, step, loss_sum if not math.isfinite(loss_sum) else objective_sum, settings.precision
+            )
         )
     if bar is not None and not bar.disable:
         speed = samples / max(time.perf_counter() - started, 1e-9)
@@ -284,7 +288,9 @@ def train_one_epoch(
     objective_sum, loss_sum, num_correct, samples = totals
     if not (math.isfinite(objective_sum) and math.isfinite(loss_sum)):
         raise NonFiniteLossError(
-            _nonfinite_message(epoch, step, loss_sum if not math.isfinite(loss_sum) else objective_sum)
+            _nonfinite_message(
+                epoch, step, loss_sum if not math.isfinite(loss_sum) else objective_sum, settings.precision
+            )
         )
     samples = max(samples, 1.0)
     return EpochStats(

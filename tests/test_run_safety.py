@@ -372,3 +372,31 @@ def test_the_results_table_counts_each_run_once(tmp_path):
     rows = table_rows(read_results([a, partial]))
     assert all(row.runs == 2 and row.partial for row in rows)
     assert "2, partial" in format_table(rows)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# 13. Wording
+
+
+def test_a_checkpoint_path_that_is_a_folder_is_called_a_folder(tmp_path):
+    from engine.run_files import locate_checkpoint
+
+    (tmp_path / "Run1" / "lenet_1_1.model").mkdir(parents=True)
+    with pytest.raises(UserError, match="is a folder") as info:
+        locate_checkpoint(tmp_path, 1, model="lenet", seed=1, sn=False, mod=False, coeff=3.0, epoch=1)
+    assert "that folder has" not in str(info.value)
+
+
+def test_changed_flags_advice_names_overwrite():
+    from engine.run_files import check_resume_compatible
+
+    with pytest.raises(UserError) as info:
+        check_resume_compatible({"seed": 1}, {"seed": 2}, keys=("seed",), output_flag="--output-dir")
+    assert "--overwrite instead of --resume" in str(info.value) and "without --resume" not in str(info.value)
+
+
+def test_the_nan_message_mentions_bf16_only_for_bf16_runs():
+    from engine.training import _nonfinite_message
+
+    assert "bf16" not in _nonfinite_message(0, 3, float("nan"), "fp32")
+    assert "bf16 overflowed" in _nonfinite_message(0, 3, float("nan"), "bf16")
