@@ -32,21 +32,28 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from pathlib import Path
 from typing import Any
 
-import torch
+try:  # torch takes seconds to import: Ctrl-C meanwhile ends in one sentence too
+    import torch
 
-import data
-from engine import ensemble, tensorboard, train_run
-from engine.models import ARCH_FLAGS, arch_values, check_network_flags, model_parser
-from engine.training import LOSSES, OPTIMIZERS
-from utils import distributed
-from utils.device import resolve_precision, select_device
-from utils.errors import UserError, exit_on_user_error
-from utils.io import check_writable_dir, git_revision
-from utils.seed import set_deterministic
-from utils.validation import check_count, check_milestones, check_number, check_seed, flag_names
+    import data
+    from engine import ensemble, tensorboard, train_run
+    from engine.models import ARCH_FLAGS, arch_values, check_network_flags, model_parser
+    from engine.training import LOSSES, OPTIMIZERS
+    from utils import distributed
+    from utils.device import resolve_precision, select_device
+    from utils.errors import UserError, exit_on_user_error
+    from utils.io import check_writable_dir, git_revision
+    from utils.seed import set_deterministic
+    from utils.validation import check_count, check_milestones, check_number, check_seed, flag_names
+except KeyboardInterrupt:
+    if __name__ != "__main__":
+        raise
+    print("error: interrupted (Ctrl-C) while starting up; nothing was written", file=sys.stderr, flush=True)
+    raise SystemExit(130) from None
 
 log = logging.getLogger("train")
 
@@ -304,6 +311,8 @@ def _resolve(
         args.val_seed = args.seed
     if args.tensorboard is not None:
         tensorboard.require_tensorboard()
+        folder = tensorboard.resolve_folder(args.tensorboard, args.save_loc)
+        check_writable_dir(folder, "TensorBoard folder (--tensorboard)")
     args.precision, args.channels_last = resolve_precision(device, args.precision, args.channels_last)
     args.world_size = dist_info.world_size
     if args.per_rank_batch or dist_info.world_size == 1:

@@ -310,6 +310,7 @@ def run_experiment(args: argparse.Namespace, flags: dict[str, str]) -> dict:
             )
     board_dir = tensorboard.resolve_folder(args.tensorboard, out_dir)
     if board_dir is not None:
+        check_writable_dir(board_dir, "TensorBoard folder (--tensorboard)")
         board_dir = board_dir / Path(names["test_accs"]).stem.removeprefix("test_accs_")
     state = _load_state(args, out_dir, names, flags)
     ambiguity_model = load_ambiguity_model(args, device) if args.ambiguous else None

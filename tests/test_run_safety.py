@@ -400,3 +400,51 @@ def test_the_nan_message_mentions_bf16_only_for_bf16_runs():
 
     assert "bf16" not in _nonfinite_message(0, 3, float("nan"), "fp32")
     assert "bf16 overflowed" in _nonfinite_message(0, 3, float("nan"), "bf16")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# 15. Tracebacks turned into sentences
+
+
+@pytest.mark.parametrize("out", ["blocker/fig.png", "fig.jsonl"])
+def test_plots_with_an_unwritable_or_unknown_out_say_so(earlier_run, tmp_path, capsys, out):
+    from tools import plots
+
+    (tmp_path / "blocker").write_text("a file, not a folder")
+    log = str(earlier_run / "lenet_1_log.jsonl")
+    args = plots.get_args_parser().parse_args(["curves", log, "--out", str(tmp_path / out)])
+    err = fails(capsys, plots.main, args)
+    assert "--out" in err
+
+
+def test_plotting_a_checkpoint_with_nan_weights_is_a_user_error(earlier_run, tmp_path):
+    from tools import plots
+
+    state = torch.load(earlier_run / "lenet_1_1.model", weights_only=True)
+    next(iter(state.values())).fill_(float("nan"))
+    torch.save(state, tmp_path / "lenet_1_1.model")
+    with pytest.raises(UserError, match="did not diverge"):
+        plots.load_model("lenet", tmp_path / "lenet_1_1.model", "digits")
+
+
+def test_an_unwritable_tensorboard_folder_is_one_sentence(tmp_path, capsys):
+    pytest.importorskip("tensorboard")
+    (tmp_path / "blocker").write_text("a file")
+    err = fails(
+        capsys, train.main, train_args(tmp_path / "run", "--tensorboard", str(tmp_path / "blocker" / "tb"))
+    )
+    assert "--tensorboard" in err
+
+
+def test_sigterm_stops_as_ctrl_c_does(tmp_path):
+    script = (
+        "import os, signal\n"
+        "from utils.errors import exit_on_user_error\n"
+        "@exit_on_user_error\n"
+        "def main():\n"
+        "    os.kill(os.getpid(), signal.SIGTERM)\n"
+        "    signal.pause()\n"
+        "main()\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 130 and result.stderr.startswith("error: interrupted"), result.stderr

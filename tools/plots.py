@@ -36,6 +36,7 @@ from engine.evaluation import dirty_scores
 from engine.models import (
     ARCH_FLAGS,
     MODEL_FLAGS,
+    RunFailedError,
     check_network_flags,
     load_network,
 )
@@ -100,9 +101,21 @@ def _density_hist(ax, values: dict[str, np.ndarray], colours: dict[str, str], xl
 
 
 def _save(fig, out: str | Path | None) -> None:
-    if out is not None:
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
+    if out is None:
+        return
+    out = Path(out)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(out, dpi=110)
+    except OSError as err:
+        raise UserError(
+            f"cannot write the figure '{out}' ({err.strerror or err}); pass an --out in a writable folder"
+        ) from None
+    except ValueError:  # matplotlib knows no such format
+        raise UserError(
+            f"cannot write a figure as '{out.suffix or out.name}' ('{out}'); pass an --out ending in .png, .pdf "
+            "or .svg"
+        ) from None
 
 
 def plot_fig1(
@@ -345,7 +358,10 @@ def load_model(
     if unknown:
         raise UserError(f"unknown size overrides {unknown} for model {model}; use {', '.join(ARCH_FLAGS)}")
     flags = argparse.Namespace(model=model, sn=sn, mod=mod, coeff=coeff, **arch)
-    return load_network(flags, path, dataset=dataset)
+    try:
+        return load_network(flags, path, dataset=dataset)
+    except RunFailedError as err:  # NaN/inf weights: nothing to plot
+        raise UserError(f"{err}; plot a checkpoint of a run that did not diverge") from None
 
 
 def _parse_checkpoint(spec: str) -> tuple[str, str, dict, str]:
