@@ -143,16 +143,15 @@ class BackgroundWriter:
     def _join(self) -> bool:
         """Join the job's thread even through Ctrl-C (a write cut short loses the file it replaces, and an
         interpreter leaving with the thread inside torch.save aborts); True if Ctrl-C came meanwhile."""
-        interrupted = False
+        interrupted = told = False
         while self._thread is not None:
-            try:
+            try:  # everything inside the try: a further Ctrl-C anywhere here only loops again
+                if interrupted and not told:
+                    told = True
+                    print("waiting for the checkpoint write in progress to finish", file=sys.stderr)
                 self._thread.join()
                 self._thread = None
             except KeyboardInterrupt:
-                if not interrupted:
-                    print(
-                        "waiting for the checkpoint write in progress to finish", file=sys.stderr, flush=True
-                    )
                 interrupted = True
         return interrupted
 
