@@ -129,7 +129,8 @@ def _add_ensemble_flags(g: argparse._ArgumentGroup) -> None:
         default=None,
         metavar="DIR",
         help=f"also write the per-epoch numbers as TensorBoard scalars into DIR/{{name}} (default DIR: "
-        f"{{save-path}}/{tensorboard.DEFAULT_FOLDER}); needs the tensorboard package",
+        f"{{save-path}}/{tensorboard.DEFAULT_FOLDER}), the original's {{name}}_train_loss among them; needs the "
+        "tensorboard package",
     )
 
 

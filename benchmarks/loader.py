@@ -4,7 +4,7 @@
     python -m benchmarks.loader --dataset-root data/ --device cuda --epochs 3
     python benchmarks/loader.py --dataset-root data/ --loaders gpu --batch-size 512
 
-Lay out CIFAR-10 first (`python ../shared/data/prepare.py data/ --only cifar10`). For each loader it prints
+CIFAR-10 must be in its official layout under data/. For each loader it prints
 the set-up time (reading the files, moving the split to the device) and images/s over `--epochs` full
 training epochs (45,000 images each, random crop + flip, normalised, on `--device`), after a few
 untimed warm-up batches. CUDA work is synchronised before each clock reading. The GPU-resident loader

@@ -15,7 +15,7 @@ real data for a fixed number of steps, after untimed warm-up steps, in one proce
     python -m benchmarks.train_throughput --dataset-root /tmp/ddu_real_data --model resnet18 --base-width 8 \
         --steps 10 --warmup 2 --no-gpu                                                                  # CPU
 
-Prepare CIFAR-10 once with `python ../shared/data/prepare.py DATA --only cifar10`. cudnn autotuning is on
+DATA holds CIFAR-10 in its official layout (`cifar-10-batches-py/`). cudnn autotuning is on
 for both configurations, so the difference is the input pipeline and the numerics only.
 """
 

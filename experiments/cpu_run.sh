@@ -4,8 +4,8 @@
 # interrupted call left in WORK. Logs, JSON records and figures go to OUT.
 #     bash experiments/cpu_run.sh                      # DATA=/tmp/ddu_real_data WORK=runs/cpu OUT=results/cpu
 #     DATA=/data WORK=/scratch/w OUT=docs/repro bash experiments/cpu_run.sh
-# Prepare DATA once with `python ../shared/data/prepare.py DATA` (CIFAR-10, Tiny-ImageNet, MNIST,
-# Fashion-MNIST).
+# DATA holds CIFAR-10, Tiny-ImageNet (test), MNIST and Fashion-MNIST in their official layouts
+# (docs/usage.md, "Data").
 set -uo pipefail
 cd "$(dirname "$0")/.."
 DATA=${DATA:-/tmp/ddu_real_data}

@@ -94,7 +94,7 @@ SCALES = {
             Training(ModelSpec("VGG-16", "vgg16", arch=(("width_divisor", 8),)), 4, 200),
         ),
         batch_size=128,
-        # This project's measured regeneration (README, "Ambiguous-MNIST (regenerated)"): the defaults.
+        # This project's measured regeneration (docs/ambiguous_mnist.md): the defaults.
         generate=("--seed", "1", "--num-threads", "1", "--no-progress"),
     ),
     # Full width; epochs sized for one ~8 min H200 command with generation and scoring (estimates in
@@ -134,7 +134,7 @@ def differences(preset: Scale) -> list[str]:
     if any(t.spec.label == RESNET for t in preset.trainings):
         lines.append(
             "ResNet-18 also has -mod (leaky ReLU, average-pool shortcuts), the DDU recipe; the original "
-            "README's Dirty-MNIST command and Fig. 1 notebook use SN alone"
+            "the Dirty-MNIST command in docs/usage.md and the Fig. 1 notebook use SN alone"
         )
     if preset.subset:
         lines.append(f"data: the first images only, {dict(preset.subset)} (train, test)")

@@ -23,14 +23,19 @@ os.environ["DDU_NO_DOWNLOAD"] = "1"
 # `--precision bf16`), which work on any CPU (emulated where bf16 is not native). Subprocesses inherit it.
 os.environ["DDU_CPU_BF16"] = "0"
 
+import shutil
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
+import helpers
+import numpy as np
 import pytest
 import torch
 from filelock import FileLock
+
+import train
 
 TEST_THREADS = int(os.environ["OMP_NUM_THREADS"])
 torch.set_num_threads(TEST_THREADS)
@@ -82,3 +87,43 @@ def real_data_root() -> Path:
     with FileLock(str(root.parent / "ddu_real_data.lock")):  # portable (no fcntl)
         subprocess.run([sys.executable, str(prepare), str(root)], check=True, stdout=subprocess.DEVNULL)
     return root
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Runs and data that the user-error and run-safety tests share
+
+
+@pytest.fixture(scope="module")
+def earlier_run(tmp_path_factory) -> Path:
+    """A finished train.py run (LeNet on digits, seed 1): the files a new command must leave alone."""
+    folder = tmp_path_factory.mktemp("earlier")
+    train.main(helpers.train_args(folder))
+    return folder
+
+
+@pytest.fixture
+def save_dir(earlier_run, tmp_path) -> Path:
+    """A copy of the earlier run's folder, to run the next command in."""
+    folder = tmp_path / "runs"
+    shutil.copytree(earlier_run, folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def mnist_root(tmp_path_factory) -> Path:
+    """A tiny MNIST in the official layout (300 training, 100 test images, every class)."""
+    root = tmp_path_factory.mktemp("mnist")
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", 300), ("t10k", 100)):
+        labels = np.arange(n) % 10
+        helpers.write_idx(
+            root / "MNIST" / "raw" / f"{prefix}-images-idx3-ubyte", rng.integers(0, 256, (n, 28, 28)), False
+        )
+        helpers.write_idx(root / "MNIST" / "raw" / f"{prefix}-labels-idx1-ubyte", labels, False)
+    return root
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory) -> Path:
+    """The tiny MNIST and Ambiguous-MNIST of `helpers.write_bar_mnist` (active learning, benchmarks)."""
+    return helpers.write_bar_mnist(tmp_path_factory.mktemp("al_data"))

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import json
 import math
-import struct
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from helpers import AMBIGUOUS_SAMPLES, TEST_IMAGES, TRAIN_IMAGES
 from torch import nn
 
 import active_learning
@@ -43,53 +43,12 @@ pytestmark = pytest.mark.filterwarnings("ignore::data.formats.ChecksumWarning")
 
 NUM_CLASSES = 10
 CPU = torch.device("cpu")
-TRAIN_IMAGES, TEST_IMAGES, AMBIGUOUS_SAMPLES = 300, 100, 40
 PRETRAINED = "tiny_dirty_lenet.model"
 _TRAIN_BEST_MODEL = train_best_model  # the real trainer, wrapped by `record_training`
 
 
 # ----------------------------------------------------------------------------------------------------
 # Tiny data sets and the pretrained Dirty-MNIST model, written once per module
-
-
-def _write_idx(path: Path, array: np.ndarray) -> None:
-    """An IDX file of unsigned bytes: magic 0x0000 0x08 ndim, big-endian uint32 sizes, then the data."""
-    header = bytes([0, 0, 0x08, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
-    path.write_bytes(header + np.ascontiguousarray(array, dtype=np.uint8).tobytes())
-
-
-def _bar_images(labels: np.ndarray, rng: np.random.RandomState) -> np.ndarray:
-    """`(N, 28, 28)` uint8: faint noise plus a bright 10x4 bar whose position encodes the class."""
-    images = rng.randint(0, 40, size=(len(labels), 28, 28))
-    for i, c in enumerate(labels):
-        top, left = 2 + (c // 5) * 13, 2 + (c % 5) * 5
-        images[i, top : top + 10, left : left + 4] = rng.randint(200, 256, size=(10, 4))
-    return images.astype(np.uint8)
-
-
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory) -> Path:
-    """MNIST (IDX, official layout) and Ambiguous-MNIST (`amnist_*.pt`) in miniature.
-
-    Ambiguous-MNIST's first 60,000 flattened (sample, label) pairs are its training split, so all 80 pairs
-    here are training data (its test split is empty; active learning never reads it).
-    """
-    root = tmp_path_factory.mktemp("al_data")
-    raw = root / "MNIST" / "raw"
-    raw.mkdir(parents=True)
-    rng = np.random.RandomState(0)
-    for prefix, count in (("train", TRAIN_IMAGES), ("t10k", TEST_IMAGES)):
-        labels = np.arange(count) % NUM_CLASSES
-        rng.shuffle(labels)
-        _write_idx(raw / f"{prefix}-images-idx3-ubyte", _bar_images(labels, rng))
-        _write_idx(raw / f"{prefix}-labels-idx1-ubyte", labels.astype(np.uint8))
-    first = rng.randint(0, NUM_CLASSES, AMBIGUOUS_SAMPLES)
-    second = (first + 1 + rng.randint(0, NUM_CLASSES - 1, AMBIGUOUS_SAMPLES)) % NUM_CLASSES
-    blends = (_bar_images(first, rng).astype(np.float32) + _bar_images(second, rng)) / (2 * 255)
-    torch.save(torch.from_numpy(blends[:, None].copy()), root / "amnist_samples.pt")
-    labels = torch.from_numpy(np.stack([first, second], axis=1).astype(np.int64))
-    torch.save(labels, root / "amnist_labels.pt")
-    return root
 
 
 @pytest.fixture(scope="module")

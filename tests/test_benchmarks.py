@@ -9,12 +9,9 @@ from __future__ import annotations
 import json
 
 import pytest
-import test_active_learning
 from conftest import requires_counted_torch
 
 from benchmarks import dispatch, ensemble, gmm, loader, quirk_ties, throughput, train_throughput
-
-data_root = test_active_learning.data_root  # the tiny MNIST (IDX files) the active-learning tests write
 
 pytestmark = pytest.mark.slow
 

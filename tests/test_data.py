@@ -6,20 +6,25 @@ formats (pickles, .mat, IDX raw and gzipped, .pt, a JPEG folder) without any dow
 
 from __future__ import annotations
 
-import gzip
 import json
 import math
-import pickle
 import socket
-import struct
 import threading
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
-import scipy.io
 import torch
+from helpers import (
+    collect,
+    denormalize,
+    write_amnist,
+    write_cifar10,
+    write_cifar100,
+    write_mnist,
+    write_svhn,
+    write_tiny_imagenet,
+)
 from PIL import Image
 
 import data
@@ -34,114 +39,6 @@ pytestmark = pytest.mark.filterwarnings("ignore::data.formats.ChecksumWarning")
 
 # ----------------------------------------------------------------------------------------------------------
 # Writers of the official formats
-
-
-def write_cifar10(root: Path, per_batch: int = 20, n_test: int = 30, seed: int = 0) -> dict[str, np.ndarray]:
-    """cifar-10-batches-py with 5 training batches; returns the images (N,3,32,32) and labels per split."""
-    rng = np.random.default_rng(seed)
-    folder = root / "cifar-10-batches-py"
-    folder.mkdir(parents=True, exist_ok=True)
-    out = {}
-    for split, names, n in (
-        ("train", [f"data_batch_{i}" for i in range(1, 6)], per_batch),
-        ("test", ["test_batch"], n_test),
-    ):
-        images, labels = [], []
-        for name in names:
-            x = rng.integers(0, 256, size=(n, 3 * 32 * 32), dtype=np.uint8)
-            y = rng.integers(0, 10, size=n).tolist()
-            with open(folder / name, "wb") as handle:
-                pickle.dump({"batch_label": name, "labels": y, "data": x, "filenames": [""] * n}, handle)
-            images.append(x.reshape(n, 3, 32, 32))
-            labels.extend(y)
-        out[split + "_x"], out[split + "_y"] = np.concatenate(images), np.asarray(labels)
-    with open(folder / "batches.meta", "wb") as handle:
-        pickle.dump({"label_names": [str(i) for i in range(10)]}, handle)
-    return out
-
-
-def write_cifar100(root: Path, n: int = 12) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(1)
-    folder = root / "cifar-100-python"
-    folder.mkdir(parents=True, exist_ok=True)
-    out = {}
-    for split in ("train", "test"):
-        x = rng.integers(0, 256, size=(n, 3072), dtype=np.uint8)
-        fine = rng.integers(0, 100, size=n).tolist()
-        coarse = [f // 5 for f in fine]
-        with open(folder / split, "wb") as handle:
-            pickle.dump({"data": x, "fine_labels": fine, "coarse_labels": coarse}, handle)
-        out[split + "_x"], out[split + "_y"] = x.reshape(n, 3, 32, 32), np.asarray(fine)
-    with open(folder / "meta", "wb") as handle:
-        pickle.dump({"fine_label_names": [str(i) for i in range(100)]}, handle)
-    return out
-
-
-def write_svhn(root: Path, split: str, n: int = 15) -> tuple[np.ndarray, np.ndarray]:
-    """`{split}_32x32.mat` with X (32,32,3,N) uint8 and y (N,1) in 1..10; returns X and y as written."""
-    rng = np.random.default_rng(2)
-    x = rng.integers(0, 256, size=(32, 32, 3, n), dtype=np.uint8)
-    y = np.arange(1, n + 1, dtype=np.uint8).reshape(n, 1) % 10 + 1  # 1..10, includes 10
-    root.mkdir(parents=True, exist_ok=True)
-    scipy.io.savemat(root / f"{split}_32x32.mat", {"X": x, "y": y})
-    return x, y
-
-
-def write_idx(path: Path, array: np.ndarray, gz: bool) -> None:
-    header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
-    payload = header + array.astype(np.uint8).tobytes()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if gz:
-        with gzip.open(str(path) + ".gz", "wb") as handle:
-            handle.write(payload)
-    else:
-        path.write_bytes(payload)
-
-
-def write_mnist(root: Path, folder: str = "MNIST", n_train: int = 40, n_test: int = 25, gz: bool = False):
-    rng = np.random.default_rng(3)
-    out = {}
-    for prefix, split, n in (("train", "train", n_train), ("t10k", "test", n_test)):
-        x = rng.integers(0, 256, size=(n, 28, 28), dtype=np.uint8)
-        y = rng.integers(0, 10, size=n, dtype=np.uint8)
-        write_idx(root / folder / "raw" / f"{prefix}-images-idx3-ubyte", x, gz)
-        write_idx(root / folder / "raw" / f"{prefix}-labels-idx1-ubyte", y, gz)
-        out[split + "_x"], out[split + "_y"] = x[:, None], y.astype(np.int64)
-    return out
-
-
-def write_amnist(root: Path, num_samples: int, num_labels: int = 10) -> tuple[torch.Tensor, torch.Tensor]:
-    gen = torch.Generator().manual_seed(4)
-    samples = torch.rand(num_samples, 1, 28, 28, generator=gen)
-    labels = torch.randint(0, 10, (num_samples, num_labels), generator=gen)
-    root.mkdir(parents=True, exist_ok=True)
-    torch.save(samples, root / "amnist_samples.pt")
-    torch.save(labels, root / "amnist_labels.pt")
-    return samples, labels
-
-
-def write_tiny_imagenet(root: Path, numbers=(0, 1, 2, 10, 3)) -> dict[int, np.ndarray]:
-    rng = np.random.default_rng(5)
-    folder = root / "tiny-imagenet-200" / "test" / "images"
-    folder.mkdir(parents=True)
-    written = {}
-    for i in numbers:
-        arr = rng.integers(0, 256, size=(64, 64, 3), dtype=np.uint8)
-        Image.fromarray(arr).save(folder / f"test_{i}.JPEG", quality=90)
-        written[i] = arr
-    return written
-
-
-def denormalize(x: torch.Tensor, mean, std) -> torch.Tensor:
-    """Normalised float batch back to raw 0..255 values (rounded)."""
-    m = torch.tensor(mean).view(1, -1, 1, 1)
-    s = torch.tensor(std).view(1, -1, 1, 1)
-    return ((x * s + m) * 255).round()
-
-
-def collect(loader) -> tuple[torch.Tensor, torch.Tensor]:
-    xs, ys = zip(*loader)
-    return torch.cat(xs), torch.cat(ys)
 
 
 @pytest.fixture(autouse=True)

@@ -3,29 +3,17 @@ checkpoint writer that train.py uses."""
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
-import resource
 import threading
 import time
 
 import pytest
 import torch
+from helpers import file_size_limit
 
 from utils.errors import UserError
 from utils.io import BackgroundWriter, atomic_torch_save, atomic_write_bytes, cpu_snapshot
-
-
-@contextlib.contextmanager
-def file_size_limit(num_bytes: int):
-    """Writes past `num_bytes` fail with EFBIG, as on a full disk (Python ignores the SIGXFSZ signal)."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
-    resource.setrlimit(resource.RLIMIT_FSIZE, (num_bytes, hard))
-    try:
-        yield
-    finally:
-        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
 
 
 def test_an_interrupted_write_leaves_the_previous_file_and_no_temporary(tmp_path):

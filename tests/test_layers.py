@@ -47,24 +47,32 @@ MODULES = project_modules()
 
 
 def imports_of(path: Path) -> list[tuple[str, bool]]:
-    """`(imported project module, at module level)` for every import statement of the file."""
-    tree = ast.parse(path.read_text(encoding="utf-8"))
-    top_level = {id(node) for node in tree.body}
+    """`(imported project module, at module level)` for every import statement of the file; an import in a
+    module-level block (`try:` around the imports, `if __name__ == ...`) is at module level, one inside a
+    function or class is not."""
     found = []
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            names = [alias.name for alias in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            # `from engine import training` imports engine.training; `from engine.x import f` imports engine.x.
-            names = [
-                f"{node.module}.{alias.name}" if f"{node.module}.{alias.name}" in MODULES else node.module
-                for alias in node.names
-            ]
-        else:
-            continue
-        for name in names:
-            if name.split(".")[0] in LAYERS:
-                found.append((name, id(node) in top_level))
+
+    def visit(node: ast.AST, in_function: bool) -> None:
+        for child in ast.iter_child_nodes(node):
+            inner = in_function or isinstance(
+                child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda)
+            )
+            if isinstance(child, ast.Import):
+                names = [alias.name for alias in child.names]
+            elif isinstance(child, ast.ImportFrom) and child.level == 0 and child.module:
+                # `from engine import training` imports engine.training; `from engine.x import f`, engine.x.
+                names = [
+                    f"{child.module}.{alias.name}"
+                    if f"{child.module}.{alias.name}" in MODULES
+                    else child.module
+                    for alias in child.names
+                ]
+            else:
+                visit(child, inner)
+                continue
+            found.extend((name, not in_function) for name in names if name.split(".")[0] in LAYERS)
+
+    visit(ast.parse(path.read_text(encoding="utf-8")), False)
     return found
 
 

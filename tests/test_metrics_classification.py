@@ -4,10 +4,9 @@ import math
 
 import pytest
 import torch
+from helpers import DEVICES
 
 from metrics import accuracy, calibration_bins, expected_calibration_error, negative_log_likelihood
-
-DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 # Worked example with 5 bins (0, .2], (.2, .4], (.4, .6], (.6, .8], (.8, 1]:
 #   bin 2: conf .50 (wrong), .46 (right)  -> acc 1/2, conf .48,  gap .02

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import DEVICES
 from scipy.special import logsumexp, softmax
 from scipy.stats import entropy, multivariate_normal
 
@@ -21,8 +22,6 @@ from metrics import (
     mahalanobis_score,
 )
 from metrics.gmm import _class_moments, _original_jitters, _sound_factors
-
-DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
 def _blobs(seed=0, counts=(400, 300, 200), dim=4, spread=4.0):

@@ -3,11 +3,10 @@
 import numpy as np
 import pytest
 import torch
+from helpers import DEVICES
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
 from metrics import detection_metrics, fpr_at_95_tpr, ood_metrics
-
-DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
 def _sklearn(pos, neg):

@@ -2,10 +2,9 @@
 
 import pytest
 import torch
+from helpers import DEVICES
 
 from metrics import fit_temperature, negative_log_likelihood, temperature_grid, temperature_nll
-
-DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
 def test_grid_is_exact_tenths():

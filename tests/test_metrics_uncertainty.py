@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+from helpers import DEVICES
 
 from metrics import (
     ensemble_mutual_information,
@@ -13,8 +14,6 @@ from metrics import (
     max_softmax_probability,
     softmax_entropy,
 )
-
-DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
 @pytest.mark.parametrize("device", DEVICES)

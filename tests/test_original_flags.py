@@ -151,7 +151,7 @@ def test_evaluate_without_load_path_ends_in_one_sentence(capsys):
 def test_the_result_info_keeps_the_original_keys(tmp_path, monkeypatch):
     # The original writes `info = vars(args)`: its keys for --load-path, --no-gpu and --data-aug are
     # load_loc, gpu and data_aug. Here they stand next to this project's names. main is stopped where it
-    # first aggregates, with the network runs replaced by empty ones.
+    # first aggregates, with the checkpoint check and the network runs replaced by empty ones.
     (tmp_path / "runs").mkdir()
     args = evaluate.get_args_parser().parse_args(
         ["--load-path", str(tmp_path / "runs"), "--output-dir", str(tmp_path), "--dataset", "digits",
@@ -166,6 +166,7 @@ def test_the_result_info_keeps_the_original_keys(tmp_path, monkeypatch):
         captured.update(info)
         raise Stop
 
+    monkeypatch.setattr(evaluate, "check_checkpoints", lambda args: None)
     monkeypatch.setattr(evaluate, "Evaluator", lambda *args, **kwargs: None)
     monkeypatch.setattr(evaluate, "evaluate_run", lambda *args, **kwargs: {})
     monkeypatch.setattr(evaluate, "aggregate", fake_aggregate)

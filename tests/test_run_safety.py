@@ -18,18 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_user_errors import (  # noqa: F401 (fixtures)
-    REPO,
-    al_args,
-    assert_kept,
-    earlier_run,
-    eval_args,
-    fails,
-    mnist_root,
-    save_dir,
-    snapshot,
-    train_args,
-)
+from helpers import REPO, al_args, assert_kept, eval_args, fails, snapshot, train_args
 
 import active_learning
 import evaluate

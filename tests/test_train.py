@@ -16,6 +16,7 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from helpers import file_size_limit
 from torch.utils.data import DataLoader, TensorDataset
 
 import data
@@ -256,7 +257,6 @@ def test_checkpoints_are_written_in_the_background_and_complete_at_the_end(tmp_p
 
 
 def test_a_checkpoint_that_cannot_be_written_ends_the_run_with_one_sentence(tmp_path, capsys):
-    from tests.test_io import file_size_limit
 
     # The LeNet resume file (weights + momentum, about 360 kB) cannot be written; the run stops at the next
     # epoch's end, when the background write's error is collected.

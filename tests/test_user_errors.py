@@ -24,7 +24,21 @@ import pytest
 import scipy.io
 import torch
 import torch.nn.functional as F
-from test_data import write_amnist, write_cifar10, write_idx, write_mnist, write_svhn
+from helpers import (
+    REPO,
+    al_args,
+    assert_kept,
+    eval_args,
+    fails,
+    one_sentence,
+    snapshot,
+    train_args,
+    write_amnist,
+    write_cifar10,
+    write_idx,
+    write_mnist,
+    write_svhn,
+)
 
 import active_learning
 import data
@@ -37,115 +51,23 @@ from utils.errors import UserError
 
 pytestmark = pytest.mark.filterwarnings("ignore::data.formats.ChecksumWarning")
 
-REPO = Path(__file__).resolve().parents[1]
-
 
 # ----------------------------------------------------------------------------------------------------------
 # Helpers
-
-
-def snapshot(*roots: Path) -> dict[Path, bytes]:
-    """Every file under `roots` (recursively) and its bytes."""
-    return {p: p.read_bytes() for root in roots for p in sorted(Path(root).rglob("*")) if p.is_file()}
-
-
-def assert_kept(before: dict[Path, bytes], *, nothing_added: bool = True) -> None:
-    """The files of `before` are all still there, byte for byte (and, by default, no file was added)."""
-    for path, content in before.items():
-        assert path.is_file() and path.read_bytes() == content, f"{path} was changed or removed"
-    if nothing_added:
-        roots = {p.parent for p in before}
-        added = [p for root in roots for p in root.iterdir() if p.is_file() and p not in before]
-        assert not added, f"files were written: {added}"
-
-
-def one_sentence(text: str) -> str:
-    """`text` (stderr) is exactly one line `error: ...` holding one sentence and no traceback."""
-    assert "Traceback" not in text, text
-    lines = text.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), text
-    assert not re.search(r"[.!?]\s+[A-Z]", lines[0]), f"more than one sentence: {lines[0]}"
-    return lines[0]
-
-
-def fails(capsys, main, args, code: int = 2) -> str:
-    """Run `main(args)` expecting exit status `code` and one sentence on stderr; return that sentence."""
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as info:
-        main(args)
-    assert info.value.code == code
-    captured = capsys.readouterr()
-    assert "Traceback" not in captured.out
-    return one_sentence(captured.err)
-
-
-def train_args(save: Path, *extra: str, seed: int = 1, epochs: int = 1, model: str = "lenet"):
-    """Two steps of batch 16 per epoch on the embedded digits, on the CPU."""
-    return train.get_args_parser().parse_args(
-        ["--seed", str(seed), "--dataset", "digits", "--model", model, "--no-gpu", "-e", str(epochs),
-         "-b", "16", "-tb", "128", "--steps-per-epoch", "2", "--save-path", str(save), *extra]
-    )  # fmt: skip
-
-
-def eval_args(load_path: Path, out: Path, *extra: str, model_type: str = "softmax", runs: int = 1):
-    return evaluate.get_args_parser().parse_args(
-        ["--dataset", "digits", "--ood_dataset", "digits_ood", "--load-path", str(load_path), "--output-dir",
-         str(out), "--no-gpu", "--epoch", "1", "--runs", str(runs), "--model", "lenet", "--model-type",
-         model_type, "-b", "256", *extra]
-    )  # fmt: skip
-
-
-def al_args(root: Path, out: Path, *extra: str, max_samples: int = 20):
-    return active_learning.get_args_parser().parse_args(
-        ["--seed", "1", "--model", "lenet", "--al-type", "softmax", "--epochs", "1", "--samples-per-epoch", "32",
-         "-b", "32", "-tb", "256", "-sb", "64", "--num-initial-samples", "20", "--max-training-samples",
-         str(max_samples), "--acquisition-batch-size", "5", "--runs", "1", "--no-gpu", "--dataset-root", str(root),
-         "--output-dir", str(out), *extra]
-    )  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def earlier_run(tmp_path_factory) -> Path:
-    """A finished train.py run (LeNet on digits, seed 1): the files a new command must leave alone."""
-    folder = tmp_path_factory.mktemp("earlier")
-    train.main(train_args(folder))
-    return folder
-
-
-@pytest.fixture
-def save_dir(earlier_run, tmp_path) -> Path:
-    """A copy of the earlier run's folder, to run the next command in."""
-    folder = tmp_path / "runs"
-    shutil.copytree(earlier_run, folder)
-    return folder
-
-
-@pytest.fixture(scope="module")
-def mnist_root(tmp_path_factory) -> Path:
-    """A tiny MNIST in the official layout (300 training, 100 test images, every class)."""
-    root = tmp_path_factory.mktemp("mnist")
-    rng = np.random.default_rng(0)
-    for prefix, n in (("train", 300), ("t10k", 100)):
-        labels = np.arange(n) % 10
-        write_idx(
-            root / "MNIST" / "raw" / f"{prefix}-images-idx3-ubyte", rng.integers(0, 256, (n, 28, 28)), False
-        )
-        write_idx(root / "MNIST" / "raw" / f"{prefix}-labels-idx1-ubyte", labels, False)
-    return root
 
 
 # ----------------------------------------------------------------------------------------------------------
 # 1. Labels outside the class range: named with the file when the data set is loaded
 
 
-def test_1_mnist_labels_outside_0_to_9_name_the_file(save_dir, tmp_path, capsys):
+def test_mnist_labels_outside_0_to_9_name_the_file(save_dir, tmp_path, capsys):
     root = tmp_path / "data"
     write_mnist(root, n_train=40)
     labels = np.arange(40) % 10
     labels[7] = 12
     write_idx(root / "MNIST" / "raw" / "train-labels-idx1-ubyte", labels, False)
     before = snapshot(save_dir, root)
-    args = train_args(save_dir)
+    args = train_args(save_dir, seed=2)  # another run beside the earlier one, whose files must stay
     args.dataset, args.dataset_root = "mnist", str(root)
     err = fails(capsys, train.main, args)
     assert "train-labels-idx1-ubyte" in err and "outside 0..9" in err and "12 at position 7" in err
@@ -153,7 +75,7 @@ def test_1_mnist_labels_outside_0_to_9_name_the_file(save_dir, tmp_path, capsys)
 
 
 @pytest.mark.parametrize("dataset", ["cifar10", "svhn", "ambiguous_mnist"])
-def test_1_labels_out_of_range_in_every_format_name_the_file(tmp_path, dataset):
+def test_labels_out_of_range_in_every_format_name_the_file(tmp_path, dataset):
     if dataset == "cifar10":
         write_cifar10(tmp_path)
         path = tmp_path / "cifar-10-batches-py" / "data_batch_3"
@@ -180,7 +102,7 @@ def test_1_labels_out_of_range_in_every_format_name_the_file(tmp_path, dataset):
 
 
 @pytest.mark.parametrize("coeff", ["0", "-1"])
-def test_2_a_non_positive_coeff_is_refused(save_dir, capsys, coeff):
+def test_a_non_positive_coeff_is_refused(save_dir, capsys, coeff):
     before = snapshot(save_dir)
     err = fails(capsys, train.main, train_args(save_dir, "--model", "resnet18", "--base-width", "2", "-sn",
                                                "--coeff", coeff))  # fmt: skip
@@ -188,14 +110,14 @@ def test_2_a_non_positive_coeff_is_refused(save_dir, capsys, coeff):
     assert_kept(before)  # in particular no resnet18_sn_-1.0_1_1.model
 
 
-def test_3_a_negative_learning_rate_is_refused(save_dir, capsys):
+def test_a_negative_learning_rate_is_refused(save_dir, capsys):
     before = snapshot(save_dir)
     err = fails(capsys, train.main, train_args(save_dir, "--lr", "-0.1"))
     assert "--lr must be a finite number greater than 0, got -0.1" in err
     assert_kept(before)
 
 
-def test_4_nesterov_with_adam_is_refused(save_dir, capsys):
+def test_nesterov_with_adam_is_refused(save_dir, capsys):
     before = snapshot(save_dir)
     err = fails(capsys, train.main, train_args(save_dir, "--nesterov", "--opt", "adam"))
     assert "--nesterov applies to --opt sgd only" in err and "drop --nesterov" in err
@@ -213,7 +135,7 @@ def _resnet_checkpoint(path: Path, **kwargs) -> None:
     torch.save(model.state_dict(), path)
 
 
-def test_5_a_checkpoint_of_another_width_names_the_width_flag(tmp_path, capsys):
+def test_a_checkpoint_of_another_width_names_the_width_flag(tmp_path, capsys):
     _resnet_checkpoint(tmp_path / "runs" / "Run1" / "resnet18_1_1.model", base_width=4)
     out = tmp_path / "out"
     out.mkdir()
@@ -227,7 +149,7 @@ def test_5_a_checkpoint_of_another_width_names_the_width_flag(tmp_path, capsys):
     assert_kept(before)
 
 
-def test_6_an_sn_checkpoint_without_mod_names_mod_only(tmp_path, capsys):
+def test_an_sn_checkpoint_without_mod_names_mod_only(tmp_path, capsys):
     # The original's ensemble naming ignores -sn/-mod, so the file is found and only loading can tell.
     _resnet_checkpoint(tmp_path / "runs" / "Run1" / "resnet18_1_1.model", base_width=2, spectral_normalization=True,
                        mod=True)  # fmt: skip
@@ -248,7 +170,7 @@ def sn_run(tmp_path_factory) -> Path:
     return folder
 
 
-def test_7_a_checkpoint_loaded_with_another_coeff_names_coeff(sn_run, tmp_path, capsys):
+def test_a_checkpoint_loaded_with_another_coeff_names_coeff(sn_run, tmp_path, capsys):
     """The state dict of an SN network does not hold its coeff, so it loads silently with any --coeff; the
     run's resume file beside it records the flags, and they are compared."""
     folder = tmp_path / "pretrained"
@@ -287,7 +209,7 @@ def _poison_loss(monkeypatch, from_call: int, huge_before: bool = False) -> None
     monkeypatch.setitem(LOSSES, "cross_entropy", poisoned)
 
 
-def test_8_a_nan_stop_advises_a_resume_with_a_lower_lr_and_that_resume_works(
+def test_a_nan_stop_advises_a_resume_with_a_lower_lr_and_that_resume_works(
     save_dir, capsys, monkeypatch, caplog
 ):
     other = (
@@ -314,7 +236,7 @@ def test_8_a_nan_stop_advises_a_resume_with_a_lower_lr_and_that_resume_works(
     assert_kept(before, nothing_added=False)
 
 
-def test_8_a_diverged_state_is_not_offered_as_a_good_one(tmp_path, capsys, monkeypatch):
+def test_a_diverged_state_is_not_offered_as_a_good_one(tmp_path, capsys, monkeypatch):
     # Epoch 1 ends with a huge but finite loss (the weights have exploded), epoch 2 with NaN.
     _poison_loss(monkeypatch, from_call=3, huge_before=True)
     err = fails(capsys, train.main, train_args(tmp_path, "--log-interval", "1", epochs=3))
@@ -330,7 +252,7 @@ def test_8_a_diverged_state_is_not_offered_as_a_good_one(tmp_path, capsys, monke
 # 9. evaluate.py and a checkpoint with NaN weights: a failed run with its reason, final JSON, exit 1
 
 
-def test_9_nan_weights_are_a_failed_run_with_a_reason(earlier_run, tmp_path, capsys):
+def test_nan_weights_are_a_failed_run_with_a_reason(earlier_run, tmp_path, capsys):
     runs = tmp_path / "runs"
     (runs / "Run1").mkdir(parents=True)
     (runs / "Run2").mkdir()
@@ -354,7 +276,7 @@ def test_9_nan_weights_are_a_failed_run_with_a_reason(earlier_run, tmp_path, cap
     )  # no .partial left
 
 
-def test_9_non_finite_outputs_are_a_failed_run_too(earlier_run, tmp_path, capsys):
+def test_non_finite_outputs_are_a_failed_run_too(earlier_run, tmp_path, capsys):
     """Finite weights can still overflow: a huge last layer gives infinite logits."""
     (tmp_path / "runs" / "Run1").mkdir(parents=True)
     state = torch.load(earlier_run / "lenet_1_1.model", weights_only=True)
@@ -371,7 +293,7 @@ def test_9_non_finite_outputs_are_a_failed_run_too(earlier_run, tmp_path, capsys
 # 10-11. active_learning.py: the labelled-set limit holds, and finished experiments are not replaced
 
 
-def test_10_an_acquisition_batch_beyond_the_limit_is_refused(mnist_root, tmp_path, capsys):
+def test_an_acquisition_batch_beyond_the_limit_is_refused(mnist_root, tmp_path, capsys):
     out = tmp_path / "out"
     out.mkdir()
     (out / "test_accs_other.json").write_text('{"0": [50.0]}')
@@ -382,13 +304,13 @@ def test_10_an_acquisition_batch_beyond_the_limit_is_refused(mnist_root, tmp_pat
     assert_kept(before)
 
 
-def test_10_the_last_acquisition_is_cut_to_the_limit(mnist_root, tmp_path):
+def test_the_last_acquisition_is_cut_to_the_limit(mnist_root, tmp_path):
     state = active_learning.main(al_args(mnist_root, tmp_path, max_samples=27))
     sizes = [20, 25, 27]
     assert len(state["runs"]["0"]["labelled"]) == 27 and len(state["runs"]["0"]["test_accs"]) == len(sizes)
 
 
-def test_11_rerunning_an_experiment_without_resume_is_refused(mnist_root, tmp_path, capsys):
+def test_rerunning_an_experiment_without_resume_is_refused(mnist_root, tmp_path, capsys):
     active_learning.main(al_args(mnist_root, tmp_path, max_samples=20))
     before = snapshot(tmp_path)
     err = fails(capsys, active_learning.main, al_args(mnist_root, tmp_path, max_samples=20))
@@ -414,7 +336,7 @@ def test_11_rerunning_an_experiment_without_resume_is_refused(mnist_root, tmp_pa
 # 12. A garbage amnist_samples.pt: which file, and what it should hold
 
 
-def test_12_a_garbage_ambiguous_mnist_file_is_named_in_one_sentence(
+def test_a_garbage_ambiguous_mnist_file_is_named_in_one_sentence(
     save_dir, mnist_root, tmp_path, capsys, recwarn
 ):
     root = tmp_path / "data"
@@ -422,7 +344,7 @@ def test_12_a_garbage_ambiguous_mnist_file_is_named_in_one_sentence(
     write_amnist(root, 20)
     (root / "amnist_samples.pt").write_bytes(b"\x80\x04garbage that torch.load cannot read" * 10)
     before = snapshot(save_dir, root)
-    args = train_args(save_dir)
+    args = train_args(save_dir, seed=2)  # another run beside the earlier one, whose files must stay
     args.dataset, args.dataset_root = "dirty_mnist", str(root)
     err = fails(capsys, train.main, args)
     assert "amnist_samples.pt" in err and "float tensor [N, 1, 28, 28]" in err
@@ -447,7 +369,7 @@ def test_12_a_garbage_ambiguous_mnist_file_is_named_in_one_sentence(
         ("[]", "it holds a JSON list"),
     ],
 )
-def test_13_plots_al_with_a_wrong_json_names_the_file(tmp_path, capsys, content, expected):
+def test_plots_al_with_a_wrong_json_names_the_file(tmp_path, capsys, content, expected):
     bad = tmp_path / "curve.json"
     bad.write_text(content)
     (tmp_path / "al.png").write_bytes(b"an earlier figure")
@@ -461,7 +383,7 @@ def test_13_plots_al_with_a_wrong_json_names_the_file(tmp_path, capsys, content,
 
 
 @pytest.mark.slow
-def test_13_the_command_itself(tmp_path):
+def test_the_command_itself(tmp_path):
     bad = tmp_path / "curve.json"
     bad.write_text("{not json")
     env = {**os.environ, "MPLBACKEND": "Agg"}
@@ -505,7 +427,7 @@ TRAIN_BAD = [
 
 
 @pytest.mark.parametrize("argv, expected", TRAIN_BAD, ids=[" ".join(a) for a, _ in TRAIN_BAD])
-def test_14_train_flags(save_dir, capsys, argv, expected):
+def test_train_flags(save_dir, capsys, argv, expected):
     before = snapshot(save_dir)
     assert expected in fails(capsys, train.main, train_args(save_dir, *argv))
     assert_kept(before)
@@ -526,7 +448,7 @@ EVALUATE_BAD = [
 
 
 @pytest.mark.parametrize("argv, expected", EVALUATE_BAD, ids=[" ".join(a) for a, _ in EVALUATE_BAD])
-def test_14_evaluate_flags(earlier_run, tmp_path, capsys, argv, expected):
+def test_evaluate_flags(earlier_run, tmp_path, capsys, argv, expected):
     (tmp_path / "runs" / "Run1").mkdir(parents=True)
     shutil.copy(earlier_run / "lenet_1_1.model", tmp_path / "runs" / "Run1")
     before = snapshot(tmp_path)
@@ -554,7 +476,7 @@ AL_BAD = [
 
 
 @pytest.mark.parametrize("argv, expected", AL_BAD, ids=[" ".join(a) for a, _ in AL_BAD])
-def test_14_active_learning_flags(mnist_root, tmp_path, capsys, argv, expected):
+def test_active_learning_flags(mnist_root, tmp_path, capsys, argv, expected):
     out = tmp_path / "out"
     out.mkdir()
     (out / "test_accs_other.json").write_text('{"0": [50.0]}')
@@ -576,7 +498,7 @@ PLOTS_BAD = [
 
 
 @pytest.mark.parametrize("argv, expected", PLOTS_BAD, ids=[" ".join(a) for a, _ in PLOTS_BAD])
-def test_14_plots_flags(tmp_path, capsys, argv, expected):
+def test_plots_flags(tmp_path, capsys, argv, expected):
     curve = tmp_path / "curve.json"
     curve.write_text('{"0": [50.0, 60.0]}')
     before = snapshot(tmp_path)
@@ -598,7 +520,7 @@ GENERATOR_BAD = [
 
 
 @pytest.mark.parametrize("argv, expected", GENERATOR_BAD, ids=[" ".join(a) for a, _ in GENERATOR_BAD])
-def test_14_ambiguous_mnist_generator_flags(mnist_root, tmp_path, capsys, argv, expected):
+def test_ambiguous_mnist_generator_flags(mnist_root, tmp_path, capsys, argv, expected):
     import data.ambiguous_mnist as am
 
     (tmp_path / "amnist_manifest.json").write_text('{"earlier": true}')
@@ -608,7 +530,7 @@ def test_14_ambiguous_mnist_generator_flags(mnist_root, tmp_path, capsys, argv, 
     assert_kept(before)
 
 
-def test_14_every_readme_command_passes_its_script_checks():
+def test_every_readme_command_passes_its_script_checks():
     """The checks refuse bad values only: every command the README shows passes them (paths aside)."""
     import importlib
 
