@@ -361,7 +361,7 @@ class RunFiles:
             return f"no epoch of {self.name} had been saved, so there is nothing to continue from"
         return (
             f"the state after epoch {self.saved_epoch} is in {self.resume}: rerun the same command with "
-            "--resume to continue"
+            "--resume (and without --overwrite) to continue"
         )
 
     def _after_divergence(self, history: Sequence[EpochStats]) -> str:
@@ -399,7 +399,7 @@ def explain_ensemble_stops(
         if isinstance(err, KeyboardInterrupt):
             kept = (
                 f"the members' state after epoch {done} is in {where}: rerun the same command with --resume "
-                "to continue"
+                "(and without --overwrite) to continue"
                 if done
                 else "no epoch had finished, so nothing was saved"
             )

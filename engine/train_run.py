@@ -299,7 +299,7 @@ def _member_interrupted(
     members = "member 1" if k == 1 else f"members 1-{k}"
     done = ", ".join(result["files"].name for result in finished)
     if "--resume" not in detail:
-        message += "; rerun the same command with --resume to continue after the finished members"
+        message += "; rerun the same command with --resume (and without --overwrite) to continue after the finished members"
     return Interrupted(f"{members} ({done}) finished and saved, but {message}")
 
 
