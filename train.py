@@ -47,7 +47,7 @@ try:  # torch takes seconds to import: Ctrl-C meanwhile ends in one sentence too
     from utils.device import resolve_precision, select_device
     from utils.errors import UserError, exit_on_user_error
     from utils.io import check_writable_dir, git_revision
-    from utils.seed import set_deterministic
+    from utils.seed import deterministic_kernels
     from utils.validation import check_count, check_milestones, check_number, check_seed, flag_names
 except KeyboardInterrupt:
     if __name__ != "__main__":
@@ -352,16 +352,14 @@ def _train(args: argparse.Namespace, device: torch.device, dist_info: distribute
     if dist_info.is_main:
         _log_run(args, dist_info)
         check_writable_dir(Path(args.save_loc), "save path (--save-path)")
-    if args.deterministic:
-        set_deterministic(True)
-    elif device.type == "cuda":
+    if not args.deterministic and device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     rule = train_run.ResumeRule(
         latest=DEFAULT_RESUME,
         keys=RESUME_MUST_MATCH,
         flag_names={**flag_names(get_args_parser()), "world_size": "the process count"},
     )
-    with train_run.claim_runs(args, rule, dist_info.is_main):
+    with deterministic_kernels(args.deterministic), train_run.claim_runs(args, rule, dist_info.is_main):
         if args.ensemble is None:
             return train_run.train_run(
                 train_run.prepare_run(args, device, dist_info, rule), device, dist_info

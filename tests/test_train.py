@@ -480,3 +480,12 @@ def test_resume_beyond_the_requested_epochs_is_a_user_error(tmp_path, capsys):
     train.main(tiny_args(tmp_path, epochs=2))
     err = one_line_error(capsys, tiny_args(tmp_path, "--resume", epochs=1))
     assert "epoch 2" in err and "-e 1" in err
+
+
+def test_a_deterministic_run_leaves_the_global_switches_as_they_were(tmp_path):
+    """`--deterministic` holds for the run only: in-process callers (tests, the demo, the experiments) get
+    torch's switches back as they were (left on, a later torch.compile'd step crashed with AVX2 kernels)."""
+    assert not torch.are_deterministic_algorithms_enabled()
+    train.main(tiny_args(tmp_path, "--deterministic"))
+    assert not torch.are_deterministic_algorithms_enabled()
+    assert not torch.backends.cudnn.deterministic
