@@ -13,11 +13,15 @@ $(STAMP): requirements.txt requirements-dev.txt
 
 venv: $(STAMP)
 
+# torch.compile's kernel cache: a fresh folder per run, set before Python starts (a cache left by other
+# runs, or one set only once torch is imported, crashed the compile test; see tests/conftest.py).
+PYTEST = dir=$$(mktemp -d); TORCHINDUCTOR_CACHE_DIR=$$dir $(PY) -m pytest -q
+
 test: $(STAMP)
-	$(PY) -m pytest -q
+	@$(PYTEST); status=$$?; rm -rf "$$dir"; exit $$status
 
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -m "not slow"
+	@$(PYTEST) -m "not slow"; status=$$?; rm -rf "$$dir"; exit $$status
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff format --check .

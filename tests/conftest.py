@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 
 # One thread per process by default: the tests use tiny networks, where a second OpenMP thread brings no
@@ -40,18 +41,16 @@ import train
 TEST_THREADS = int(os.environ["OMP_NUM_THREADS"])
 torch.set_num_threads(TEST_THREADS)
 
-# torch.compile's kernel cache: one folder per Python, torch release and CPU capability, so that a run with
-# another setting (ATEN_CPU_CAPABILITY=avx2, another torch) never loads kernels built for this one: with one
-# shared folder, an AVX2 run crashed (segmentation fault) in a kernel an AVX-512 run had cached. Repeated
-# runs of one setting keep their warm cache. Subprocesses inherit the variable.
+# torch.compile's kernel cache: a fresh folder for every run of the suite. A cache left by earlier runs
+# crashed the compile test here (segmentation fault in a cached kernel) where a fresh folder compiles and
+# runs fine; compiling anew costs about half a minute. `make test` sets the folder before Python starts,
+# which is what reliably keeps inductor off its default /tmp cache; for a bare `pytest` this sets one as early
+# as it can (removed at exit). Subprocesses inherit the variable.
 _CAPABILITY = torch.backends.cpu.get_cpu_capability()
-os.environ.setdefault(
-    "TORCHINDUCTOR_CACHE_DIR",
-    str(
-        Path(tempfile.gettempdir())
-        / f"ddu_inductor_py{sys.version_info[0]}{sys.version_info[1]}_torch{torch.__version__}_{_CAPABILITY}"
-    ),
-)
+if "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
+    _INDUCTOR_CACHE = tempfile.mkdtemp(prefix="ddu_inductor_")
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = _INDUCTOR_CACHE
+    atexit.register(shutil.rmtree, _INDUCTOR_CACHE, ignore_errors=True)
 
 # Operation counts per training step (benchmarks/dispatch.py) depend on how a torch release decomposes
 # autograd and autocast; the bounds in the tests were checked on these releases, and are skipped on others.
