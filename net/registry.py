@@ -8,6 +8,7 @@ from typing import Callable
 
 import torch.nn as nn
 
+from net.imagenet import imagenet_resnet50, imagenet_vgg16_bn, imagenet_wide_resnet50_2
 from net.layers import DDUNetwork
 from net.lenet import LeNet
 from net.resnet import resnet18, resnet50
@@ -36,6 +37,9 @@ _MODELS: dict[str, Callable[..., DDUNetwork]] = {
     "resnet50": resnet50,
     "vgg16": vgg16,
     "lenet": _lenet,
+    "imagenet_resnet50": imagenet_resnet50,
+    "imagenet_wide_resnet50_2": imagenet_wide_resnet50_2,
+    "imagenet_vgg16_bn": imagenet_vgg16_bn,
 }
 
 
@@ -46,8 +50,10 @@ class ModelOptions:
     `sizes` are the keyword arguments that change its size (the size flags); `width` is the one that scales
     the width of (nearly) every layer by one factor, `width_default` its default, and `wider_when_larger`
     says whether a larger value makes the layers wider (False for VGG's divisor). `sn_and_mod` is False for
-    a model that ignores `spectral_normalization`, `mod` and `coeff` (LeNet, as in the original). The flag
-    checks and the hint for a checkpoint of another width read this.
+    a model that ignores `spectral_normalization`, `mod` and `coeff` (LeNet, as in the original). `stem` is
+    "cifar" for the networks of 32x32 and 28x28 inputs and "imagenet" for torchvision's layouts
+    (`net.imagenet`), which take the side of their square input as `image_size`. The flag checks and the
+    hint for a checkpoint of another width read this.
     """
 
     sizes: tuple[str, ...] = ()
@@ -55,6 +61,7 @@ class ModelOptions:
     width_default: int = 1
     wider_when_larger: bool = True
     sn_and_mod: bool = True
+    stem: str = "cifar"
 
 
 _OPTIONS: dict[str, ModelOptions] = {
@@ -63,6 +70,11 @@ _OPTIONS: dict[str, ModelOptions] = {
     "resnet50": ModelOptions(("base_width",), "base_width", 64),
     "vgg16": ModelOptions(("width_divisor",), "width_divisor", 1, wider_when_larger=False),
     "lenet": ModelOptions(sn_and_mod=False),
+    "imagenet_resnet50": ModelOptions(("base_width",), "base_width", 64, stem="imagenet"),
+    "imagenet_wide_resnet50_2": ModelOptions(("base_width",), "base_width", 64, stem="imagenet"),
+    "imagenet_vgg16_bn": ModelOptions(
+        ("width_divisor",), "width_divisor", 1, wider_when_larger=False, stem="imagenet"
+    ),
 }
 
 
@@ -92,7 +104,8 @@ def create_model(
     """Build a registered network.
 
     `mnist=True` selects the 1x28x28 variant. `arch_kwargs` go to the architecture (e.g. `depth`,
-    `widen_factor`, `dropout_rate` for `wide_resnet`; `base_width` for the ResNets; `width_divisor` for VGG).
+    `widen_factor`, `dropout_rate` for `wide_resnet`; `base_width` for the ResNets; `width_divisor` for VGG;
+    `image_size` for the ImageNet networks, whose `model_options(name).stem` is "imagenet").
     """
     if name not in _MODELS:
         raise UserError(f"unknown model '{name}'; choose one of: {', '.join(_MODELS)}")

@@ -26,6 +26,8 @@ SMALL = {
     "vgg16": dict(width_divisor=16),
     "lenet": dict(),
 }
+# The networks of 32x32 and 28x28 inputs; the ImageNet ones (net/imagenet.py) are tested in test_imagenet_net.py.
+CIFAR_MODELS = [name for name in net.list_models() if net.model_options(name).stem == "cifar"]
 
 
 def small_model(name, **kwargs):
@@ -35,7 +37,7 @@ def small_model(name, **kwargs):
 
 
 def test_registry_lists_all_models():
-    assert set(net.list_models()) == {"wide_resnet", "resnet18", "resnet50", "vgg16", "lenet"}
+    assert set(CIFAR_MODELS) == {"wide_resnet", "resnet18", "resnet50", "vgg16", "lenet"}
 
 
 def test_unknown_model_names_valid_ones():
@@ -43,7 +45,7 @@ def test_unknown_model_names_valid_ones():
         net.create_model("resnet1000", num_classes=10)
 
 
-@pytest.mark.parametrize("name", net.list_models())
+@pytest.mark.parametrize("name", CIFAR_MODELS)
 @pytest.mark.parametrize("sn", [False, True])
 @pytest.mark.parametrize("mod", [False, True])
 @pytest.mark.parametrize("mnist", [False, True])
@@ -83,7 +85,7 @@ FULL_PARAMS = {
 
 
 def test_every_registered_model_has_a_known_parameter_count():
-    assert {name for name, _ in FULL_PARAMS} == set(net.list_models())
+    assert {name for name, _ in FULL_PARAMS} == set(CIFAR_MODELS)
 
 
 @pytest.mark.parametrize("key", list(FULL_PARAMS))
@@ -418,7 +420,7 @@ def test_model_options_agree_with_the_constructors():
 
     classes = {"wide_resnet": WideResNet, "resnet18": ResNet, "resnet50": ResNet, "vgg16": VGG}
     all_options = ("depth", "widen_factor", "base_width", "width_divisor")
-    for name in net.list_models():
+    for name in CIFAR_MODELS:
         options = net.model_options(name)
         base = {k: v for k, v in SMALL.get(name, {}).items() if k in options.sizes}
         for option in all_options:
