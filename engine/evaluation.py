@@ -30,8 +30,8 @@ import torch
 import data
 import metrics
 from engine.features import Outputs, collect_outputs
-from engine.models import RunFailedError
-from engine.run_files import run_seeds
+from engine.networks import RunFailedError
+from engine.run_paths import run_seeds
 from utils.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -216,7 +216,7 @@ def ensemble_members(
     seeds, the seeds of their validation splits, and how many of the first members form the
     temperature-scaled ensemble (None: all).
 
-    By default the `ensemble` members with seeds `seed + (run-1)*E ...` (`engine.run_files.run_seeds`), each
+    By default the `ensemble` members with seeds `seed + (run-1)*E ...` (`engine.run_paths.run_seeds`), each
     scaled on its own split. With `original_quirks`, as the original's evaluate.py: it always loads the 5
     members with seeds `5*(run-1)+1 ... 5*(run-1)+5` (`load_ensemble(..., seed=5*i+1)` with its default
     `ensemble_len=5`, whatever `--seed` and `--ensemble` say), gives member j the validation split of seed

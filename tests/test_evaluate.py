@@ -24,10 +24,11 @@ import evaluate
 import metrics
 import net
 import train
+from engine import evaluation_run
 from engine.evaluation import calibration_block, ensemble_run, gmm_run, softmax_run
 from engine.features import Outputs, collect_outputs
 from engine.results import standard_error
-from engine.run_files import locate_checkpoint, run_seeds
+from engine.run_paths import locate_checkpoint, run_seeds
 from utils.errors import UserError
 
 ORIGINAL = [
@@ -519,7 +520,7 @@ def test_original_quirks_reach_the_gmm_run_and_its_jitter_search(evaluated, layo
     # crash in scikit-learn; here each such run fails with that reason and the command exits 1.
     paper = evaluated("gmm").saved
     calls, searches = [], []
-    real_gmm_run, real_fit = evaluate.gmm_run, metrics.DDUScorer.fit_features.__func__
+    real_gmm_run, real_fit = evaluation_run.gmm_run, metrics.DDUScorer.fit_features.__func__
 
     def spy(*args, **kwargs):
         calls.append(kwargs["original_quirks"])
@@ -529,7 +530,7 @@ def test_original_quirks_reach_the_gmm_run_and_its_jitter_search(evaluated, layo
         searches.append(kwargs.get("jitter_search", "project"))
         return real_fit(cls, *args, **kwargs)
 
-    monkeypatch.setattr(evaluate, "gmm_run", spy)
+    monkeypatch.setattr(evaluation_run, "gmm_run", spy)
     monkeypatch.setattr(metrics.DDUScorer, "fit_features", classmethod(fit_spy))
     with pytest.raises(SystemExit) as exit_info:
         evaluate.main(eval_args(layouts["single"], tmp_path, "--original-quirks", model_type="gmm"))
@@ -630,7 +631,10 @@ def test_the_ood_dataset_alias_and_the_result_name(tmp_path):
     ]  # fmt: skip
     args = evaluate.get_args_parser().parse_args(argv)
     assert args.ood_dataset == "digits_ood" and args.epoch == 350 and args.runs == 5 and args.ensemble == 5
-    assert evaluate.result_path(args) == tmp_path / "out" / "res_resnet18_sn_6.0_1_gmm_digits_digits_ood.json"
+    assert (
+        evaluation_run.result_path(args)
+        == tmp_path / "out" / "res_resnet18_sn_6.0_1_gmm_digits_digits_ood.json"
+    )
 
 
 def resnet18_checkpoint(path: Path, sn: bool = True, mod: bool = True, prefix: str = "") -> net.DDUNetwork:
@@ -657,7 +661,7 @@ def test_an_sn_mod_resnet_in_the_original_dataparallel_layout_loads(tmp_path):
     model = resnet18_checkpoint(path, prefix="module.")
     args = resnet_args(tmp_path, tmp_path, "-sn", "-mod")
     found = locate_checkpoint(tmp_path, 1, model="resnet18", seed=1, sn=True, mod=True, coeff=3.0, epoch=1)
-    loaded = evaluate.Evaluator(args, torch.device("cpu")).load(found)
+    loaded = evaluation_run.Evaluator(args, torch.device("cpu")).load(found)
     assert not loaded.training
     reference = model.state_dict()
     assert loaded.state_dict().keys() == reference.keys()
@@ -753,14 +757,14 @@ def test_mismatched_flags_under_the_original_ensemble_naming_name_the_flag(
 
 
 def test_an_interrupted_evaluation_keeps_the_finished_runs(layouts, tmp_path, monkeypatch, capsys):
-    real_run = evaluate.evaluate_run
+    real_run = evaluation_run.evaluate_run
 
     def interrupt_on_run_two(evaluator, args, run):
         if run == 2:
             raise KeyboardInterrupt
         return real_run(evaluator, args, run)
 
-    monkeypatch.setattr(evaluate, "evaluate_run", interrupt_on_run_two)
+    monkeypatch.setattr(evaluation_run, "evaluate_run", interrupt_on_run_two)
     capsys.readouterr()
     with pytest.raises(SystemExit) as info:
         evaluate.main(eval_args(layouts["single"], tmp_path, model_type="softmax"))
