@@ -36,7 +36,8 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision.transforms import functional as TF
 
-from data.registry import get_info
+from data import folders
+from data.registry import canonical_name, folder_options, folder_set, get_info
 from data.sources import load_split
 from data.transforms import crop_flip, normalize, to_shape
 from utils.errors import UserError
@@ -291,12 +292,25 @@ class TorchvisionLoader(_EpochCounter):
             yield x.to(self.device, non_blocking=non_blocking), y.to(self.device, non_blocking=non_blocking)
 
 
-Loader = TensorLoader | TorchvisionLoader
+Loader = TensorLoader | TorchvisionLoader | folders.FolderLoader
+
+
+def _read_split(name: str, root, split: str) -> tuple[torch.Tensor | folders.FolderDataset, torch.Tensor]:
+    """A split in memory, or for an image folder too large for memory a dataset decoding from disk."""
+    if get_info(name).folder is None:
+        return load_split(name, root, split)
+    folder = folder_set(name)
+    if folder.in_memory:
+        return folders.load_split(folder, split)  # decoded once per process
+    dataset = folders.FolderDataset(
+        folder.train if split == "train" else folder.test, folders.ImageReader(folder.channels, folder.image_size)
+    )
+    return dataset, dataset.labels
 
 
 def _make_loader(
     kind: str,
-    images: torch.Tensor,
+    images: torch.Tensor | folders.FolderDataset,
     labels: torch.Tensor,
     indices: np.ndarray | None,
     schedule: Schedule,
@@ -306,6 +320,10 @@ def _make_loader(
     device: torch.device,
     num_workers: int,
 ) -> Loader:
+    if isinstance(images, folders.FolderDataset):
+        return folders.FolderLoader(
+            images, indices, schedule, batch_size, mean, std, device, num_workers or None
+        )
     if kind == "gpu":
         return TensorLoader(images, labels, indices, schedule, batch_size, mean, std)
     return TorchvisionLoader(images, labels, indices, schedule, batch_size, mean, std, device, num_workers)
@@ -350,8 +368,8 @@ def get_train_valid_loader(
         raise UserError(
             f"{info.name} has only a test split (an out-of-distribution set); train on another set"
         )
-    images, labels = load_split(info.name, root, "train")
-    if kind == "gpu":
+    images, labels = _read_split(info.name, root, "train")
+    if kind == "gpu" and isinstance(images, torch.Tensor):
         images, labels = images.to(device), labels.to(device)
     train_idx, valid_idx = split_indices(len(labels), val_size, val_seed)
     aug = augment and info.augmentation == "crop_flip"
@@ -382,12 +400,19 @@ def get_test_loader(
     `data.transforms.to_shape`) and normalised with its constants, as a model trained on it expects.
     Fashion-MNIST `like="cifar10"` becomes `(3, 32, 32)`; CIFAR-10 `like="mnist"` becomes `(1, 28, 28)`.
     """
-    info = get_info(name)
-    target = get_info(like) if like is not None else info
     kind, device = _check_args(loader, batch_size, device)
-    images, labels = load_split(info.name, root, "test")
-    images = to_shape(images, target.shape)
-    if kind == "gpu":
+    if folders.is_folder_name(name) and like is not None and canonical_name(like) != canonical_name(name):
+        # An out-of-distribution folder: every image below it, decoded straight to the shape of `like`.
+        target = get_info(like)
+        images = folders.ood_images(name, target.shape, skip_bad_images=folder_options().skip_bad_images)
+        images, labels = (images, images.labels) if isinstance(images, folders.FolderDataset) else images
+    else:
+        info = get_info(name)
+        target = get_info(like) if like is not None else info
+        images, labels = _read_split(info.name, root, "test")
+        if isinstance(images, torch.Tensor):
+            images = to_shape(images, target.shape)
+    if kind == "gpu" and isinstance(images, torch.Tensor):
         images, labels = images.to(device), labels.to(device)
     schedule = Schedule(len(labels), False, False, False)
     return _make_loader(

@@ -15,12 +15,22 @@ Augmentation choices (what `augment=True` applies to the training split):
   push the labelled digit towards the border and a neighbour into the centre. In the paper SVHN is only
   an out-of-distribution set, where augmentation never applies anyway.
 - MNIST family and the embedded digits: none, as the original.
+- Image folders (`folder:PATH`, `data.folders`): `--augment`, by default crop_flip for RGB sets and none
+  for greyscale ones.
+
+`folder:PATH` names a parametrised data set: its entry is built from the folder itself (class list,
+channels, image size, mean and std of its training split; `data.folders.describe`) with the options of
+`set_folder_options` (the scripts' `--image-size`, `--augment`, `--skip-bad-images`), once per process.
 """
 
 from __future__ import annotations
 
+import argparse
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
+from data import folders
 from utils.errors import UserError
 
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
@@ -34,7 +44,9 @@ class DatasetInfo:
     """What a data set looks like to the network.
 
     `shape` is `(C, H, W)` as fed to the network; `augmentation` is "crop_flip" or "none" and says what
-    `augment=True` does; `has_train` is False for test-only (out-of-distribution) sets.
+    `augment=True` does; `has_train` is False for test-only (out-of-distribution) sets. `folder` is None
+    for the registered sets and, for `folder:PATH`, what a checkpoint records of it
+    (`data.folders.FolderSet.config`: folder, image size, channels, classes, mean, std, augment).
     """
 
     name: str
@@ -44,6 +56,7 @@ class DatasetInfo:
     std: tuple[float, ...]
     augmentation: str
     has_train: bool
+    folder: Mapping[str, Any] | None = None
 
 
 def _cifar_like(name: str, num_classes: int, augmentation: str, has_train: bool = True) -> DatasetInfo:
@@ -83,6 +96,92 @@ _DIRTY_PARTS: dict[str, tuple[str, str]] = {
 }
 
 
+@dataclass(frozen=True)
+class FolderOptions:
+    """How `folder:PATH` sets are read in this process (`set_folder_options`)."""
+
+    image_size: int | None = None
+    augment: str | None = None
+    skip_bad_images: bool = False
+
+
+_folder_options = FolderOptions()
+
+
+def set_folder_options(
+    image_size: int | None = None, augment: str | None = None, skip_bad_images: bool = False
+) -> None:
+    """The options every `folder:PATH` set of this process is read with (the scripts' --image-size,
+    --augment and --skip-bad-images); they apply to names resolved afterwards."""
+    global _folder_options
+    if augment is not None and augment not in folders.AUGMENTATIONS:
+        raise UserError(f"--augment must be one of {', '.join(folders.AUGMENTATIONS)}, got {augment!r}")
+    if image_size is not None and int(image_size) < 8:
+        raise UserError(f"--image-size must be at least 8 pixels, got {image_size}")
+    _folder_options = FolderOptions(image_size, augment, bool(skip_bad_images))
+
+
+def folder_options() -> FolderOptions:
+    """The options `folder:PATH` sets are read with now."""
+    return _folder_options
+
+
+def folder_parser() -> argparse.ArgumentParser:
+    """`--image-size`, `--augment` and `--skip-bad-images` (for `folder:PATH` data sets), as a parent parser."""
+    parser = argparse.ArgumentParser(add_help=False)
+    group = parser.add_argument_group("image folders (--dataset folder:PATH)")
+    group.add_argument(
+        "--image-size",
+        type=int,
+        default=None,
+        metavar="N",
+        help="bring folder images to N x N (default: the size every training image has; shorter side resized "
+        "to N, then centre-cropped)",
+    )
+    group.add_argument(
+        "--augment",
+        choices=folders.AUGMENTATIONS,
+        default=None,
+        help="augmentation of a folder's training split (default: crop_flip for RGB, none for greyscale)",
+    )
+    group.add_argument(
+        "--skip-bad-images",
+        action="store_true",
+        help="leave out folder files Pillow cannot read, with a warning (default: refuse them)",
+    )
+    return parser
+
+
+def folder_set(name: str) -> folders.FolderSet:
+    """The described image-folder training set of `folder:PATH` under the current options."""
+    options = _folder_options
+    return folders.describe(
+        name,
+        image_size=options.image_size,
+        augment=options.augment,
+        skip_bad_images=options.skip_bad_images,
+    )
+
+
+def _folder_info(name: str) -> DatasetInfo:
+    folder = folder_set(name)
+    return DatasetInfo(
+        folder.name,
+        len(folder.classes),
+        folder.shape,
+        folder.mean,
+        folder.std,
+        folder.augment,
+        True,
+        folder.config(),
+    )
+
+
+def is_folder(name: object) -> bool:
+    """Whether `name` is an image-folder set, `folder:PATH`."""
+    return folders.is_folder_name(name)
+
+
 def list_datasets() -> list[str]:
     """Canonical names of every registered data set, in registry order."""
     return list(_REGISTRY)
@@ -91,19 +190,28 @@ def list_datasets() -> list[str]:
 def canonical_name(name: str) -> str:
     """Map a user-typed name to its canonical form: 'Dirty-MNIST' and 'dirty-mnist' become 'dirty_mnist'.
 
+    `folder:PATH` becomes `folder:` and the resolved path (a missing folder is a `UserError`).
     Raises `UserError` listing the valid names when the name is unknown.
     """
+    if is_folder(name):
+        return folders.canonical_folder_name(name)
     key = str(name).strip().lower().replace("-", "_")
     if key not in _REGISTRY:
-        raise UserError(f"unknown data set {name!r}; choose one of: {', '.join(_REGISTRY)}")
+        raise UserError(
+            f"unknown data set {name!r}; choose one of: {', '.join(_REGISTRY)}, or folder:PATH for a folder of "
+            "images"
+        )
     return key
 
 
 def get_info(name: str) -> DatasetInfo:
-    """The registry entry for `name` (any accepted spelling)."""
+    """The registry entry for `name` (any accepted spelling); for `folder:PATH` the entry built from the
+    folder's training split (which must exist: an out-of-distribution-only folder has no entry)."""
+    if is_folder(name):
+        return _folder_info(name)
     return _REGISTRY[canonical_name(name)]
 
 
 def dirty_parts(name: str) -> tuple[str, str] | None:
     """`(clean, ambiguous)` registry names of a dirty set ('dirty_mnist', 'digits'); None for other sets."""
-    return _DIRTY_PARTS.get(canonical_name(name))
+    return None if is_folder(name) else _DIRTY_PARTS.get(canonical_name(name))
