@@ -15,6 +15,11 @@ Two flavours, matching the original DDU code:
 * 1x1 convolutions (`SpectralNormConv2d` with `kernel_size=1`) and `SpectralNormLinear` use the norm of the
   weight reshaped to a matrix `(out, in*k*k)`, which is tight for 1x1 kernels.
 
+The random starting vectors are drawn from torch's global generator right after the weight, in the
+original's order: v before u for the input-shape convolutions, u before v for the matrix ones. With the same
+seed a network therefore starts from the original's buffers as well as its weights
+(tests/fixtures/make_sn_fixture.py).
+
 Unlike the original forward-pre-hook implementation these are ordinary modules: nothing is stored on the
 module during forward except the in-place refresh of the persistent buffers, so they work with
 `copy.deepcopy`, `channels_last`, `torch.compile`, DistributedDataParallel and bf16 autocast (the estimate is
@@ -149,12 +154,17 @@ class SpectralNormConv2d(nn.Module):
         self.output_size = output_size
         # conv_transpose2d maps the output back to exactly the input size with this output padding.
         self.output_padding = input_size - ((output_size - 1) * stride - 2 * padding + kernel_size)
+        # The starting vectors are drawn in the original's order, so that one seed gives the original's
+        # buffers: input-shape convolutions draw v (the input) and then u (spectral_norm_conv), 1x1
+        # convolutions draw u and then v, like linear layers (torch's spectral_norm, used by spectral_norm_fc).
         if self.acts_on_input_shape:
-            u_numel, v_numel = out_channels * output_size**2, in_channels * input_size**2
+            weight_v = _normalize(torch.randn(in_channels * input_size**2), eps)
+            weight_u = _normalize(torch.randn(out_channels * output_size**2), eps)
         else:
-            u_numel, v_numel = out_channels, in_channels * kernel_size**2
-        self.register_buffer("weight_u", _normalize(torch.randn(u_numel), eps))
-        self.register_buffer("weight_v", _normalize(torch.randn(v_numel), eps))
+            weight_u = _normalize(torch.randn(out_channels), eps)
+            weight_v = _normalize(torch.randn(in_channels * kernel_size**2), eps)
+        self.register_buffer("weight_u", weight_u)
+        self.register_buffer("weight_v", weight_v)
         self.register_buffer("weight_sigma", torch.ones(1))
 
     def reset_parameters(self) -> None:
@@ -256,6 +266,7 @@ class SpectralNormLinear(nn.Module):
         reference = nn.Linear(in_features, out_features, bias=bias)
         self.bias = reference.bias
         self.weight_orig = reference.weight
+        # u and then v, as torch's spectral_norm (the original's spectral_norm_fc) draws them.
         self.register_buffer("weight_u", _normalize(torch.randn(out_features), eps))
         self.register_buffer("weight_v", _normalize(torch.randn(in_features), eps))
         self.register_buffer("weight_sigma", torch.ones(1))

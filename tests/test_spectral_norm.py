@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -267,3 +269,37 @@ def test_a_training_step_dispatches_few_extra_operations(kernel_size):
     plain = count(torch.nn.Conv2d(4, 4, kernel_size, 1, padding, bias=False))
     normalised = count(SpectralNormConv2d(4, 4, kernel_size, 1, padding, input_size=8))
     assert normalised - plain <= 24, normalised - plain
+
+
+ORIGINAL_START = Path(__file__).resolve().parent / "fixtures" / "sn" / "original_start_vectors.json"
+
+
+def _close(ours, expected):
+    # randn's vectorised Box-Muller and the norm's reduction may round differently on other CPUs.
+    torch.testing.assert_close(ours.detach().flatten(), torch.tensor(expected), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["conv3x3_stride1", "conv3x3_stride2", "conv1x1_stride2", "linear"])
+def test_starting_vectors_are_the_originals_for_the_same_seed(name):
+    # Written by the original's own spectral_norm_conv / spectral_norm_fc (tests/fixtures/make_sn_fixture.py):
+    # 3x3 convolutions draw v (input-shaped) before u, 1x1 convolutions and linear layers u before v.
+    case = json.loads(ORIGINAL_START.read_text())["layers"][name]
+    torch.manual_seed(case["seed"])
+    if case["kind"] == "linear":
+        layer = SpectralNormLinear(**case["kwargs"], coeff=3.0)
+    else:
+        input_size = case["input_shape"][-1] if case["input_shape"] else 8
+        layer = SpectralNormConv2d(**case["kwargs"], input_size=input_size, coeff=3.0)
+    _close(layer.weight_orig, case["weight_orig"])
+    _close(layer.weight_u, case["weight_u"])
+    _close(layer.weight_v, case["weight_v"])
+
+
+def test_resnet18_starting_vectors_are_the_originals_for_the_same_seed():
+    record = json.loads(ORIGINAL_START.read_text())["resnet18_sn_mod"]
+    torch.manual_seed(record["seed"])
+    model = net.create_model("resnet18", num_classes=10, spectral_normalization=True, mod=True, coeff=3.0)
+    state = model.state_dict()
+    assert sorted(k for k in state if k.endswith(("weight_u", "weight_v"))) == sorted(record["vectors"])
+    for key, head in record["vectors"].items():
+        _close(state[key][: record["head"]], head)
