@@ -23,9 +23,13 @@ so every jitter below ~1e-45 adds exactly 0, and the others add their float32 ro
 1.4e-45): that is the value recorded and used. On a singular covariance a pivot of rounding noise then
 passes, so the choice (1e-45 ... 1e-18 on LeNet features with dead ReLUs) depends on that noise's sign and
 moves log-densities by orders of magnitude off the features' span. The covariances follow the DDU code's
-arithmetic (`(1 / (n_c - 1)) * x.t().mm(x)`, each product in a fresh buffer), so on the CPU the factors are
-bit for bit those of its `MultivariateNormal`, and the log-densities agree to rounding (on CUDA its
-batched factorisation may round differently, which on a singular covariance can move the accepted jitter).
+arithmetic (`(1 / (n_c - 1)) * x.t().mm(x)`, each product in a fresh buffer), so on the CPU, for the same
+features in the same order, the factors are bit for bit those of its `MultivariateNormal`, and the
+log-densities agree to rounding (on CUDA its batched factorisation may round differently, which on a
+singular covariance can move the accepted jitter). The order matters: the DDU code reads its training
+features through a shuffled loader, callers here pass them in split order, and on a singular covariance the
+summation order of `x.t().mm(x)` can decide which jitter passes (one LeNet of five: 1e-17 instead of 1e-18;
+docs/differences.md).
 Unchanged, the DDU code cannot run on current PyTorch: a rejected covariance raises a `ValueError` whose
 message it does not expect, and its model is left unassigned.
 
