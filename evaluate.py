@@ -69,8 +69,8 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--data-aug",
         action="store_true",
         help="accepted for the original's command lines and recorded in the result's info, no effect: "
-        "evaluation never augments here (the original's flag would augment the GMM's training features and "
-        "the temperature-scaling split)",
+        "evaluation never augments here (the original's flag augments, by random crops and flips, only the "
+        "training features its GMM is fitted on, and only on CIFAR-10/100)",
     )
     parser.add_argument("--no-gpu", action="store_true", help="run on the CPU even if a GPU is available")
     parser.add_argument("--output-dir", default=".", help="where the result JSON goes")
