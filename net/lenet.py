@@ -1,6 +1,7 @@
 """LeNet-5 (LeCun et al. 1998) as in the DDU code: the small baseline without inductive biases for
 feature-space distances (no residual connections, no spectral normalisation). Features: the 84 units
-after the second fully connected layer (ReLU)."""
+after the second fully connected layer (ReLU). `in_channels` and `image_size` (a square input's side, at least
+16) override the MNIST (1x28x28) or CIFAR (3x32x32) input shape."""
 
 from __future__ import annotations
 
@@ -12,9 +13,21 @@ from net.layers import DDUNetwork
 
 
 class LeNet(DDUNetwork):
-    def __init__(self, num_classes: int = 10, *, mnist: bool = True):
+    def __init__(
+        self,
+        num_classes: int = 10,
+        *,
+        mnist: bool = True,
+        in_channels: int | None = None,
+        image_size: int | None = None,
+    ):
         super().__init__()
-        in_channels, flat = (1, 16 * 4 * 4) if mnist else (3, 16 * 5 * 5)
+        default_channels, default_size = (1, 28) if mnist else (3, 32)
+        in_channels, size = in_channels or default_channels, image_size or default_size
+        side = ((size - 4) // 2 - 4) // 2  # after conv 5, pool 2, conv 5, pool 2: 4 for 28, 5 for 32
+        if side < 1:
+            raise ValueError(f"LeNet needs inputs of at least 16 pixels, got {size}")
+        flat = 16 * side * side
         self.conv1 = nn.Conv2d(in_channels, 6, 5)
         self.conv2 = nn.Conv2d(6, 16, 5)
         self.fc1 = nn.Linear(flat, 120)

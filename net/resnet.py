@@ -1,5 +1,7 @@
 """ResNet-18 and ResNet-50 (He et al. 2016) in the CIFAR form DDU uses: a 3x3 stem without max-pool, four
-stages, 4x4 average pooling. MNIST variants (`mnist=True`) take 1x28x28 inputs.
+stages, 4x4 average pooling. MNIST variants (`mnist=True`) take 1x28x28 inputs; `in_channels` and
+`image_size` (the side of a square input) override both, for image folders of other shapes, and the final
+pool then covers the whole last stage (4x4 for 32x32 and 28x28 inputs, as the original).
 
 With `spectral_normalization` every convolution is softly normalised (3x3 ones on their input shape, 1x1
 ones as matrices); with `mod` the activations are leaky ReLUs and shape-changing shortcuts are average pools
@@ -78,11 +80,14 @@ class ResNet(DDUNetwork):
         coeff: float = 3.0,
         n_power_iterations: int = 1,
         mnist: bool = False,
+        in_channels: int | None = None,
+        image_size: int | None = None,
     ):
         super().__init__()
         conv = conv_factory(spectral_normalization, coeff, n_power_iterations)
 
-        in_channels, image_size = (1, 28) if mnist else (3, 32)
+        default_channels, default_size = (1, 28) if mnist else (3, 32)
+        in_channels, image_size = in_channels or default_channels, image_size or default_size
         self.act = activation(mod)
         self.conv1 = conv(image_size, in_channels, base_width, 3, 1)
         self.bn1 = nn.BatchNorm2d(base_width)
@@ -94,6 +99,7 @@ class ResNet(DDUNetwork):
                 in_planes, input_size = planes * block.expansion, math.ceil(input_size / stride)
             stages.append(nn.Sequential(*layers))
         self.layer1, self.layer2, self.layer3, self.layer4 = stages
+        self.pool_size = input_size  # side of the last stage's output
         self.num_features, self.num_classes = in_planes, num_classes
         self.fc = nn.Linear(in_planes, num_classes)
 
@@ -101,7 +107,7 @@ class ResNet(DDUNetwork):
         out = self.act(self.bn1(self.conv1(x)))
         out = self.layer4(self.layer3(self.layer2(self.layer1(out))))
         # The original pools with a fixed 4x4 window: the last stage is 4x4 for both 32x32 and 28x28 inputs.
-        return F.avg_pool2d(out, 4).flatten(1)
+        return F.avg_pool2d(out, self.pool_size).flatten(1)
 
     def get_classifier(self) -> nn.Module:
         return self.fc

@@ -44,10 +44,17 @@ class VGG(DDUNetwork):
         coeff: float = 3.0,
         n_power_iterations: int = 1,
         mnist: bool = False,
+        in_channels: int | None = None,
+        image_size: int | None = None,
     ):
         super().__init__()
         conv = conv_factory(spectral_normalization, coeff, n_power_iterations)
-        in_channels, size = (1, 28) if mnist else (3, 32)
+        default_channels, default_size = (1, 28) if mnist else (3, 32)
+        in_channels, size = in_channels or default_channels, image_size or default_size
+        if size >> sum(item == MAX_POOL for item in layout) < 1:
+            raise ValueError(
+                f"VGG-16 needs inputs of at least {2 ** sum(i == MAX_POOL for i in layout)} pixels, got {size}"
+            )
         layers: list[nn.Module] = []
         for item in layout:
             if item == MAX_POOL:
@@ -73,5 +80,8 @@ class VGG(DDUNetwork):
 
 
 def vgg16(num_classes: int = 10, *, mnist: bool = False, **kwargs) -> VGG:
-    """VGG-16 in DDU's CIFAR layout, or in its MNIST layout (first pool left out) with `mnist=True`."""
-    return VGG(VGG16_MNIST_LAYOUT if mnist else VGG16_LAYOUT, num_classes, mnist=mnist, **kwargs)
+    """VGG-16 in DDU's CIFAR layout, or in its MNIST layout (first pool left out) with `mnist=True`; other
+    square inputs through `in_channels` and `image_size` (the MNIST layout below 32 pixels)."""
+    size = kwargs.get("image_size")
+    small = mnist if size is None else size < 32
+    return VGG(VGG16_MNIST_LAYOUT if small else VGG16_LAYOUT, num_classes, mnist=mnist, **kwargs)

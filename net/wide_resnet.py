@@ -56,12 +56,16 @@ class WideResNet(DDUNetwork):
         coeff: float = 3.0,
         n_power_iterations: int = 1,
         mnist: bool = False,
+        in_channels: int | None = None,
+        image_size: int | None = None,
     ):
         super().__init__()
         if (depth - 4) % 6 != 0:
             raise ValueError(f"Wide-ResNet depth must be 6n+4 (e.g. 10, 16, 28), got {depth}")
         n = (depth - 4) // 6
-        in_channels, image_size = (1, 28) if mnist else (3, 32)
+        # `in_channels` and `image_size` (a square input's side) override the MNIST/CIFAR shapes.
+        default_channels, default_size = (1, 28) if mnist else (3, 32)
+        in_channels, image_size = in_channels or default_channels, image_size or default_size
 
         conv = conv_factory(spectral_normalization, coeff, n_power_iterations)
 
