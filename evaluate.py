@@ -18,6 +18,10 @@ null) and the command exits with status 1. `--original-quirks` fits the gmm with
 search and computes its m1 and m2 scores from float32 log-densities, and evaluates ensembles with the original's
 member rule (5 members with seeds 5(i-1)+1.. untempered, the first --ensemble of them tempered), as the
 original code does.
+
+While it runs, the finished runs are kept in `{result}.partial`; after an interruption the same command
+continues from there (the side file records the settings and each checkpoint's size and modification time;
+other settings or a changed checkpoint are refused unless --overwrite, which starts afresh).
 """
 
 from __future__ import annotations
@@ -25,11 +29,13 @@ from __future__ import annotations
 import argparse
 import logging
 
-import data
-from engine.evaluation_run import run_evaluation
-from engine.network_flags import arch_values, check_network_flags, model_parser
-from utils.errors import UserError, exit_on_user_error
-from utils.validation import check_count, check_dir, check_seed, flag_names
+from utils.errors import UserError, exit_on_user_error, starting_up
+
+with starting_up(__name__):  # PyTorch takes seconds and much memory to load: a failure is one sentence
+    import data
+    from engine.evaluation_run import run_evaluation
+    from engine.network_flags import arch_values, check_network_flags, model_parser
+    from utils.validation import check_count, check_dir, check_seed, flag_names
 
 
 def get_args_parser() -> argparse.ArgumentParser:

@@ -12,7 +12,9 @@ import argparse
 import logging
 import sys
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -121,27 +123,42 @@ class Evaluator:
         return out
 
 
-def evaluate_run(evaluator: Evaluator, args: argparse.Namespace, run: int) -> dict[str, float]:
-    num_classes = evaluator.info.num_classes
+def run_members(args: argparse.Namespace, run: int) -> tuple[list[Path], list[int], int | None]:
+    """Run `run`'s checkpoints (one, or an ensemble's members), the seed of each one's validation split, and
+    how many of the first members form the temperature-scaled ensemble (None: all; see
+    `engine.evaluation.ensemble_members`). A missing checkpoint is a `UserError` naming what exists."""
     checkpoint = dict(model=args.model, sn=args.sn, mod=args.mod, coeff=args.coeff, epoch=args.epoch)
-    if args.model_type == "ensemble":
-        seeds, val_seeds, tempered = ensemble_members(args.seed, run, args.ensemble, args.original_quirks)
-        members = []
-        for seed, val_seed in zip(seeds, val_seeds):
-            try:
-                path = locate_checkpoint(args.load_path, run, seed=seed, ensemble_naming=True, **checkpoint)
-            except UserError:
-                if not args.original_quirks:
-                    raise
-                raise UserError(
-                    f"with --original-quirks run {run} is the original's ensemble of the 5 members with seeds "
-                    f"{seeds[0]}..{seeds[-1]} (its evaluate.py loads 5 whatever --ensemble and --seed say), but "
-                    f"'{Path(args.load_path) / f'Run{run}'}' has no checkpoint of seed {seed}, where the original "
-                    "crashes; drop --original-quirks to evaluate the --ensemble members"
-                ) from None
-            members.append(
-                evaluator.outputs(evaluator.load(path), val_seed, need_train=False, source=f"'{path}'")
+    if args.model_type != "ensemble":
+        (seed,) = run_seeds(args.seed, run)
+        return [locate_checkpoint(args.load_path, run, seed=seed, **checkpoint)], [seed], None
+    seeds, val_seeds, tempered = ensemble_members(args.seed, run, args.ensemble, args.original_quirks)
+    paths = []
+    for seed in seeds:
+        try:
+            paths.append(
+                locate_checkpoint(args.load_path, run, seed=seed, ensemble_naming=True, **checkpoint)
             )
+        except UserError:
+            if not args.original_quirks:
+                raise
+            raise UserError(
+                f"with --original-quirks run {run} is the original's ensemble of the 5 members with seeds "
+                f"{seeds[0]}..{seeds[-1]} (its evaluate.py loads 5 whatever --ensemble and --seed say), but "
+                f"'{Path(args.load_path) / f'Run{run}'}' has no checkpoint of seed {seed}, where the original "
+                "crashes; drop --original-quirks to evaluate the --ensemble members"
+            ) from None
+    return paths, val_seeds, tempered
+
+
+def evaluate_run(evaluator: Evaluator, args: argparse.Namespace, run: int) -> dict[str, float]:
+    """Run `run`'s metrics (`engine.evaluation`); raises `RunFailedError` or `metrics.GaussianFitError` for a
+    run that cannot be scored."""
+    paths, val_seeds, tempered = run_members(args, run)
+    if args.model_type == "ensemble":
+        members = [
+            evaluator.outputs(evaluator.load(path), val_seed, need_train=False, source=f"'{path}'")
+            for path, val_seed in zip(paths, val_seeds)
+        ]
         parts = [m["parts"] for m in members] if evaluator.clean_size is not None else None
         return ensemble_run(
             [m["test"] for m in members],
@@ -150,10 +167,9 @@ def evaluate_run(evaluator: Evaluator, args: argparse.Namespace, run: int) -> di
             parts=parts,
             tempered=tempered,
         )
-    (seed,) = run_seeds(args.seed, run)
-    path = locate_checkpoint(args.load_path, run, seed=seed, **checkpoint)
+    (path,), (seed,) = paths, val_seeds
     out = evaluator.outputs(evaluator.load(path), seed, need_train=True, source=f"'{path}'")
-    common = dict(num_classes=num_classes, parts=out.get("parts"))
+    common = dict(num_classes=evaluator.info.num_classes, parts=out.get("parts"))
     if args.model_type == "softmax":
         return softmax_run(out["test"], out["ood"], out["val"], train=out["train"], **common)
     return gmm_run(
@@ -170,11 +186,8 @@ def evaluate_run(evaluator: Evaluator, args: argparse.Namespace, run: int) -> di
 def check_checkpoints(args: argparse.Namespace) -> None:
     """Every run's folder and checkpoint(s), found before the first evaluation: a missing one is a
     `UserError` now, not after the runs before it were evaluated."""
-    checkpoint = dict(model=args.model, sn=args.sn, mod=args.mod, coeff=args.coeff, epoch=args.epoch)
-    ensemble = args.model_type == "ensemble"
     for run in range(1, args.runs + 1):
-        for seed in run_seeds(args.seed, run, args.ensemble if ensemble else None):
-            locate_checkpoint(args.load_path, run, seed=seed, ensemble_naming=ensemble, **checkpoint)
+        run_members(args, run)
 
 
 # The settings an existing result must share with this command for it to be replaced without --overwrite
@@ -218,57 +231,180 @@ def result_path(args: argparse.Namespace) -> Path:
     return Path(args.output_dir) / f"res_{name}_{args.model_type}_{dataset}_{ood}.json"
 
 
+@dataclass
+class ResultFile:
+    """One result JSON and its `.partial` side file, which holds the runs finished so far while the command
+    runs: an interruption loses at most the run in progress, a rerun with the same settings and checkpoints
+    continues from the side file, and the final file only ever holds all runs.
+
+    `per_run[i]` holds run i+1's metrics (None: the run failed, its reason in `failed`); `stored` is how many
+    runs the side file on disk holds, so that it is never replaced by one holding fewer.
+    """
+
+    path: Path
+    info: dict[str, Any]
+    per_run: list[dict[str, float] | None] = field(default_factory=list)
+    failed: list[dict[str, Any]] = field(default_factory=list)
+    stored: int = 0
+    writable: bool = True
+
+    @property
+    def partial(self) -> Path:
+        return self.path.with_name(self.path.name + ".partial")
+
+    def result(self) -> dict[str, Any]:
+        return {**aggregate(self.per_run, self.info), "failed_runs": self.failed}
+
+    def add(self, run: int, metrics_or_error: dict[str, float] | Exception) -> None:
+        if isinstance(metrics_or_error, Exception):
+            self.per_run.append(None)
+            self.failed.append({"run": run, "reason": str(metrics_or_error)})
+            log.error("run %d failed: %s", run, metrics_or_error)
+        else:
+            self.per_run.append(metrics_or_error)
+
+    def resume(
+        self, fingerprints: Mapping[int, list[dict[str, Any]]], overwrite: bool, flag_names: Mapping[str, str]
+    ) -> None:
+        """Take over the runs of the side file left by an earlier command with the same settings (`info`
+        but for `RESUME_FREE`) and the same checkpoints (`fingerprints[run]`, size and modification time);
+        one of other settings or checkpoints is refused unless `overwrite`, which starts afresh."""
+        if not self.partial.exists():
+            return
+        try:
+            saved = read_json(self.partial)
+            runs, kept = int(saved["runs_done"]), _saved_runs(saved)
+            differ = _differing_settings(saved["info"], self.info, flag_names)
+            changed = [
+                r
+                for r in range(1, min(runs, len(fingerprints)) + 1)
+                if saved["checkpoints"].get(str(r)) != fingerprints[r]
+            ]
+        except (UserError, KeyError, IndexError, TypeError, ValueError, AttributeError):
+            if overwrite:
+                return
+            raise UserError(
+                f"'{self.partial}' is not the side file of an evaluation this version can continue; pass "
+                "--overwrite to start afresh, or another --output-dir"
+            ) from None
+        if differ or changed:
+            if overwrite:
+                return
+            why = (
+                f"other settings ({', '.join(differ)})" if differ else f"other checkpoints in Run{changed[0]}"
+            )
+            raise UserError(
+                f"'{self.partial}' holds {runs} finished runs evaluated with {why}; pass --overwrite to start "
+                "afresh, or another --output-dir"
+            )
+        self.per_run = kept[: len(fingerprints)]
+        self.failed = [f for f in saved["failed_runs"] if f["run"] <= len(fingerprints)]
+        self.stored = runs
+        log.info("continuing from %s: %d of %d runs already evaluated", self.partial, len(self.per_run),
+                 len(fingerprints))  # fmt: skip
+
+    def write_partial(self, fingerprints: Mapping[int, list[dict[str, Any]]]) -> None:
+        """The runs so far into the side file, unless it holds more (then it stays) or cannot be written
+        (then the evaluation goes on without it)."""
+        runs = len(self.per_run)
+        if not self.writable or runs < self.stored:
+            return
+        record = {
+            **self.result(),
+            "runs_done": runs,
+            "checkpoints": {str(r): fingerprints[r] for r in range(1, runs + 1)},
+        }
+        try:
+            atomic_write_json(self.partial, record)
+        except UserError as err:  # only the side file is lost: the evaluation goes on
+            log.warning("warning: %s; the evaluation continues without that side file", err)
+            self.writable = False
+            return
+        self.stored = runs
+
+
+# What may differ between the command that left a side file and the one that continues from it: where the
+# files go, --overwrite, and --runs (run i's numbers do not depend on how many runs follow); load_loc and gpu
+# are the original's copies of --load-path and --no-gpu, compared as those.
+RESUME_FREE = ("output_dir", "overwrite", "runs", "load_loc", "gpu")
+
+
+def _differing_settings(
+    saved: Mapping[str, Any], current: Mapping[str, Any], flag_names: Mapping[str, str]
+) -> list[str]:
+    return [
+        f"{flag_names.get(key, key)} {saved.get(key)!r} there vs {current.get(key)!r} now"
+        for key in dict.fromkeys([*saved, *current])
+        if key not in RESUME_FREE and saved.get(key) != current.get(key)
+    ]
+
+
+def _saved_runs(saved: Mapping[str, Any]) -> list[dict[str, float] | None]:
+    """The per-run metrics of a side file, rebuilt from its `values` (None for its failed runs)."""
+    failed = {f["run"] for f in saved["failed_runs"]}
+    values = saved["values"]
+    return [
+        None
+        if run in failed
+        else {key: column[run - 1] for key, column in values.items() if column[run - 1] is not None}
+        for run in range(1, int(saved["runs_done"]) + 1)
+    ]
+
+
+def checkpoint_fingerprints(args: argparse.Namespace) -> dict[int, list[dict[str, Any]]]:
+    """`{run: [{"file", "size", "mtime_ns"}]}` of the checkpoints every run loads: what a side file records,
+    so that a rerun continues only when the checkpoints are still those it evaluated."""
+    fingerprints = {}
+    for run in range(1, args.runs + 1):
+        fingerprints[run] = []
+        for path in run_members(args, run)[0]:
+            stat = path.stat()
+            name = path.relative_to(args.load_path).as_posix()
+            fingerprints[run].append({"file": name, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns})
+    return fingerprints
+
+
 def _evaluate(args: argparse.Namespace, output: Path, flag_names: Mapping[str, str]) -> dict:
     """Every run of `args` evaluated into `output` (its lock held by `run_evaluation`)."""
     device = select_device(args.no_gpu)
     args = argparse.Namespace(**vars(args))
     args.precision = resolve_precision(device, args.precision)[0]  # the info records what was used
     check_replaceable(output, args, flag_names)
-    evaluator = Evaluator(args, device)
-
     info = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     info.update(load_loc=info["load_path"], gpu=not args.no_gpu)  # the original's keys for the same flags
-    # Runs finished so far are kept in a side file while the command runs, so an interruption loses at most
-    # the run in progress; the final file only ever holds all runs.
-    partial = output.with_name(output.name + ".partial")
-    per_run: list[dict | None] = []
-    failed: list[dict] = []
-    partial_ok = True
+    fingerprints = checkpoint_fingerprints(args)
+    file = ResultFile(output, info)
+    file.resume(fingerprints, args.overwrite, flag_names)
+    evaluator = Evaluator(args, device)
+
     for run in progress_bar(range(1, args.runs + 1), desc=f"evaluating {args.model_type}", unit="run"):
+        if run <= len(file.per_run):
+            continue  # evaluated by an earlier command, kept in its side file
         try:
-            per_run.append(evaluate_run(evaluator, args, run))
+            file.add(run, evaluate_run(evaluator, args, run))
         except KeyboardInterrupt:
             kept = (
                 "no run had finished"
-                if run == 1
-                else f"the finished runs are in {partial}"
-                if partial_ok
+                if not file.per_run
+                else f"the finished runs are in {file.partial}"
+                if file.writable
                 else "the finished runs could not be kept (the side file was not writable)"
             )
             raise Interrupted(
-                f"interrupted during run {run} of {args.runs}; {kept}; rerun the command to evaluate all runs"
+                f"interrupted during run {run} of {args.runs}; {kept}; rerun the same command to continue"
             ) from None
         except (metrics.GaussianFitError, RunFailedError) as err:
-            per_run.append(None)
-            failed.append({"run": run, "reason": str(err)})
-            log.error("run %d failed: %s", run, err)
-        if run < args.runs and partial_ok:
-            try:
-                atomic_write_json(
-                    partial, {**aggregate(per_run, info), "failed_runs": failed, "runs_done": run}
-                )
-            except UserError as err:  # only the side file is lost: the evaluation goes on
-                log.warning("warning: %s; the evaluation continues without that side file", err)
-                partial_ok = False
-    result = aggregate(per_run, info)
-    result["failed_runs"] = failed
+            file.add(run, err)
+        if run < args.runs:
+            file.write_partial(fingerprints)
+    result = file.result()
     atomic_write_json(output, result)
-    partial.unlink(missing_ok=True)
+    file.partial.unlink(missing_ok=True)
     print(f"wrote {output}", flush=True)
     print(format_table(table_rows([(str(output), result)])), end="", flush=True)
-    if failed:
+    if file.failed:
         print(
-            f"error: {len(failed)} of {args.runs} runs failed (see 'failed_runs' in {output})",
+            f"error: {len(file.failed)} of {args.runs} runs failed (see 'failed_runs' in {output})",
             file=sys.stderr,
         )
         raise SystemExit(1)

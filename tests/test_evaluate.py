@@ -11,6 +11,7 @@ import argparse
 import inspect
 import json
 import math
+import os
 import shutil
 from pathlib import Path
 from typing import NamedTuple
@@ -835,3 +836,96 @@ def test_original_quirks_ensemble_with_missing_members_is_one_sentence(layouts, 
     assert exit_info.value.code != 0
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert "seeds 1..5" in err and "no checkpoint of seed 3" in err and "drop --original-quirks" in err
+
+
+# ----------------------------------------------------------------------------------------------------
+# Reruns continue from the `.partial` side file (issue 28, item 4)
+
+
+@pytest.fixture(scope="module")
+def three_runs(layouts, tmp_path_factory) -> Path:
+    """Run1..Run3 with the LeNets of seeds 1, 2, 3 (copied from the `ensemble` layout)."""
+    root = tmp_path_factory.mktemp("three")
+    for run, source in ((1, "Run1"), (2, "Run1"), (3, "Run2")):
+        (root / f"Run{run}").mkdir()
+        shutil.copy2(layouts["ensemble"] / source / f"lenet_{run}_1.model", root / f"Run{run}")
+    return root
+
+
+def counting_loads(monkeypatch) -> list[str]:
+    """The checkpoint file names `Evaluator.load` is asked for, in order."""
+    loads, real_load = [], evaluation_run.Evaluator.load
+
+    def load(self, path):
+        loads.append(Path(path).name)
+        return real_load(self, path)
+
+    monkeypatch.setattr(evaluation_run.Evaluator, "load", load)
+    return loads
+
+
+def interrupt_at(monkeypatch, stop: int) -> None:
+    real_run = evaluation_run.evaluate_run
+
+    def run(evaluator, args, run):
+        if run == stop:
+            raise KeyboardInterrupt
+        return real_run(evaluator, args, run)
+
+    monkeypatch.setattr(evaluation_run, "evaluate_run", run)
+
+
+RESULT = "res_lenet_1_softmax_digits_digits_ood.json"
+
+
+def test_a_rerun_continues_from_the_side_file_and_gives_the_uninterrupted_result(
+    three_runs, tmp_path, monkeypatch, capsys
+):
+    whole = evaluate.main(eval_args(three_runs, tmp_path / "whole", runs=3))
+    out = tmp_path / "out"
+    with monkeypatch.context() as patch:
+        interrupt_at(patch, 3)
+        with pytest.raises(SystemExit) as info:
+            evaluate.main(eval_args(three_runs, out, runs=3))
+    assert info.value.code == 130 and "rerun the same command to continue" in capsys.readouterr().err
+    assert strict_json(out / f"{RESULT}.partial")["runs_done"] == 2
+    # A second interruption, before run 3 finishes: the side file keeps its 2 runs (never fewer).
+    with monkeypatch.context() as patch:
+        loads = counting_loads(patch)
+        interrupt_at(patch, 3)
+        with pytest.raises(SystemExit):
+            evaluate.main(eval_args(three_runs, out, runs=3))
+    assert loads == [] and strict_json(out / f"{RESULT}.partial")["runs_done"] == 2
+    loads = counting_loads(monkeypatch)
+    resumed = evaluate.main(eval_args(three_runs, out, runs=3))
+    assert loads == ["lenet_3_1.model"]  # runs 1 and 2 come from the side file
+    for result in (resumed, whole):
+        result["info"].pop("output_dir")  # the one difference
+    assert resumed == whole  # exactly: the side file keeps every float's repr
+    assert strict_json(out / RESULT)["values"] == strict_json(tmp_path / "whole" / RESULT)["values"]
+    assert sorted(p.name for p in out.iterdir()) == [RESULT]  # the side file is gone
+
+
+def test_a_side_file_of_other_settings_or_checkpoints_is_kept_unless_overwrite(
+    three_runs, tmp_path, monkeypatch, capsys
+):
+    runs, out = tmp_path / "runs", tmp_path / "out"
+    shutil.copytree(three_runs, runs)
+    with monkeypatch.context() as patch:
+        interrupt_at(patch, 3)
+        with pytest.raises(SystemExit):
+            evaluate.main(eval_args(runs, out, runs=3))
+    capsys.readouterr()
+    partial = out / f"{RESULT}.partial"
+    before = partial.read_bytes()
+    err = user_error(capsys, eval_args(runs, out, "-b", "128", runs=3))
+    assert "2 finished runs" in err and "-b 256 there vs 128 now" in err and "--overwrite" in err
+    # Run 2's checkpoint retrained (here: its modification time moved on) since the side file was written.
+    checkpoint = runs / "Run2" / "lenet_2_1.model"
+    os.utime(checkpoint, ns=(checkpoint.stat().st_atime_ns, checkpoint.stat().st_mtime_ns + 10**9))
+    err = user_error(capsys, eval_args(runs, out, runs=3))
+    assert "other checkpoints in Run2" in err and "--overwrite" in err
+    assert partial.read_bytes() == before
+    loads = counting_loads(monkeypatch)
+    evaluate.main(eval_args(runs, out, "--overwrite", runs=3))
+    assert len(loads) == 3 and not partial.exists()  # started afresh
