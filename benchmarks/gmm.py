@@ -4,6 +4,8 @@
     python -m benchmarks.gmm --device cuda --json gmm.json     # the same on a GPU
     python -m benchmarks.gmm --shapes 2048x100 --repeats 3     # one shape, three times (for a range)
     python -m benchmarks.gmm --shapes 32x4 --train-samples 400 --test-samples 100   # seconds
+    python -m benchmarks.gmm --shapes 2048x1000 --implementations ours --train-samples 20000 \
+        --test-samples 500 --extrapolate-to 1281167,52000    # ImageNet (train, val + ImageNet-O), predicted
 
 Features are random float64 (`--train-samples` training points in classes of equal size, `--test-samples`
 test points), as in the paper's setting of ResNet-50 (2,048 features) and WRN-28-10 (640) on CIFAR-10/100.
@@ -17,7 +19,16 @@ Each (shape, implementation) runs in a fresh subprocess, so its peak memory is i
 resident set on a CPU (`ru_maxrss`, which also counts the Python runtime and the features), the peak of
 `torch.cuda.max_memory_allocated` on a GPU. The table also gives the peak above the memory held once the
 features exist, and the covariances' size `C * D^2 * 8` bytes for scale. Times are wall-clock seconds, with
-CUDA synchronised; every other repeat runs the original first, and `--no-score` times the fits alone. The two implementations' log-densities are compared at the end (their covariances are
+CUDA synchronised; every other repeat runs the original first, and `--no-score` times the fits alone.
+`--class-chunk` sets ours' classes per chunk (default `metrics.gmm.default_class_chunk`: 128 at 2,048
+features, so 2,048 x 1,000 is fitted and scored in chunks; the original, 33.5 GB there, cannot run).
+
+ImageNet's sample counts take hours on a CPU, so `--extrapolate-to TRAIN,TEST` predicts them: the worker
+also measures the rates of the three kernels at the shape's `D` (a `(D, 2048) x (2048, D)` product as the
+covariances' scatter, one `D x D` Cholesky, a triangular solve with 2,048 right-hand sides) and counts the
+work: fit = scatter `2 N_train D^2` + factors `C D^3 / 3`; score = the same again (a chunked model
+recomputes its factors) + solves `N_test C D^2` flops. The record holds the prediction at the measured
+counts beside the measured times (the model's check) and at the target counts. The two implementations' log-densities are compared at the end (their covariances are
 rounded differently, which moves log-densities of points off the span of a singular class's samples by up
 to ~1e-5 relative: these are ~1e13 in size and depend on round-off in the jitter's null space).
 """
@@ -69,6 +80,14 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         "--original-batch-size", type=int, default=128, help="test points per log_prob call (DDU's default)"
     )
     parser.add_argument("--no-score", action="store_true", help="time the fits only (quicker)")
+    parser.add_argument(
+        "--class-chunk", type=int, default=None, help="ours: classes per chunk (default: metrics' budget)"
+    )
+    parser.add_argument(
+        "--extrapolate-to",
+        default=None,
+        help="TRAIN,TEST sample counts to predict ours' times at from measured kernel rates, e.g. 1281167,52000",
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random features")
     parser.add_argument("--json", default=None, help="also write every measurement to this JSON file")
@@ -130,6 +149,66 @@ def original_score(gaussians, features, batch_size: int):
     return out
 
 
+def work_flops(dim: int, classes: int, train: int, test: int) -> dict[str, float]:
+    """Flops of ours' fit and scoring by kernel: covariance scatters (`2 N_train D^2`, full products),
+    Cholesky factors (`C D^3 / 3`) and triangular solves (`N_test C D^2`); scoring a chunked model repeats the
+    fit's scatters and factors once. Jitter attempts that fail add about one factor each, left out."""
+    scatter, factor = 2.0 * train * dim**2, classes * dim**3 / 3.0
+    return {
+        "fit_scatter": scatter,
+        "fit_factor": factor,
+        "score_scatter": scatter,
+        "score_factor": factor,
+        "score_solve": float(test) * classes * dim**2,
+    }
+
+
+def kernel_rates(dim: int, device: torch.device, repeats: int = 2) -> dict[str, float]:
+    """Best-of-`repeats` flop rates (flop/s) of the three kernels at `dim` features, float64 on `device`."""
+    gen = torch.Generator().manual_seed(1)
+    block = torch.randn(2048, dim, generator=gen, dtype=torch.float64).to(device)
+    spd = block.T @ block / 2048 + torch.eye(dim, dtype=torch.float64, device=device)
+    rhs = torch.randn(dim, 2048, generator=gen, dtype=torch.float64).to(device)
+    factor = torch.linalg.cholesky(spd)
+    kernels = {
+        "scatter": (lambda: block.T @ block, 2.0 * 2048 * dim**2),
+        "factor": (lambda: torch.linalg.cholesky_ex(spd), dim**3 / 3.0),
+        "solve": (lambda: torch.linalg.solve_triangular(factor, rhs, upper=False), 2048.0 * dim**2),
+    }
+    rates = {}
+    for name, (kernel, flops) in kernels.items():
+        best = math.inf
+        for _ in range(repeats):
+            _synchronise(device)
+            start = time.perf_counter()
+            kernel()
+            _synchronise(device)
+            best = min(best, time.perf_counter() - start)
+        rates[name] = flops / best
+    return rates
+
+
+def predict_seconds(flops: dict[str, float], rates: dict[str, float]) -> dict[str, float]:
+    """`fit_s` and `score_s` from `work_flops` and `kernel_rates`."""
+    seconds = {key: value / rates[key.split("_")[1]] for key, value in flops.items()}
+    return {
+        "fit_s": sum(v for k, v in seconds.items() if k.startswith("fit")),
+        "score_s": sum(v for k, v in seconds.items() if k.startswith("score")),
+    }
+
+
+def parse_counts(text: str) -> tuple[int, int]:
+    try:
+        train, test = (int(part) for part in text.split(","))
+    except ValueError:
+        raise UserError(
+            f"--extrapolate-to expects TRAIN,TEST sample counts such as 1281167,52000, got {text!r}."
+        ) from None
+    if train < 1 or test < 1:
+        raise UserError(f"--extrapolate-to needs positive counts, got {text!r}.")
+    return train, test
+
+
 def _synchronise(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -155,9 +234,10 @@ def run_case(args) -> dict:
     _synchronise(device)
     baseline = float(torch.cuda.memory_allocated(device)) if device.type == "cuda" else _peak_bytes(device)
     start = time.perf_counter()
+    class_chunk = None
     if name == "ours":
-        model = fit_class_gaussians(train, labels, classes)
-        jitter = model.jitter
+        model = fit_class_gaussians(train, labels, classes, class_chunk=args.class_chunk)
+        jitter, class_chunk = model.jitter, model.class_chunk
     else:
         model, jitter = original_fit(train, labels, classes, args.jitter), args.jitter
     _synchronise(device)
@@ -174,6 +254,18 @@ def run_case(args) -> dict:
         if args.save:
             torch.save(log_densities.cpu(), args.save)
     peak = _peak_bytes(device)
+    extra = {}
+    if name == "ours" and args.extrapolate_to:
+        rates = kernel_rates(dim, device)
+        target_train, target_test = parse_counts(args.extrapolate_to)
+        extra = {
+            "rates_gflops": {key: value / 1e9 for key, value in rates.items()},
+            "predicted_here": predict_seconds(
+                work_flops(dim, classes, args.train_samples, args.test_samples), rates
+            ),
+            "extrapolated_to": {"train_samples": target_train, "test_samples": target_test},
+            "extrapolated": predict_seconds(work_flops(dim, classes, target_train, target_test), rates),
+        }
     return {
         "implementation": name,
         "features": dim,
@@ -188,6 +280,8 @@ def run_case(args) -> dict:
         "peak_gib": peak / GIB,
         "peak_above_data_gib": (peak - baseline) / GIB,
         "covariances_gib": classes * dim * dim * 8 / GIB,
+        "class_chunk": class_chunk,
+        **extra,
     }
 
 
@@ -198,6 +292,10 @@ def _spawn(args, name: str, dim: int, classes: int, jitter: float | None, save: 
     command += ["--original-batch-size", str(args.original_batch_size)]
     if args.no_score:
         command.append("--no-score")
+    if args.class_chunk is not None:
+        command += ["--class-chunk", str(args.class_chunk)]
+    if args.extrapolate_to:
+        command += ["--extrapolate-to", args.extrapolate_to]
     if args.threads is not None:
         command += ["--threads", str(args.threads)]
     if jitter is not None:
@@ -221,6 +319,10 @@ def _check_args(args) -> list[str]:
         )
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise UserError("--device cuda needs a GPU that torch can see; use --device cpu on this machine.")
+    if args.extrapolate_to:
+        parse_counts(args.extrapolate_to)
+    if args.class_chunk is not None and args.class_chunk < 1:
+        raise UserError(f"--class-chunk needs at least 1 class, got {args.class_chunk}.")
     if args.train_samples < 2 or args.test_samples < 1 or args.repeats < 1 or args.original_batch_size < 1:
         raise UserError(
             "--train-samples needs at least 2; --test-samples, --repeats and batch sizes at least 1."

@@ -490,3 +490,105 @@ def test_jitter_search_errors():
     with pytest.raises(GaussianFitError, match=r"class 0 is not positive definite .* \(45 jittered tries\)"):
         fit_class_gaussians(duplicated, torch.zeros(3, dtype=torch.long), 1, jitter_search="original")
     assert fit_class_gaussians(duplicated, torch.zeros(3, dtype=torch.long), 1).jitter > 0.1
+
+
+# ---- Classes in chunks (ImageNet's 1,000 x 2,048): the chunked fit and scoring equal the unchunked ones.
+
+CHUNK_CASES = {
+    "full_rank": lambda: _blobs(seed=20, counts=(60, 50, 40, 70, 30), dim=5)[:2] + (5,),
+    "fewer_samples_than_dims": lambda: _many_singular_classes(21, dim=12, counts=(6,) * 7),
+    # The last class is singular at 1e6 times the others' scale: it needs a far larger jitter than the first
+    # chunks, which must then be checked again at that jitter.
+    "late_class_needs_more_jitter": lambda: (
+        lambda f, y, c: (torch.where((y == c - 1)[:, None], 1e6 * f, f), y, c)
+    )(*_many_singular_classes(22, dim=10, counts=(30, 30, 30, 5, 30, 4))),
+    "single_sample_class": lambda: _singular_case("single_sample"),
+}
+
+
+@pytest.mark.parametrize("jitter_search", ["project", "original"])
+@pytest.mark.parametrize("case", sorted(CHUNK_CASES))
+def test_chunked_fit_and_scores_equal_the_unchunked_ones(case, jitter_search):
+    features, labels, num_classes = CHUNK_CASES[case]()
+    gen = torch.Generator().manual_seed(23)
+    points = torch.cat([features[::2], 3 * torch.randn(20, features.shape[1], generator=gen).double()])
+    whole = fit_class_gaussians(features, labels, num_classes, jitter_search=jitter_search)
+    assert whole.cholesky is not None and whole.class_chunk is None
+    expected = class_log_densities(whole, points)
+    for chunk in range(1, num_classes):
+        model = fit_class_gaussians(
+            features, labels, num_classes, jitter_search=jitter_search, class_chunk=chunk
+        )
+        assert model.cholesky is None and model.class_chunk == chunk
+        assert torch.equal(model.means, whole.means) and torch.equal(model.class_counts, whole.class_counts)
+        if jitter_search == "original" or case == "full_rank":
+            assert model.jitter == whole.jitter
+        else:  # the default first jitter comes from sums of squares instead of covariance diagonals
+            assert model.jitter == pytest.approx(whole.jitter, rel=1e-12)
+        got = class_log_densities(model, points, chunk_size=9)
+        np.testing.assert_allclose(got.numpy(), expected.numpy(), rtol=1e-9, atol=0)
+        np.testing.assert_allclose(model.covariances().numpy(), whole.covariances().numpy(), rtol=1e-9)
+
+
+def test_chunked_factors_are_bit_for_bit_the_unchunked_ones_at_the_same_jitter():
+    features, labels, num_classes = _many_singular_classes(24, dim=12, counts=(6,) * 7)
+    whole = fit_class_gaussians(features, labels, num_classes, jitter_start=1e-3)
+    model = fit_class_gaussians(features, labels, num_classes, jitter_start=1e-3, class_chunk=3)
+    assert model.jitter == whole.jitter > 0
+    for part in model.chunks():
+        assert torch.equal(model.class_factors(part), whole.cholesky[part])
+
+
+def test_the_late_case_needs_a_larger_jitter_than_its_first_chunk():
+    # Guards the chunk test: the first chunk alone would stop at a smaller jitter than all classes need.
+    features, labels, num_classes = CHUNK_CASES["late_class_needs_more_jitter"]()
+    first = labels < 2
+    start = _default_jitter_start(features, labels, num_classes)
+    alone = fit_class_gaussians(features[first], labels[first], 2, jitter_start=start).jitter
+    assert alone < fit_class_gaussians(features, labels, num_classes).jitter
+
+
+def test_chunked_fit_and_scoring_hold_one_chunk_of_covariances(monkeypatch):
+    import metrics.gmm as gmm
+
+    features, labels, num_classes = _many_singular_classes(25, dim=8, counts=(10,) * 7)
+    held = []
+    real = gmm._class_covariances
+    monkeypatch.setattr(
+        gmm, "_class_covariances", lambda s, m, part, o: held.append(part) or real(s, m, part, o)
+    )
+    model = fit_class_gaussians(features, labels, num_classes, class_chunk=3)
+    fitted = len(held)
+    class_log_densities(model, features)
+    assert all(part.stop - part.start <= 3 for part in held)
+    # Scoring recomputes each chunk once: 7 classes in chunks of 3, 3 and 1.
+    assert [(p.start, p.stop) for p in held[fitted:]] == [(0, 3), (3, 6), (6, 7)]
+
+
+def test_default_class_chunk_bounds_imagenet_memory():
+    from metrics.gmm import default_class_chunk
+
+    chunk = default_class_chunk(2048)
+    assert chunk == 128 and chunk < 1000
+    # One chunk's covariances plus the means and the scoring buffers stay far below 16 GB at 1,000 x 2,048.
+    assert (chunk + 1) * 2048**2 * 8 + 1000 * 2048 * 8 + 2 * 2**24 * 8 < 5e9
+    # CIFAR's networks (640 or 2,048 features, 10 or 100 classes) stay on the unchunked path.
+    assert default_class_chunk(640) >= 100 and default_class_chunk(2048) >= 100
+
+
+def test_class_chunk_must_be_positive():
+    features, labels, _, _ = _blobs(seed=26)
+    with pytest.raises(ValueError, match="class_chunk"):
+        fit_class_gaussians(features, labels, 3, class_chunk=0)
+
+
+def test_ddu_scorer_passes_class_chunk_through():
+    features, labels, _, _ = _blobs(seed=27)
+    scorer = DDUScorer.fit_features(features, labels, 3, class_chunk=1)
+    whole = DDUScorer.fit_features(features, labels, 3)
+    assert scorer.gaussians.class_chunk == 1
+    np.testing.assert_allclose(
+        scorer.predict_features(features)["log_density"].numpy(),
+        whole.predict_features(features)["log_density"].numpy(),
+        rtol=1e-9,
+    )
