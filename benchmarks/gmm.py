@@ -399,6 +399,15 @@ def main(args) -> list[dict]:
                     print(json.dumps(comparison), flush=True)
                     records.append(comparison)
     print("\n".join(summarise(records)))
+    for record in records:
+        if "extrapolated" in record:
+            here, there = record["predicted_here"], record["extrapolated"]
+            print(
+                f"{record['features']} x {record['classes']}: measured fit {record['fit_s']:.1f} s, score "
+                f"{record['score_s'] or 0:.1f} s (predicted {here['fit_s']:.1f} s, {here['score_s']:.1f} s); at "
+                f"{record['extrapolated_to']['train_samples']:,} / {record['extrapolated_to']['test_samples']:,} "
+                f"samples: fit {there['fit_s']:.0f} s, score {there['score_s']:.0f} s"
+            )
     if args.json:
         atomic_write_json(Path(args.json), records)
     return records
