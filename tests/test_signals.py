@@ -1,12 +1,16 @@
 """utils/errors.py at a script's edges: SIGHUP (a closed terminal or SSH session) stops a run as Ctrl-C does,
 with its state saved and one sentence, and the run continues with --resume; `nohup` keeps SIGHUP ignored.
+Output into a pipe whose reader has gone (`| head -1`) ends every script quietly with status 141.
 
 Waits below are upper bounds for a hung subprocess only; what the tests check never depends on timing.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -17,7 +21,7 @@ import pytest
 from helpers import REPO, train_args
 
 import train
-from utils.errors import INTERRUPTED_EXIT_CODE
+from utils.errors import BROKEN_PIPE_EXIT_CODE, INTERRUPTED_EXIT_CODE
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore::data.formats.ChecksumWarning"),
@@ -81,8 +85,9 @@ def test_sighup_to_train_py_saves_the_state_and_says_so_in_one_sentence(tmp_path
     """A real `python train.py` on the embedded digits, hung up after its first epochs, then resumed."""
     save = tmp_path / "run"
     log = save / "lenet_1_log.jsonl"
-    command = [sys.executable, "train.py", "--seed", "1", "--dataset", "digits", "--model", "lenet", "--no-gpu",
-               "-e", "100000", "-b", "16", "-tb", "128", "--steps-per-epoch", "2", "--save-path", str(save)]  # fmt: skip
+    command = [sys.executable, "train.py", "--seed", "1", "--dataset", "digits", "--model", "lenet",
+               "--no-gpu", "-e", "100000", "-b", "16", "-tb", "128", "--steps-per-epoch", "2",
+               "--save-path", str(save)]  # fmt: skip
     with open(tmp_path / "stdout", "w") as out, open(tmp_path / "stderr", "w+") as err:
         process = subprocess.Popen(command, cwd=REPO, stdout=out, stderr=err)
         try:
@@ -110,3 +115,100 @@ def test_sighup_to_train_py_saves_the_state_and_says_so_in_one_sentence(tmp_path
     train.main(train_args(save, "--resume", epochs=saved + 1))
     assert len(log.read_text().splitlines()) == saved + 1
     assert (save / f"lenet_1_{saved + 1}.model").is_file()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# A pipe whose reader has gone
+
+
+def run_into_closed_pipe(command: list[str]) -> subprocess.CompletedProcess:
+    """Run `command` with stdout a pipe whose reading end is already closed: its first write fails."""
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        return subprocess.run(
+            command, cwd=REPO, stdout=write, stderr=subprocess.PIPE, text=True, timeout=HANG_GUARD_S
+        )
+    finally:
+        os.close(write)
+
+
+def test_output_into_a_closed_pipe_ends_quietly_with_status_141():
+    script = (
+        "from utils.errors import exit_on_user_error\n"
+        "@exit_on_user_error\n"
+        "def main():\n"
+        "    for i in range(100000):\n"
+        "        print('line', i)\n"
+        "main()\n"
+    )
+    result = run_into_closed_pipe([sys.executable, "-c", script])
+    assert (result.returncode, result.stderr) == (BROKEN_PIPE_EXIT_CODE, "")
+
+
+def test_output_buffered_until_main_returns_also_ends_quietly():
+    script = (
+        "from utils.errors import exit_on_user_error\n"
+        "@exit_on_user_error\n"
+        "def main():\n"
+        "    print('one short line')\n"
+        "main()\n"
+    )
+    result = run_into_closed_pipe([sys.executable, "-c", script])
+    assert (result.returncode, result.stderr) == (BROKEN_PIPE_EXIT_CODE, "")
+
+
+def test_a_broken_pipe_that_is_not_stdout_keeps_its_traceback():
+    """Only a closed stdout or stderr is quiet: a pipe of the program's own is a bug to see."""
+    script = (
+        "import os\n"
+        "from utils.errors import exit_on_user_error\n"
+        "@exit_on_user_error\n"
+        "def main():\n"
+        "    read, write = os.pipe()\n"
+        "    os.close(read)\n"
+        "    os.write(write, b'x')\n"
+        "main()\n"
+    )
+    result = run_until_signalled(script)
+    assert result.returncode == 1 and "BrokenPipeError" in result.stderr
+
+
+def test_a_results_table_into_a_closed_pipe_ends_quietly(tmp_path):
+    result_file = tmp_path / "res.json"
+    values = {"accuracy": [0.9, 0.8], "ece": [0.01, 0.02], "m1_auroc": [0.9, 0.95], "m1_auprc": [0.8, 0.85]}
+    info = {
+        "model": "lenet",
+        "model_type": "gmm",
+        "dataset": "digits",
+        "ood_dataset": "digits_ood",
+        "seed": 1,
+        "runs": 2,
+    }
+    result_file.write_text(json.dumps({"values": values, "info": info}))
+    result = run_into_closed_pipe([sys.executable, "-m", "tools.results", "table", str(result_file)])
+    assert (result.returncode, result.stderr) == (BROKEN_PIPE_EXIT_CODE, "")
+
+
+@pytest.mark.slow
+def test_evaluate_piped_into_head_ends_quietly_after_writing_its_result(earlier_run, tmp_path):
+    """`evaluate.py ... | head -1`: the reader takes the first line and goes; the evaluation still finishes
+    and writes its result, and the next line it prints ends it quietly."""
+    (tmp_path / "Run1").mkdir()
+    shutil.copy(earlier_run / "lenet_1_1.model", tmp_path / "Run1")
+    command = [sys.executable, "evaluate.py", "--dataset", "digits", "--ood_dataset", "digits_ood",
+               "--load-path", str(tmp_path), "--output-dir", str(tmp_path / "out"), "--no-gpu",
+               "--epoch", "1", "--runs", "1", "--model", "lenet", "--model-type", "softmax", "-b", "256"]  # fmt: skip
+    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        first = process.stdout.readline()
+        process.stdout.close()  # as `head -1` does
+        stderr = process.stderr.read()
+        code = process.wait(timeout=HANG_GUARD_S)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert first.startswith("evaluate.py ")
+    assert code == BROKEN_PIPE_EXIT_CODE and "Traceback" not in stderr and "BrokenPipe" not in stderr, stderr
+    assert len(list((tmp_path / "out").glob("res_*.json"))) == 1

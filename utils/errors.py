@@ -13,7 +13,6 @@ start-up that fails for want of memory or a package is one sentence too. Program
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import errno
 import functools
@@ -97,8 +96,8 @@ def _is_closed(stream: TextIO) -> bool:
 
 
 def _quiet_on_closed_pipe() -> None:
-    """Exit with status 141 and no message if the error came from stdout or stderr writing into a pipe or terminal
-    whose reader is gone; return (so the caller re-raises) if it came from anything else."""
+    """Exit with status 141 and no message if the error came from stdout or stderr writing into a pipe or
+    terminal whose reader is gone; return (so the caller re-raises) if it came from anything else."""
     closed = [stream for stream in (sys.stdout, sys.stderr) if _is_closed(stream)]
     if not closed:
         return
@@ -208,8 +207,8 @@ def _start_up_failure(err: BaseException) -> str | None:
     if isinstance(err, ModuleNotFoundError) and module:
         package = _PIP_NAMES.get(module, module)
         return (
-            f"the package '{package}' is not installed (no module named '{err.name}'); install the requirements "
-            f"with: pip install -r requirements.txt (or: pip install {package})"
+            f"the package '{package}' is not installed (no module named '{err.name}'); install the "
+            f"requirements with: pip install -r requirements.txt (or: pip install {package})"
         )
     return (
         f"a library could not be loaded ({type(err).__name__}: {err}); install the pinned versions with: "
@@ -217,31 +216,15 @@ def _start_up_failure(err: BaseException) -> str | None:
     )
 
 
-def _flush_at_exit() -> None:
-    """At exit (a script run as a program): what is still buffered for stdout (argparse's --help, for one)
-    is flushed now, and a pipe that closed meanwhile ends the program quietly with status 141."""
-    try:
-        sys.stdout.flush()
-    except (OSError, ValueError):
-        if not _is_closed(sys.stdout):
-            return
-        _to_devnull(sys.stdout)
-        with contextlib.suppress(OSError, ValueError):
-            sys.stderr.flush()
-        os._exit(BROKEN_PIPE_EXIT_CODE)  # the only way to set the status this late
-
-
 @contextlib.contextmanager
 def starting_up(module_name: str):
     """Wrap a script's imports: `with starting_up(__name__): import torch ...`. Run as a program
-    (`module_name == "__main__"`), Ctrl-C (or SIGTERM, SIGHUP) while PyTorch loads, too little memory to load it (a tight
-    `ulimit -v`) and a missing package each end in one sentence and a non-zero exit status, and output into
-    a pipe that closes early ends quietly (see `exit_on_user_error`). Imported (by tests, by another
-    script), the block changes nothing."""
+    (`module_name == "__main__"`), Ctrl-C (or SIGTERM, SIGHUP) while PyTorch loads, too little memory to load
+    it (a tight `ulimit -v`) and a missing package each end in one sentence and a non-zero exit status.
+    Imported (by tests, by another script), the block changes nothing."""
     if module_name != "__main__":
         yield
         return
-    atexit.register(_flush_at_exit)
     _stopped_by.clear()
     try:
         with stop_signals_as_ctrl_c():
