@@ -36,21 +36,23 @@ import argparse
 import logging
 from pathlib import Path
 
-import data
-import engine.ensemble
-import engine.tensorboard
-import net
-from engine import al_run
-from engine.al_run import TRAINED_MODEL_FLAGS, pool_dataset
-from engine.models import (
-    add_arch_flags,
-    arch_values,
-    check_network_flags,
-    model_parser,
-)
-from utils.errors import Interrupted, UserError, exit_on_user_error
-from utils.io import check_writable_dir, exclusive_lock, lock_path
-from utils.validation import check_count, check_file, check_number, check_seed, flag_names
+from utils.errors import Interrupted, UserError, exit_on_user_error, starting_up
+
+with starting_up(__name__):  # PyTorch takes seconds and much memory to load: a failure is one sentence
+    import data
+    import engine.ensemble
+    import engine.tensorboard
+    import net
+    from engine import al_run
+    from engine.al_run import TRAINED_MODEL_FLAGS, pool_dataset
+    from engine.models import (
+        add_arch_flags,
+        arch_values,
+        check_network_flags,
+        model_parser,
+    )
+    from utils.io import check_writable_dir, exclusive_lock, lock_path
+    from utils.validation import check_count, check_file, check_number, check_seed, flag_names
 
 log = logging.getLogger("active_learning")
 

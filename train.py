@@ -32,11 +32,12 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 from pathlib import Path
 from typing import Any
 
-try:  # torch takes seconds to import: Ctrl-C meanwhile ends in one sentence too
+from utils.errors import starting_up
+
+with starting_up(__name__):  # torch takes seconds and much memory to load: a failure is one sentence
     import torch
 
     import data
@@ -49,11 +50,6 @@ try:  # torch takes seconds to import: Ctrl-C meanwhile ends in one sentence too
     from utils.io import check_writable_dir, git_revision
     from utils.seed import deterministic_kernels
     from utils.validation import check_count, check_milestones, check_number, check_seed, flag_names
-except KeyboardInterrupt:
-    if __name__ != "__main__":
-        raise
-    print("error: interrupted (Ctrl-C) while starting up; nothing was written", file=sys.stderr, flush=True)
-    raise SystemExit(130) from None
 
 log = logging.getLogger("train")
 

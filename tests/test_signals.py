@@ -1,6 +1,7 @@
 """utils/errors.py at a script's edges: SIGHUP (a closed terminal or SSH session) stops a run as Ctrl-C does,
 with its state saved and one sentence, and the run continues with --resume; `nohup` keeps SIGHUP ignored.
-Output into a pipe whose reader has gone (`| head -1`) ends every script quietly with status 141.
+Output into a pipe whose reader has gone (`| head -1`) ends every script quietly with status 141. A start-up
+that cannot load PyTorch (a tight `ulimit -v`) or a package is one sentence.
 
 Waits below are upper bounds for a hung subprocess only; what the tests check never depends on timing.
 """
@@ -21,7 +22,7 @@ import pytest
 from helpers import REPO, train_args
 
 import train
-from utils.errors import BROKEN_PIPE_EXIT_CODE, INTERRUPTED_EXIT_CODE
+from utils.errors import BROKEN_PIPE_EXIT_CODE, INTERRUPTED_EXIT_CODE, USER_ERROR_EXIT_CODE, starting_up
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore::data.formats.ChecksumWarning"),
@@ -198,7 +199,8 @@ def test_evaluate_piped_into_head_ends_quietly_after_writing_its_result(earlier_
     shutil.copy(earlier_run / "lenet_1_1.model", tmp_path / "Run1")
     command = [sys.executable, "evaluate.py", "--dataset", "digits", "--ood_dataset", "digits_ood",
                "--load-path", str(tmp_path), "--output-dir", str(tmp_path / "out"), "--no-gpu",
-               "--epoch", "1", "--runs", "1", "--model", "lenet", "--model-type", "softmax", "-b", "256"]  # fmt: skip
+               "--epoch", "1", "--runs", "1", "--model", "lenet", "--model-type", "softmax",
+               "-b", "256"]  # fmt: skip
     process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         first = process.stdout.readline()
@@ -212,3 +214,101 @@ def test_evaluate_piped_into_head_ends_quietly_after_writing_its_result(earlier_
     assert first.startswith("evaluate.py ")
     assert code == BROKEN_PIPE_EXIT_CODE and "Traceback" not in stderr and "BrokenPipe" not in stderr, stderr
     assert len(list((tmp_path / "out").glob("res_*.json"))) == 1
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Start-up: too little memory for PyTorch, a package missing
+
+SCRIPTS = [["train.py"], ["evaluate.py"], ["active_learning.py"], ["-m", "tools.results"],
+           ["-m", "tools.plots"],
+           ["-m", "tools.demo"]]  # fmt: skip
+
+
+def under_ulimit(kilobytes: int, *command: str) -> subprocess.CompletedProcess:
+    """`command` run by Python in a shell whose address space is limited to `kilobytes` (`ulimit -v`)."""
+    line = " ".join(["ulimit -v", str(kilobytes), "&& exec", sys.executable, *command])
+    return subprocess.run(
+        ["bash", "-c", line], cwd=REPO, capture_output=True, text=True, timeout=HANG_GUARD_S
+    )
+
+
+@pytest.fixture(scope="module")
+def tight_limit() -> int:
+    """An address-space limit (kB) that Python and utils.errors start under and PyTorch cannot load in (it
+    maps several hundred MB of libraries): Python's own peak plus 150 MB."""
+    if shutil.which("bash") is None or not Path("/proc/self/status").is_file():
+        pytest.skip("needs bash and /proc to limit and measure the address space")
+    probe = "import utils.errors; print(open('/proc/self/status').read())"
+    status = subprocess.run(
+        [sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, check=True
+    )
+    peak = int(re.search(r"VmPeak:\s*(\d+) kB", status.stdout).group(1))
+    limit = peak + 150_000
+    if under_ulimit(limit, "-c", "import torch").returncode == 0:
+        pytest.skip("this platform ignores ulimit -v (PyTorch loaded under it)")
+    return limit
+
+
+@pytest.mark.parametrize("command", SCRIPTS, ids=lambda command: command[-1])
+def test_too_little_memory_for_pytorch_is_one_sentence(tight_limit, command):
+    result = under_ulimit(tight_limit, *command, "--help")
+    assert result.returncode == USER_ERROR_EXIT_CODE, result.stderr
+    assert "Traceback" not in result.stderr and result.stderr.count("\n") == 1, result.stderr
+    assert (
+        result.stderr.startswith("error: not enough memory to load PyTorch") and "ulimit -v" in result.stderr
+    )
+
+
+def test_a_missing_package_names_it_and_the_install_command():
+    script = (
+        "import runpy, sys\n"
+        "sys.modules['tqdm'] = None  # as if tqdm were not installed\n"
+        "sys.argv = ['train.py', '--help']\n"
+        "runpy.run_path('train.py', run_name='__main__')\n"
+    )
+    result = run_until_signalled(script)
+    assert result.returncode == USER_ERROR_EXIT_CODE and result.stderr.count("\n") == 1, result.stderr
+    assert "'tqdm' is not installed" in result.stderr and "pip install -r requirements.txt" in result.stderr
+
+
+def start_up_failure(capsys, exception: BaseException) -> tuple[int, str]:
+    with pytest.raises(SystemExit) as info, starting_up("__main__"):
+        raise exception
+    return info.value.code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "exception",
+    [
+        MemoryError(),
+        ImportError("libtorch_cpu.so: failed to map segment from shared object"),
+        OSError(12, "Cannot allocate memory"),
+    ],  # fmt: skip
+    ids=["MemoryError", "ImportError", "OSError"],
+)
+def test_each_form_of_too_little_memory_is_named(capsys, exception):
+    code, err = start_up_failure(capsys, exception)
+    assert code == USER_ERROR_EXIT_CODE and err.startswith("error: not enough memory to load PyTorch")
+
+
+def test_a_package_is_named_by_its_pip_name(capsys):
+    code, err = start_up_failure(capsys, ModuleNotFoundError("No module named 'sklearn'", name="sklearn"))
+    assert "'scikit-learn' is not installed" in err and "pip install scikit-learn" in err
+
+
+def test_a_broken_import_of_the_project_keeps_its_traceback():
+    with pytest.raises(ModuleNotFoundError), starting_up("__main__"):
+        raise ModuleNotFoundError("No module named 'engine.nowhere'", name="engine.nowhere")
+
+
+def test_imported_as_a_module_the_guard_changes_nothing():
+    with pytest.raises(MemoryError), starting_up("train"):
+        raise MemoryError
+
+
+def test_ctrl_c_while_starting_up_is_one_sentence(capsys):
+    code, err = start_up_failure(capsys, KeyboardInterrupt())
+    assert (
+        code == INTERRUPTED_EXIT_CODE
+        and err == "error: interrupted (Ctrl-C) while starting up; nothing was written\n"
+    )

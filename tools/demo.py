@@ -20,11 +20,14 @@ import argparse
 import time
 from pathlib import Path
 
-import evaluate
-import train
-from engine.evaluation import DIRTY_SCORE_NAMES, dirty_aurocs, dirty_scores
-from engine.models import load_network
-from tools.plots import plot_fig1
+from utils.errors import exit_on_user_error, starting_up
+
+with starting_up(__name__):  # PyTorch takes seconds and much memory to load: a failure is one sentence
+    import evaluate
+    import train
+    from engine.evaluation import DIRTY_SCORE_NAMES, dirty_aurocs, dirty_scores
+    from engine.models import load_network
+    from tools.plots import plot_fig1
 
 DATASET, OOD = "digits", "digits_ood"
 
@@ -43,6 +46,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@exit_on_user_error
 def main(args: argparse.Namespace) -> dict:
     import matplotlib
 

@@ -26,24 +26,26 @@ import argparse
 import json
 from pathlib import Path
 
-import matplotlib
-import matplotlib.pyplot as plt
-import numpy as np
-import torch
+from utils.errors import UserError, exit_on_user_error, starting_up
 
-import data
-from engine.evaluation import dirty_scores
-from engine.models import (
-    ARCH_FLAGS,
-    MODEL_FLAGS,
-    RunFailedError,
-    check_network_flags,
-    load_network,
-)
-from engine.results import curve_standard_errors
-from utils.device import select_device
-from utils.errors import UserError, exit_on_user_error
-from utils.validation import check_count, check_number
+with starting_up(__name__):  # PyTorch takes seconds and much memory to load: a failure is one sentence
+    import matplotlib
+    import matplotlib.pyplot as plt
+    import numpy as np
+    import torch
+
+    import data
+    from engine.evaluation import dirty_scores
+    from engine.models import (
+        ARCH_FLAGS,
+        MODEL_FLAGS,
+        RunFailedError,
+        check_network_flags,
+        load_network,
+    )
+    from engine.results import curve_standard_errors
+    from utils.device import select_device
+    from utils.validation import check_count, check_number
 
 GROUP_COLOURS = {"clean": "tab:blue", "ambiguous": "tab:orange", "ood": "tab:green"}
 # How the figures name data sets: the dirty sets' (clean, ambiguous) parts, and every set used as OoD.

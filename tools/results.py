@@ -9,9 +9,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from engine.results import FORMATS, format_table, read_results, table_rows
-from utils.errors import UserError, exit_on_user_error
-from utils.io import atomic_write_bytes
+from utils.errors import UserError, exit_on_user_error, starting_up
+
+with starting_up(__name__):  # PyTorch takes seconds and much memory to load: a failure is one sentence
+    from engine.results import FORMATS, format_table, read_results, table_rows
+    from utils.io import atomic_write_bytes
 
 
 def get_args_parser() -> argparse.ArgumentParser:

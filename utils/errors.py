@@ -195,9 +195,10 @@ def _start_up_failure(err: BaseException) -> str | None:
     if isinstance(err, KeyboardInterrupt):
         return _interrupted_message("interrupted (Ctrl-C) while starting up; nothing was written")
     if _is_memory_failure(err):
+        cause = f"{type(err).__name__}: {err}" if str(err) else type(err).__name__
         return (
-            f"not enough memory to load PyTorch and the libraries this script needs ({type(err).__name__}: "
-            f"{err}); raise the memory limit (ulimit -v, or the job's memory request) or free memory"
+            f"not enough memory to load PyTorch and the libraries this script needs ({cause}); raise the "
+            "memory limit (ulimit -v, or the job's memory request) or free memory"
         )
     if not isinstance(err, ImportError):
         return None
