@@ -265,6 +265,17 @@ class BadImageError(Exception):
         self.path, self.reason = path, reason
 
 
+def _reason(err: BaseException) -> str:
+    """Why Pillow could not read a file, as the end of a sentence that starts with the file's name."""
+    if isinstance(err, UnidentifiedImageError):
+        return "is not an image Pillow can read"
+    if isinstance(err, PermissionError):
+        return "cannot be read (permission denied)"
+    if isinstance(err, FileNotFoundError):
+        return "disappeared or is a dangling link"
+    return f"cannot be decoded ({type(err).__name__}: {err}); it is truncated or damaged"
+
+
 def open_image(path: str) -> Image.Image:
     """The decoded image at `path` (pixels loaded, file closed); `BadImageError` says why not."""
     try:
@@ -273,14 +284,8 @@ def open_image(path: str) -> Image.Image:
             with Image.open(path) as img:
                 img.load()
                 return img
-    except UnidentifiedImageError:
-        raise BadImageError(path, "is not an image Pillow can read") from None
-    except PermissionError:
-        raise BadImageError(path, "cannot be read (permission denied)") from None
-    except FileNotFoundError:
-        raise BadImageError(path, "disappeared or is a dangling link") from None
-    except Exception as err:  # noqa: BLE001  (truncated files: OSError, SyntaxError, ValueError, ...)
-        raise BadImageError(path, f"cannot be decoded ({err}); it is truncated or damaged") from None
+    except Exception as err:  # noqa: BLE001  (truncated files raise OSError, SyntaxError, ValueError, ...)
+        raise BadImageError(path, _reason(err)) from None
 
 
 def _is_grey(mode: str) -> bool:
@@ -294,10 +299,8 @@ def probe_image(path: str) -> tuple[bool, int, int] | str:
             warnings.simplefilter("ignore")
             with Image.open(path) as img:
                 return _is_grey(img.mode), img.width, img.height
-    except UnidentifiedImageError:
-        return "is not an image Pillow can read"
     except Exception as err:  # noqa: BLE001
-        return f"cannot be opened ({type(err).__name__}: {err})"
+        return _reason(err)
 
 
 def convert_channels(img: Image.Image, channels: int) -> Image.Image:
