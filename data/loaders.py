@@ -36,7 +36,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision.transforms import functional as TF
 
-from data import folders
+from data import folders, imagenet
 from data.registry import canonical_name, folder_options, folder_set, get_info
 from data.sources import load_split
 from data.transforms import crop_flip, normalize, to_shape
@@ -292,7 +292,7 @@ class TorchvisionLoader(_EpochCounter):
             yield x.to(self.device, non_blocking=non_blocking), y.to(self.device, non_blocking=non_blocking)
 
 
-Loader = TensorLoader | TorchvisionLoader | folders.FolderLoader
+Loader = TensorLoader | TorchvisionLoader | folders.FolderLoader | imagenet.ImageNetLoader
 
 
 def _read_split(name: str, root, split: str) -> tuple[torch.Tensor | folders.FolderDataset, torch.Tensor]:
@@ -368,6 +368,29 @@ def get_train_valid_loader(
         raise UserError(
             f"{info.name} has only a test split (an out-of-distribution set); train on another set"
         )
+    if info.name == "imagenet":  # from disk through workers, with its own crops (data/imagenet.py)
+        files = imagenet.scan_imagenet(root, "train")
+        train_idx, valid_idx = split_indices(len(files), val_size, val_seed)
+        plans = (
+            Schedule(len(train_idx), shuffle, False, False, seed, rank, world_size),
+            Schedule(len(valid_idx), False, False, False, seed),
+        )
+        return tuple(
+            imagenet.make_loader(
+                files,
+                idx,
+                plan,
+                size,
+                info.shape[-1],
+                device,
+                train=augment and idx is train_idx,
+                num_workers=num_workers,
+                seed=seed,
+            )
+            for idx, plan, size in zip(
+                (train_idx, valid_idx), plans, (batch_size, test_batch_size or batch_size)
+            )
+        )
     images, labels = _read_split(info.name, root, "train")
     if kind == "gpu" and isinstance(images, torch.Tensor):
         images, labels = images.to(device), labels.to(device)
@@ -401,6 +424,30 @@ def get_test_loader(
     Fashion-MNIST `like="cifar10"` becomes `(3, 32, 32)`; CIFAR-10 `like="mnist"` becomes `(1, 28, 28)`.
     """
     kind, device = _check_args(loader, batch_size, device)
+    if not folders.is_folder_name(name) and canonical_name(name) in ("imagenet", "imagenet_o"):
+        target = get_info(like if like is not None else name)
+        if target.shape[0] != 3:
+            raise UserError(
+                f"{name} has colour images; a network of {target.shape[0]}-channel inputs cannot score them"
+            )
+        files = (
+            imagenet.scan_imagenet(root, "val")
+            if canonical_name(name) == "imagenet"
+            else imagenet.scan_imagenet_o(root)
+        )
+        plan = Schedule(len(files), False, False, False)
+        return imagenet.make_loader(
+            files,
+            None,
+            plan,
+            batch_size,
+            target.shape[-1],
+            device,
+            train=False,
+            mean=target.mean,
+            std=target.std,
+            num_workers=num_workers,
+        )
     if folders.is_folder_name(name) and like is not None and canonical_name(like) != canonical_name(name):
         # An out-of-distribution folder: every image below it, decoded straight to the shape of `like`.
         target = get_info(like)

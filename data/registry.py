@@ -26,11 +26,13 @@ channels, image size, mean and std of its training split; `data.folders.describe
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from data import folders
+from data.imagenet import IMAGENET_MEAN, IMAGENET_STD
 from utils.errors import UserError
 
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
@@ -84,6 +86,11 @@ _REGISTRY: dict[str, DatasetInfo] = {
         _mnist_like("digits_clean"),
         _mnist_like("digits_ambiguous"),
         _mnist_like("digits_ood", has_train=False),
+        # ILSVRC-2012 and ImageNet-O from their folders (data/imagenet.py); the side follows --image-size.
+        DatasetInfo(
+            "imagenet", 1000, (3, 224, 224), IMAGENET_MEAN, IMAGENET_STD, "random_resized_crop", True
+        ),
+        DatasetInfo("imagenet_o", 200, (3, 224, 224), IMAGENET_MEAN, IMAGENET_STD, "none", False),
     )
 }
 
@@ -209,7 +216,11 @@ def get_info(name: str) -> DatasetInfo:
     folder's training split (which must exist: an out-of-distribution-only folder has no entry)."""
     if is_folder(name):
         return _folder_info(name)
-    return _REGISTRY[canonical_name(name)]
+    info = _REGISTRY[canonical_name(name)]
+    if info.name in ("imagenet", "imagenet_o") and _folder_options.image_size is not None:
+        side = _folder_options.image_size
+        return dataclasses.replace(info, shape=(3, side, side))  # --image-size: smaller crops for tests
+    return info
 
 
 def dirty_parts(name: str) -> tuple[str, str] | None:
