@@ -40,6 +40,7 @@ from engine.training import EpochStats, NonFiniteLossError
 from utils import distributed
 from utils.errors import Interrupted, UserError
 from utils.io import BackgroundWriter, atomic_torch_save, atomic_write_bytes, atomic_write_json, cpu_snapshot
+from utils.validation import dangling_link, missing_reason
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +111,12 @@ def locate_checkpoint(
         if path.is_dir():
             raise UserError(
                 f"expected the checkpoint file '{path}', but that is a folder; move it away or check --load-path"
+            )
+    for path in candidates:
+        if dangling_link(path) is not None:
+            raise UserError(
+                f"expected the checkpoint '{path}', but it {missing_reason(path)}; restore the link's target "
+                "or check --load-path"
             )
     if not folder.is_dir():
         raise UserError(

@@ -1,7 +1,7 @@
 """utils/errors.py at a script's edges: SIGHUP (a closed terminal or SSH session) stops a run as Ctrl-C does,
 with its state saved and one sentence, and the run continues with --resume; `nohup` keeps SIGHUP ignored.
 Output into a pipe whose reader has gone (`| head -1`) ends every script quietly with status 141. A start-up
-that cannot load PyTorch (a tight `ulimit -v`) or a package is one sentence.
+that cannot load PyTorch (a tight `ulimit -v`) or a package is one sentence. A dangling link is called one.
 
 Waits below are upper bounds for a hung subprocess only; what the tests check never depends on timing.
 """
@@ -19,10 +19,17 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import REPO, train_args
+from helpers import REPO, eval_args, fails, train_args
 
+import evaluate
 import train
-from utils.errors import BROKEN_PIPE_EXIT_CODE, INTERRUPTED_EXIT_CODE, USER_ERROR_EXIT_CODE, starting_up
+from utils.errors import (
+    BROKEN_PIPE_EXIT_CODE,
+    INTERRUPTED_EXIT_CODE,
+    USER_ERROR_EXIT_CODE,
+    UserError,
+    starting_up,
+)
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore::data.formats.ChecksumWarning"),
@@ -312,3 +319,36 @@ def test_ctrl_c_while_starting_up_is_one_sentence(capsys):
         code == INTERRUPTED_EXIT_CODE
         and err == "error: interrupted (Ctrl-C) while starting up; nothing was written\n"
     )
+
+
+# ----------------------------------------------------------------------------------------------------------
+# A link to a file that is gone
+
+
+def test_a_dangling_checkpoint_link_is_called_a_link_to_a_missing_target(tmp_path, capsys):
+    (tmp_path / "Run1").mkdir()
+    (tmp_path / "Run1" / "lenet_1_1.model").symlink_to(tmp_path / "moved" / "lenet_1_1.model")
+    err = fails(capsys, evaluate.main, eval_args(tmp_path, tmp_path / "out"))
+    assert f"is a link to '{tmp_path / 'moved' / 'lenet_1_1.model'}', which does not exist" in err
+    assert "that folder has" not in err
+
+
+def test_a_dangling_link_above_the_file_is_named(tmp_path):
+    from utils.validation import check_file
+
+    (tmp_path / "runs").symlink_to(tmp_path / "unmounted")
+    with pytest.raises(UserError) as info:
+        check_file(tmp_path / "runs" / "Run1" / "lenet_1_1.model", "--load-path", "a checkpoint")
+    assert f"'{tmp_path / 'runs'}' is a link to '{tmp_path / 'unmounted'}', which does not exist" in str(
+        info.value
+    )
+
+
+def test_a_path_that_is_simply_missing_still_does_not_exist(tmp_path):
+    from utils.validation import check_dir, check_file
+
+    with pytest.raises(UserError, match="does not exist; it should be") as info:
+        check_file(tmp_path / "none.model", "--load-path", "a checkpoint")
+    assert "link" not in str(info.value)
+    with pytest.raises(UserError, match="does not exist; it should be"):
+        check_dir(tmp_path / "none", "--load-path", "checkpoints")

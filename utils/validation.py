@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 from pathlib import Path
 
 from utils.errors import UserError
@@ -86,7 +87,7 @@ def check_file(path: str | Path, flag: str, expected: str) -> Path:
     """`path` names an existing file; `expected` says what it should hold."""
     path = Path(path)
     if not path.is_file():
-        what = "is a folder" if path.is_dir() else "does not exist"
+        what = "is a folder" if path.is_dir() else missing_reason(path)
         raise UserError(f"{flag} '{path}' {what}; it should be {expected}")
     return path
 
@@ -95,9 +96,30 @@ def check_dir(path: str | Path, flag: str, expected: str) -> Path:
     """`path` names an existing folder; `expected` says what it should hold."""
     path = Path(path)
     if not path.is_dir():
-        what = "is a file" if path.is_file() else "does not exist"
+        what = "is a file" if path.is_file() else missing_reason(path)
         raise UserError(f"{flag} '{path}' {what}; it should be a folder holding {expected}")
     return path
+
+
+def dangling_link(path: str | Path) -> Path | None:
+    """The symbolic link along `path` (the path itself or a folder above it) whose target does not exist,
+    or None. Such a path "does not exist", but the link does, and a listing of its folder shows its name."""
+    path = Path(path)
+    for candidate in (*reversed(path.parents), path):
+        if candidate.is_symlink() and not candidate.exists():
+            return candidate
+    return None
+
+
+def missing_reason(path: str | Path) -> str:
+    """Why a path that is neither a file nor a folder is missing, to follow its name in a message: "does not
+    exist", or, for a dangling link (`dangling_link`), that it is a link and where the link points."""
+    path = Path(path)
+    link = dangling_link(path)
+    if link is None:
+        return "does not exist"
+    target = f"a link to '{os.readlink(link)}', which does not exist"
+    return f"is {target}" if link == path else f"does not exist: '{link}' is {target}"
 
 
 def flag_names(parser: argparse.ArgumentParser) -> dict[str, str]:
