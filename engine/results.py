@@ -286,6 +286,64 @@ def curve_standard_errors(values: np.ndarray) -> np.ndarray:
     return np.array([standard_error(column.tolist()) or 0.0 for column in values.T])
 
 
+# Per-run values that are fractions in [0, 1] (the table prints them in percent): accuracy, ECE, AUROC,
+# AUPRC and FPR at 95% TPR, under any prefix (`t_`, `m1_`, `msp_`, ...).
+FRACTION_SUFFIXES = ("accuracy", "ece", "auroc", "auprc", "fpr95")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def check_result(source: str | Path, result: dict[str, Any]) -> None:
+    """A `UserError` naming the file and key where a result file (perhaps edited by hand) does not hold what
+    evaluate.py writes: `values` maps each metric to a list with one number (or null, a failed run) per run,
+    every list as long as the runs the file records (`info.runs`; `runs_done` for a `.partial` side file),
+    fractions (accuracy, ECE, AUROC, AUPRC, FPR95) within [0, 1], and `info` the settings as a mapping."""
+    fix = "restore it from evaluate.py's output or rerun evaluate.py"
+    info, values = result.get("info"), result.get("values")
+    if not isinstance(info, dict):
+        raise UserError(f"'{source}': 'info' is a {type(info).__name__}, not the mapping of settings; {fix}")
+    if not isinstance(values, dict):
+        raise UserError(f"'{source}': 'values' is a {type(values).__name__}, not a mapping of metrics; {fix}")
+    for key in ("model_type", "model", "dataset", "ood_dataset"):
+        if key in info and not isinstance(info[key], str):
+            raise UserError(f"'{source}': info.{key} is {info[key]!r}, not a name; {fix}")
+    # A `.partial` side file holds the runs done so far (`runs_done`) of the `info.runs` asked for.
+    partial = is_partial(str(source))
+    where, runs = ("runs_done", result.get("runs_done")) if partial else ("info.runs", info.get("runs"))
+    if runs is not None and not (_is_number(runs) and runs == int(runs) and runs >= 1):
+        raise UserError(f"'{source}': {where} is {runs!r}, not a number of runs; {fix}")
+    for key, per_run in values.items():
+        if not isinstance(per_run, list):
+            raise UserError(
+                f"'{source}': values.{key} is a {type(per_run).__name__} ({per_run!r:.40}), not a list with "
+                f"one value per run; {fix}"
+            )
+        if runs is not None and len(per_run) != runs:
+            raise UserError(
+                f"'{source}': values.{key} holds {len(per_run)} values, but the file records {int(runs)} "
+                f"run{'s' if runs != 1 else ''} ({where}); {fix}"
+            )
+        fraction = key.endswith(FRACTION_SUFFIXES)
+        for i, value in enumerate(per_run):
+            if value is None:
+                continue
+            if not _is_number(value) or not math.isfinite(value):
+                raise UserError(f"'{source}': values.{key}[{i}] is {value!r}, not a finite number; {fix}")
+            if fraction and not 0 <= value <= 1:
+                raise UserError(
+                    f"'{source}': values.{key}[{i}] is {value!r}, outside [0, 1] (the files hold fractions, "
+                    f"the table prints percent); {fix}"
+                )
+    lengths = {len(per_run) for per_run in values.values()}
+    if len(lengths) > 1:
+        raise UserError(
+            f"'{source}': the lists in 'values' have different lengths "
+            f"({', '.join(map(str, sorted(lengths)))}), but each holds one value per run; {fix}"
+        )
+
+
 def read_results(paths: Sequence[str | Path]) -> list[tuple[str, dict[str, Any]]]:
     """`(path, JSON)` of each result file; a missing or foreign file is a `UserError` naming it."""
     results = []
@@ -303,6 +361,7 @@ def read_results(paths: Sequence[str | Path]) -> list[tuple[str, dict[str, Any]]
             raise UserError(
                 f"'{path}' is not a result file of evaluate.py (no 'values' and 'info'); pass res_*.json"
             )
+        check_result(path, result)
         results.append((str(path), result))
     return _without_duplicates(results)
 
