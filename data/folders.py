@@ -51,6 +51,7 @@ import logging
 import math
 import multiprocessing
 import os
+import signal
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -372,6 +373,15 @@ def default_workers() -> int:
     return max(1, min(8, cpus))
 
 
+def quiet_worker(*_: object) -> None:
+    """Start of a decoding process: the main process alone answers Ctrl-C (it then stops the workers), and
+    a stop signal ends a worker at once instead of running the scripts' inherited stop handlers."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for name in ("SIGTERM", "SIGHUP"):
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), signal.SIG_DFL)
+
+
 def _pool_map(fn: Callable, tasks: Sequence, workers: int | None, desc: str) -> Iterator:
     """`map(fn, tasks)` in order, in a process pool (or here for few tasks), with a progress bar."""
     workers = default_workers() if workers is None else workers
@@ -383,10 +393,12 @@ def _pool_map(fn: Callable, tasks: Sequence, workers: int | None, desc: str) -> 
                 bar.update()
             return
         chunk = max(1, min(256, len(tasks) // (workers * 8)))
-        with multiprocessing.get_context().Pool(workers) as pool:
+        with multiprocessing.get_context().Pool(workers, initializer=quiet_worker) as pool:
             for out in pool.imap(fn, tasks, chunksize=chunk):
                 yield out
                 bar.update()
+            pool.close()
+            pool.join()
     finally:
         bar.close()
 
@@ -961,7 +973,11 @@ class FolderLoader:
         batches = [order[s : s + self.batch_size].tolist() for s in range(0, len(order), self.batch_size)]
         cuda = self.device.type == "cuda"
         loader = DataLoader(
-            self.dataset, batch_sampler=batches, num_workers=self.num_workers, pin_memory=cuda
+            self.dataset,
+            batch_sampler=batches,
+            num_workers=self.num_workers,
+            pin_memory=cuda,
+            worker_init_fn=quiet_worker,
         )
         pad = self.schedule.pad
         for number, (x, y, errors) in enumerate(loader):
