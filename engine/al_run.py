@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 from pathlib import Path
 
 import torch
@@ -124,6 +125,7 @@ def _load_state(
             source=f"'{state_path}'",
             output_flag="--output-dir",
         )
+        check_state_records(state, state_path)
         return state
     existing = [out_dir / name for name in names.values() if (out_dir / name).is_file()]
     if existing and args.resume:
@@ -140,6 +142,49 @@ def _load_state(
     if existing:
         log.warning("--overwrite: replacing %s", ", ".join(str(p) for p in existing))
     return {"args": experiment, "runs": {}}
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def check_state_records(state: dict, source: Path, pool_size: int | None = None) -> None:
+    """A `UserError` naming the file and key where a saved state (perhaps edited by hand) holds what no run
+    writes. Each record of `runs` (keyed by run number) has `labelled`: distinct whole-number pool indices,
+    within `[0, pool_size)` once the pool's size is known; `test_accs`: percentages; `ambiguous_fraction`:
+    fractions; `entropies`: one list of non-negative numbers per step; `done`: true or false."""
+    fix = "restore the file, or move it away to start afresh"
+
+    def refuse(key: str, problem: str) -> None:
+        raise UserError(f"'{source}': {key} {problem}; {fix}")
+
+    for run, record in state["runs"].items():
+        where = f"runs.{run}"
+        if not run.isdigit():
+            refuse(where, "is not a run number (the runs are keyed 0, 1, ...)")
+        if not isinstance(record, dict):
+            refuse(where, f"is a {type(record).__name__}, not a run's record")
+        for key, kind in (("labelled", list), ("test_accs", list), ("ambiguous_fraction", list),
+                          ("entropies", list), ("done", bool)):  # fmt: skip
+            if not isinstance(record.get(key), kind):
+                refuse(f"{where}.{key}", f"is {record.get(key)!r:.40}, not a {kind.__name__}")
+        seen: dict[int, int] = {}
+        for i, index in enumerate(record["labelled"]):
+            if not isinstance(index, int) or isinstance(index, bool):
+                refuse(f"{where}.labelled[{i}]", f"is {index!r:.40}, not a whole-number index into the pool")
+            if index < 0 or (pool_size is not None and index >= pool_size):
+                bounds = f"0 to {pool_size - 1}" if pool_size is not None else "0 or more"
+                refuse(f"{where}.labelled[{i}]", f"is {index}, outside the pool (indices {bounds})")
+            if index in seen:
+                refuse(f"{where}.labelled[{i}]", f"is {index}, already labelled at position {seen[index]}")
+            seen[index] = i
+        for key, top in (("test_accs", 100), ("ambiguous_fraction", 1)):
+            for i, value in enumerate(record[key]):
+                if not _is_number(value) or not 0 <= value <= top:
+                    refuse(f"{where}.{key}[{i}]", f"is {value!r:.40}, not a number from 0 to {top}")
+        for i, step in enumerate(record["entropies"]):
+            if not isinstance(step, list) or not all(_is_number(e) and e >= 0 for e in step):
+                refuse(f"{where}.entropies[{i}]", "is not a list of non-negative numbers")
 
 
 def _initial_labelled(args: argparse.Namespace, pool, num_classes: int) -> list[int]:
@@ -333,6 +378,7 @@ def run_experiment(args: argparse.Namespace, flags: dict[str, str]) -> dict:
             f"the pool has {len(pool)} samples (after the 10% validation hold-out), fewer than "
             f"--max-training-samples {args.max_training_samples}; lower it or raise --max-pool"
         )
+    check_state_records(state, out_dir / names["state"], pool_size=len(pool))
     initial = _initial_labelled(args, pool, num_classes)
 
     total_bar = progress_bar(total=args.runs * num_steps, desc="active learning", unit="step")
