@@ -10,6 +10,12 @@ ensembles `--ensemble` models with seeds `seed + (i-1)*E ... seed + i*E - 1`. Ex
     python evaluate.py --seed 1 --dataset dirty_mnist --ood_dataset fashion_mnist --load-path runs/ \
         --model resnet18 --runs 1 -sn -mod --model-type gmm
 
+Several OoD sets in one command (`--ood_dataset svhn,tiny_imagenet,folder:PATH`): the in-distribution outputs,
+the GMM fit and the temperatures are computed once per run and each OoD set's forward pass once; each set gets
+its own result file, exactly as a single-OoD command would write it, and one table (AUROC per method and OoD
+set, with `--ood-groups near=...,... far=...` group means) is printed. A `folder:PATH` set's file name part is
+`folder-NAME`, NAME the folder's own name (characters other than letters, digits, `.`, `_`, `-` as `_`).
+
 Writes `res_{name}_{model-type}_{dataset}_{ood}.json` into --output-dir with `mean`, `std` (standard error;
 null with one run, where the original writes NaN), `values` and `info` as the original, plus extra metrics
 (NLL, FPR95, temperatures, GMM jitters, MSP and Mahalanobis detectors, failed runs). A run whose GMM cannot be
@@ -33,7 +39,7 @@ from utils.errors import UserError, exit_on_user_error, starting_up
 
 with starting_up(__name__):  # PyTorch takes seconds and much memory to load: a failure is one sentence
     import data
-    from engine.evaluation_run import run_evaluation
+    from engine.evaluation_run import ood_names, parse_ood_groups, run_evaluation
     from engine.network_flags import arch_values, check_network_flags, model_parser
     from utils.validation import check_count, check_dir, check_seed, flag_names
 
@@ -47,7 +53,21 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=1, help="seed of the first run's model")
     parser.add_argument("--dataset", default="cifar10", help="in-distribution data set")
     parser.add_argument(
-        "--ood_dataset", "--ood-dataset", dest="ood_dataset", default="svhn", help="OoD data set"
+        "--ood_dataset",
+        "--ood-dataset",
+        dest="ood_dataset",
+        default="svhn",
+        help="OoD data set, or several separated by commas (svhn,tiny_imagenet,folder:PATH): the "
+        "in-distribution outputs, GMM and temperature are computed once per run, and each set gets its own "
+        "result file",
+    )
+    parser.add_argument(
+        "--ood-groups",
+        nargs="+",
+        default=None,
+        metavar="GROUP=SET,SET",
+        help="with several OoD sets: group means of the AUROC in the printed table, as OpenOOD reports them "
+        "(e.g. --ood-groups near=cifar100,tiny_imagenet far=svhn,mnist)",
     )
     parser.add_argument(
         "--dataset-root", default="./", help="folder holding the data sets (default ./, as the original)"
@@ -126,7 +146,10 @@ def check_args(args: argparse.Namespace) -> None:
             f"--dataset {args.dataset} has no training split, which evaluation needs (validation split, GMM "
             "fit); pass the data set the networks were trained on"
         )
-    data.get_info(args.ood_dataset)
+    oods = ood_names(args.ood_dataset)
+    for ood in oods:  # an unknown name or a missing folder is a UserError
+        data.canonical_name(ood) if data.is_folder(ood) else data.get_info(ood)
+    parse_ood_groups(args.ood_groups, oods)
     if args.weight_by_class_frequency and args.model_type != "gmm":
         raise UserError(
             f"--weight-by-class-frequency applies to --model-type gmm only, not {args.model_type}; drop it"

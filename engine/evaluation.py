@@ -20,9 +20,10 @@ paper's Dirty-MNIST table and the demo read from them.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -79,29 +80,53 @@ def calibration_block(test: Outputs, val: Outputs) -> tuple[dict[str, float], fl
     return result, temperature
 
 
+OodOutputs = TypeVar("OodOutputs")
+
+
+def _per_ood(ood: OodOutputs | Mapping[str, OodOutputs], score: Callable[[OodOutputs], dict[str, float]]):
+    """`score(ood)` for one OoD set; for several (`{name: outputs}`), `{name: score(outputs)}`, where a set
+    whose scores cannot be computed (`RunFailedError`) gets that error as its value and the others go on.
+
+    The in-distribution part of a run (temperature, GMM fit, test scores) is computed by the caller before
+    `score` is called, so it is computed once however many OoD sets there are.
+    """
+    if not isinstance(ood, Mapping):
+        return score(ood)
+    results: dict[str, dict[str, float] | RunFailedError] = {}
+    for name, outputs in ood.items():
+        try:
+            results[name] = score(outputs)
+        except RunFailedError as err:
+            results[name] = err
+    return results
+
+
+class _ExtraDetectors:
+    """Maximum softmax probability and Mahalanobis distance with a shared covariance (Lee et al. 2018): the
+    Gaussian fitted on `train` and the test scores computed once, each OoD set scored by `__call__`."""
+
+    def __init__(self, test: Outputs, train: Outputs | None, num_classes: int):
+        self.test_msp = metrics.max_softmax_probability(test.logits)
+        self.model = self.test_mahalanobis = None
+        if train is not None:
+            try:
+                self.model = metrics.fit_shared_mahalanobis(train.features, train.labels, num_classes)
+            except metrics.GaussianFitError as err:  # an extra detector: report, but don't fail DDU's run
+                log.warning("Mahalanobis baseline skipped: %s", err)
+            else:
+                self.test_mahalanobis = metrics.mahalanobis_score(self.model, test.features)
+
+    def __call__(self, ood: Outputs) -> dict[str, float]:
+        result = _detection("msp", self.test_msp, metrics.max_softmax_probability(ood.logits), True)
+        if self.model is not None:
+            ood_scores = metrics.mahalanobis_score(self.model, ood.features)
+            result.update(_detection("mahalanobis", self.test_mahalanobis, ood_scores, True))
+        return result
+
+
 def extra_detectors(test: Outputs, ood: Outputs, train: Outputs | None, num_classes: int) -> dict[str, float]:
     """Maximum softmax probability and Mahalanobis distance with a shared covariance (Lee et al. 2018)."""
-    result = _detection(
-        "msp",
-        metrics.max_softmax_probability(test.logits),
-        metrics.max_softmax_probability(ood.logits),
-        higher_is_in_distribution=True,
-    )
-    if train is not None:
-        try:
-            model = metrics.fit_shared_mahalanobis(train.features, train.labels, num_classes)
-        except metrics.GaussianFitError as err:  # an extra detector: report, but don't fail DDU's run for it
-            log.warning("Mahalanobis baseline skipped: %s", err)
-            return result
-        result.update(
-            _detection(
-                "mahalanobis",
-                metrics.mahalanobis_score(model, test.features),
-                metrics.mahalanobis_score(model, ood.features),
-                higher_is_in_distribution=True,
-            )
-        )
-    return result
+    return _ExtraDetectors(test, train, num_classes)(ood)
 
 
 def aleatoric_split(clean: torch.Tensor, ambiguous: torch.Tensor, entropy_fn=None) -> dict[str, float]:
@@ -115,35 +140,38 @@ def aleatoric_split(clean: torch.Tensor, ambiguous: torch.Tensor, entropy_fn=Non
 
 def softmax_run(
     test: Outputs,
-    ood: Outputs,
+    ood: Outputs | Mapping[str, Outputs],
     val: Outputs,
     *,
     num_classes: int,
     train: Outputs | None = None,
     parts: tuple[Outputs, Outputs] | None = None,
-) -> dict[str, float]:
-    result, temperature = calibration_block(test, val)
-    for prefix, t in (("", 1.0), ("t_", temperature)):
-        result.update(
-            _detection(
-                f"{prefix}m1",
-                metrics.logsumexp_score(test.logits / t),
-                metrics.logsumexp_score(ood.logits / t),
-                True,
-            )
-        )
-        result.update(
-            _detection(
-                f"{prefix}m2",
-                metrics.softmax_entropy(test.logits / t),
-                metrics.softmax_entropy(ood.logits / t),
-                False,
-            )
-        )
-    result.update(extra_detectors(test, ood, train, num_classes))
-    if parts is not None:
-        result.update(aleatoric_split(parts[0].logits, parts[1].logits))
-    return result
+):
+    """Softmax baselines: m1 = log-sum-exp of the logits, m2 = softmax entropy, before and after temperature
+    scaling, plus the extra detectors. `ood` is one OoD set's outputs (returns its metrics) or `{name:
+    outputs}` of several (returns `{name: metrics}`, see `_per_ood`); the in-distribution part is computed
+    once."""
+    in_distribution, temperature = calibration_block(test, val)
+    scaled = {prefix: test.logits / t for prefix, t in (("", 1.0), ("t_", temperature))}
+    test_scores = {
+        prefix: (metrics.logsumexp_score(logits), metrics.softmax_entropy(logits))
+        for prefix, logits in scaled.items()
+    }
+    extras = _ExtraDetectors(test, train, num_classes)
+    aleatoric = aleatoric_split(parts[0].logits, parts[1].logits) if parts is not None else {}
+
+    def score(ood: Outputs) -> dict[str, float]:
+        result = dict(in_distribution)
+        for prefix, t in (("", 1.0), ("t_", temperature)):
+            test_lse, test_entropy = test_scores[prefix]
+            logits = ood.logits / t
+            result.update(_detection(f"{prefix}m1", test_lse, metrics.logsumexp_score(logits), True))
+            result.update(_detection(f"{prefix}m2", test_entropy, metrics.softmax_entropy(logits), False))
+        result.update(extras(ood))
+        result.update(aleatoric)
+        return result
+
+    return _per_ood(ood, score)
 
 
 def _check_original_entropy(test_entropy: torch.Tensor, ood_entropy: torch.Tensor, jitter: float) -> None:
@@ -159,7 +187,7 @@ def _check_original_entropy(test_entropy: torch.Tensor, ood_entropy: torch.Tenso
 
 def gmm_run(
     test: Outputs,
-    ood: Outputs,
+    ood: Outputs | Mapping[str, Outputs],
     val: Outputs,
     train: Outputs,
     *,
@@ -167,8 +195,11 @@ def gmm_run(
     weight_by_class_frequency: bool = False,
     parts: tuple[Outputs, Outputs] | None = None,
     original_quirks: bool = False,
-) -> dict[str, float]:
+):
     """DDU: fit one Gaussian per class on the training features, score test and OoD features.
+
+    `ood` is one OoD set's outputs (returns its metrics) or `{name: outputs}` of several (returns `{name:
+    metrics}`, see `_per_ood`); the Gaussians are fitted and the test set scored once.
 
     `original_quirks` follows the original code where it departs from the paper: the covariance jitter is
     the first of its absolute jitters that `torch.linalg.cholesky` accepts (`jitter_search="original"`,
@@ -180,7 +211,7 @@ def gmm_run(
     `original_quirks` `RunFailedError` where the original's m2 is NaN (a sample whose float32 class
     log-densities all overflow to -inf), on which the original's evaluation stops with a scikit-learn error.
     """
-    result, _ = calibration_block(test, val)
+    in_distribution, _ = calibration_block(test, val)
     scorer = metrics.DDUScorer.fit_features(
         train.features,
         train.labels,
@@ -188,22 +219,30 @@ def gmm_run(
         weight_by_class_frequency=weight_by_class_frequency,
         jitter_search="original" if original_quirks else "project",
     )
-    result["gmm_jitter"] = scorer.jitter
+    in_distribution["gmm_jitter"] = scorer.jitter
     test_scores = scorer.predict_features(test.features, original_quirks=original_quirks)
-    ood_scores = scorer.predict_features(ood.features, original_quirks=original_quirks)
-    if original_quirks:
-        _check_original_entropy(test_scores["entropy"], ood_scores["entropy"], scorer.jitter)
-    density = _detection("m1", test_scores["log_density"], ood_scores["log_density"], True)
-    entropy = _detection("m2", test_scores["entropy"], ood_scores["entropy"], False)
-    result.update(density)
-    result.update(entropy)
-    # Temperature scaling changes the classifier, not the feature density: the t_ scores equal the plain ones.
-    result.update({f"t_{key}": value for key, value in {**density, **entropy}.items()})
-    result.update(extra_detectors(test, ood, train, num_classes))
-    if parts is not None:
-        result.update(aleatoric_split(parts[0].logits, parts[1].logits))
-        result["epistemic_density_auroc"] = density["m1_auroc"]
-    return result
+    extras = _ExtraDetectors(test, train, num_classes)
+    aleatoric = aleatoric_split(parts[0].logits, parts[1].logits) if parts is not None else {}
+
+    def score(ood: Outputs) -> dict[str, float]:
+        result = dict(in_distribution)
+        ood_scores = scorer.predict_features(ood.features, original_quirks=original_quirks)
+        if original_quirks:
+            _check_original_entropy(test_scores["entropy"], ood_scores["entropy"], scorer.jitter)
+        density = _detection("m1", test_scores["log_density"], ood_scores["log_density"], True)
+        entropy = _detection("m2", test_scores["entropy"], ood_scores["entropy"], False)
+        result.update(density)
+        result.update(entropy)
+        # Temperature scaling changes the classifier, not the feature density: the t_ scores equal the plain
+        # ones.
+        result.update({f"t_{key}": value for key, value in {**density, **entropy}.items()})
+        result.update(extras(ood))
+        if parts is not None:
+            result.update(aleatoric)
+            result["epistemic_density_auroc"] = density["m1_auroc"]
+        return result
+
+    return _per_ood(ood, score)
 
 
 ORIGINAL_ENSEMBLE_SIZE = 5  # the members the original's evaluate.py loads per run, whatever --ensemble says
@@ -234,53 +273,58 @@ def ensemble_members(
 
 def ensemble_run(
     tests: list[Outputs],
-    oods: list[Outputs],
+    oods: list[Outputs] | Mapping[str, list[Outputs]],
     vals: list[Outputs],
     *,
     parts: list[tuple[Outputs, Outputs]] | None = None,
     tempered: int | None = None,
-) -> dict[str, float]:
+):
     """Deep ensemble: mean of member softmaxes; each member temperature-scaled on its own validation split.
 
+    `oods` holds the members' outputs on one OoD set (returns its metrics) or `{name: members' outputs}` of
+    several (returns `{name: metrics}`, see `_per_ood`); temperatures and test scores are computed once.
     `tempered` keeps only the first `tempered` members for the `t_` (temperature-scaled) numbers, as the
     original's evaluate.py does under `--original-quirks` (see `ensemble_members`); None: all members.
     """
     labels = tests[0].labels
     kept = len(tests) if tempered is None else tempered
     temperatures = [metrics.fit_temperature(v.logits, v.labels) for v in vals[:kept]]
-    result: dict[str, float] = {}
-    for prefix, temps in (("", [1.0] * len(tests)), ("t_", temperatures)):
-        members = len(temps)
-        test_probs = torch.stack([t.logits.div(T).softmax(1) for t, T in zip(tests[:members], temps)])
-        ood_probs = torch.stack([o.logits.div(T).softmax(1) for o, T in zip(oods[:members], temps)])
+    schemes = (("", [1.0] * len(tests)), ("t_", temperatures))
+    in_distribution: dict[str, dict[str, Any]] = {}
+    for prefix, temps in schemes:
+        test_probs = torch.stack([t.logits.div(T).softmax(1) for t, T in zip(tests[: len(temps)], temps)])
         mean_probs = test_probs.mean(0)
-        if not prefix:
-            result["accuracy"] = metrics.accuracy(mean_probs, labels)
-        result.update(_classification(prefix, mean_probs, None, labels))
-        result.update(
-            _detection(
-                f"{prefix}m1",
-                metrics.ensemble_mutual_information(test_probs),
-                metrics.ensemble_mutual_information(ood_probs),
-                False,
-            )
-        )
-        result.update(
-            _detection(
-                f"{prefix}m2",
-                metrics.ensemble_predictive_entropy(test_probs),
-                metrics.ensemble_predictive_entropy(ood_probs),
-                False,
-            )
-        )
-        if not prefix:
-            result.update(_detection("msp", mean_probs.max(1).values, ood_probs.mean(0).max(1).values, True))
-    result["temperature"] = float(sum(temperatures) / len(temperatures))
+        block = {"accuracy": metrics.accuracy(mean_probs, labels)} if not prefix else {}
+        block.update(_classification(prefix, mean_probs, None, labels))
+        in_distribution[prefix] = {
+            "metrics": block,
+            "mutual_information": metrics.ensemble_mutual_information(test_probs),
+            "entropy": metrics.ensemble_predictive_entropy(test_probs),
+            "msp": mean_probs.max(1).values,
+        }
+    aleatoric = {}
     if parts is not None:
         clean = torch.stack([p[0].logits.softmax(1) for p in parts])
         ambiguous = torch.stack([p[1].logits.softmax(1) for p in parts])
-        result.update(aleatoric_split(clean, ambiguous, metrics.ensemble_predictive_entropy))
-    return result
+        aleatoric = aleatoric_split(clean, ambiguous, metrics.ensemble_predictive_entropy)
+
+    def score(oods: list[Outputs]) -> dict[str, float]:
+        result: dict[str, float] = {}
+        for prefix, temps in schemes:
+            test = in_distribution[prefix]
+            ood_probs = torch.stack([o.logits.div(T).softmax(1) for o, T in zip(oods[: len(temps)], temps)])
+            result.update(test["metrics"])
+            mutual_information = metrics.ensemble_mutual_information(ood_probs)
+            result.update(_detection(f"{prefix}m1", test["mutual_information"], mutual_information, False))
+            entropy = metrics.ensemble_predictive_entropy(ood_probs)
+            result.update(_detection(f"{prefix}m2", test["entropy"], entropy, False))
+            if not prefix:
+                result.update(_detection("msp", test["msp"], ood_probs.mean(0).max(1).values, True))
+        result["temperature"] = float(sum(temperatures) / len(temperatures))
+        result.update(aleatoric)
+        return result
+
+    return _per_ood(oods, score)
 
 
 @dataclass

@@ -9,9 +9,11 @@ the command runs, and the original DDU result JSON written at the end (`engine.r
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import re
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,7 +32,7 @@ from engine.evaluation import (
 from engine.features import Outputs, collect_outputs
 from engine.network_flags import ARCH_FLAGS
 from engine.networks import RunFailedError, load_network
-from engine.results import aggregate, format_table, table_rows
+from engine.results import aggregate, format_table, ood_table, table_rows
 from engine.run_paths import locate_checkpoint, run_name, run_seeds
 from utils.device import resolve_precision, select_device
 from utils.errors import Interrupted, UserError
@@ -41,16 +43,81 @@ log = logging.getLogger("evaluate")
 
 
 def run_evaluation(args: argparse.Namespace, flag_names: Mapping[str, str]) -> dict:
-    """Evaluate every run of `args` (evaluate.py's flags, checked) into its result file and return the result.
+    """Evaluate every run of `args` (evaluate.py's flags, checked) into one result file per OoD set.
 
-    `flag_names` maps each destination to its command-line flag, for the sentence that refuses to replace a
-    result of other settings. The result file is locked for the whole command (one writer per result).
+    Returns the result JSON, or with several OoD sets `{OoD name: result JSON}`. `flag_names` maps each
+    destination to its command-line flag, for the sentences that refuse to replace a result or continue a
+    side file of other settings. The result files are locked for the whole command (one writer per result).
     """
-    output = result_path(args)
-    check_writable_dir(output.parent, "output folder (--output-dir)")
+    outputs = {ood: result_path(args, ood) for ood in ood_names(args.ood_dataset)}
+    check_writable_dir(Path(args.output_dir), "output folder (--output-dir)")
     check_checkpoints(args)
-    with exclusive_lock(lock_path(output), f"the result '{output}'", "pass another --output-dir"):
-        return _evaluate(args, output, flag_names)
+    with contextlib.ExitStack() as locks:
+        for output in sorted(outputs.values()):
+            locks.enter_context(
+                exclusive_lock(lock_path(output), f"the result '{output}'", "pass another --output-dir")
+            )
+        return _evaluate(args, outputs, flag_names)
+
+
+# --------------------------------------------------------------------------------------------------------
+# OoD sets: several per command, each with its own result file
+
+
+def ood_names(value: str) -> list[str]:
+    """The OoD sets of `--ood_dataset` (a comma-separated list), as given. Two that would write the same
+    result file (`result_label`) are a `UserError`."""
+    names = [name.strip() for name in str(value).split(",") if name.strip()]
+    if not names:
+        raise UserError(f"--ood_dataset '{value}' names no data set; pass one or more, separated by commas")
+    labels: dict[str, str] = {}
+    for name in names:
+        label = result_label(name)
+        if label in labels:
+            raise UserError(
+                f"--ood_dataset names {labels[label]!r} and {name!r}, which both write the result of "
+                f"'{label}'; pass each OoD set once (folder sets are told apart by their folder's name)"
+            )
+        labels[label] = name
+    return names
+
+
+def result_label(name: str) -> str:
+    """A data set's part of a result file name: the registered name (`data.canonical_name`), and for an image
+    folder `folder:PATH` `folder-NAME`, NAME the folder's own name with any character other than letters,
+    digits, `.`, `_` and `-` replaced by `_` (`folder:/data/my scans/` gives `folder-my_scans`)."""
+    if not data.is_folder(name):
+        return data.canonical_name(name)
+    folder = Path(name.strip()[len("folder:") :]).expanduser()
+    base = folder.name if folder.name not in ("", ".", "..") else folder.resolve().name
+    base = re.sub(r"[^A-Za-z0-9._-]", "_", base)
+    if not base.strip("._"):
+        raise UserError(f"{name}: the folder has no name to call its result file by; pass its own path")
+    return f"folder-{base}"
+
+
+def parse_ood_groups(specs: Sequence[str] | None, oods: Sequence[str]) -> dict[str, list[str]]:
+    """`--ood-groups near=cifar100,tiny_imagenet far=svhn,mnist` as `{group: [OoD names as in oods]}`;
+    every member must be one of the evaluated OoD sets (compared by `result_label`)."""
+    by_label = {result_label(ood): ood for ood in oods}
+    groups: dict[str, list[str]] = {}
+    for spec in specs or ():
+        group, sep, members = spec.partition("=")
+        names = [m.strip() for m in members.split(",") if m.strip()]
+        if not sep or not group.strip() or not names:
+            raise UserError(
+                f"--ood-groups takes GROUP=SET,SET,... (e.g. near=cifar100,tiny_imagenet), not '{spec}'"
+            )
+        if group.strip() in groups:
+            raise UserError(f"--ood-groups names the group '{group.strip()}' twice; give each group once")
+        missing = [m for m in names if result_label(m) not in by_label]
+        if missing:
+            raise UserError(
+                f"--ood-groups {group.strip()} holds {', '.join(missing)}, which --ood_dataset does not "
+                f"evaluate (it has: {', '.join(oods)}); add it there or drop it from the group"
+            )
+        groups[group.strip()] = [by_label[result_label(m)] for m in names]
+    return groups
 
 
 class Evaluator:
@@ -62,9 +129,10 @@ class Evaluator:
         self.info = data.get_info(args.dataset)
         root, batch = args.dataset_root, args.batch_size
         self.test_loader = data.get_test_loader(args.dataset, root, batch, device=device, loader=args.loader)
-        self.ood_loader = data.get_test_loader(
-            args.ood_dataset, root, batch, device=device, like=args.dataset, loader=args.loader
-        )
+        self.ood_loaders = {
+            ood: data.get_test_loader(ood, root, batch, device=device, like=args.dataset, loader=args.loader)
+            for ood in ood_names(args.ood_dataset)
+        }
         # A dirty set's test split is its clean part followed by its ambiguous part: one pass over the test
         # set, then a slice, gives both (no second forward pass).
         parts = data.dirty_parts(args.dataset)
@@ -101,19 +169,28 @@ class Evaluator:
             model = model.to(memory_format=torch.channels_last)
         return model.eval()
 
-    def outputs(
-        self, model, seed: int, need_train: bool, source: str = "the checkpoint"
-    ) -> dict[str, Outputs]:
-        """Logits and features on every data set the run needs; NaN/inf raise `RunFailedError` naming `source`."""
+    def outputs(self, model, seed: int, need_train: bool, source: str = "the checkpoint") -> dict[str, Any]:
+        """Logits and features on every data set the run needs, each computed once: `test`, `val`, `train`
+        (`need_train`), `parts` (a dirty set's clean and ambiguous test parts) as `Outputs`, and `ood` as
+        `{name: Outputs}`. NaN/inf outputs on the in-distribution sets raise `RunFailedError` naming
+        `source`; on an OoD set they make that set's value the `RunFailedError` (the other sets go on)."""
 
         def run(loader):
             return collect_outputs(model, loader, self.device, self.precision, self.channels_last)
 
         train_loader, val_loader = self.splits(seed)
-        out = {"test": run(self.test_loader), "ood": run(self.ood_loader), "val": run(val_loader)}
+        out: dict[str, Any] = {"test": run(self.test_loader), "val": run(val_loader)}
         if need_train:
             out["train"] = run(train_loader)
         check_finite_outputs(out, source)
+        out["ood"] = {}
+        for name, loader in self.ood_loaders.items():
+            ood = run(loader)
+            try:
+                check_finite_outputs({f"OoD {name}": ood}, source)
+            except RunFailedError as err:
+                ood = err
+            out["ood"][name] = ood
         if self.clean_size is not None:
             test, n = out["test"], self.clean_size
             out["parts"] = tuple(
@@ -150,37 +227,62 @@ def run_members(args: argparse.Namespace, run: int) -> tuple[list[Path], list[in
     return paths, val_seeds, tempered
 
 
-def evaluate_run(evaluator: Evaluator, args: argparse.Namespace, run: int) -> dict[str, float]:
-    """Run `run`'s metrics (`engine.evaluation`); raises `RunFailedError` or `metrics.GaussianFitError` for a
-    run that cannot be scored."""
+def evaluate_run(
+    evaluator: Evaluator, args: argparse.Namespace, run: int
+) -> dict[str, dict[str, float] | RunFailedError]:
+    """Run `run`'s metrics per OoD set (`engine.evaluation`): `{OoD name: metrics}`, or for a set whose
+    scores cannot be computed, the `RunFailedError` saying why. Raises `RunFailedError` or
+    `metrics.GaussianFitError` for a run that cannot be scored at all."""
     paths, val_seeds, tempered = run_members(args, run)
     if args.model_type == "ensemble":
         members = [
             evaluator.outputs(evaluator.load(path), val_seed, need_train=False, source=f"'{path}'")
             for path, val_seed in zip(paths, val_seeds)
         ]
+        failed, oods = _split_failures(
+            {name: [m["ood"][name] for m in members] for name in members[0]["ood"]}
+        )
         parts = [m["parts"] for m in members] if evaluator.clean_size is not None else None
-        return ensemble_run(
+        scored = ensemble_run(
             [m["test"] for m in members],
-            [m["ood"] for m in members],
+            oods,
             [m["val"] for m in members],
             parts=parts,
             tempered=tempered,
         )
+        return {name: failed[name] if name in failed else scored[name] for name in members[0]["ood"]}
     (path,), (seed,) = paths, val_seeds
     out = evaluator.outputs(evaluator.load(path), seed, need_train=True, source=f"'{path}'")
+    failed, oods = _split_failures({name: [ood] for name, ood in out["ood"].items()})
+    oods = {name: members[0] for name, members in oods.items()}
     common = dict(num_classes=evaluator.info.num_classes, parts=out.get("parts"))
     if args.model_type == "softmax":
-        return softmax_run(out["test"], out["ood"], out["val"], train=out["train"], **common)
-    return gmm_run(
-        out["test"],
-        out["ood"],
-        out["val"],
-        out["train"],
-        weight_by_class_frequency=args.weight_by_class_frequency,
-        original_quirks=args.original_quirks,
-        **common,
-    )
+        scored = softmax_run(out["test"], oods, out["val"], train=out["train"], **common)
+    else:
+        scored = gmm_run(
+            out["test"],
+            oods,
+            out["val"],
+            out["train"],
+            weight_by_class_frequency=args.weight_by_class_frequency,
+            original_quirks=args.original_quirks,
+            **common,
+        )
+    return {name: failed[name] if name in failed else scored[name] for name in out["ood"]}
+
+
+def _split_failures(
+    oods: Mapping[str, list[Outputs | RunFailedError]],
+) -> tuple[dict[str, RunFailedError], dict[str, list[Outputs]]]:
+    """`(failed, good)`: the OoD sets on which some member's outputs are not finite (its error), the rest."""
+    failed, good = {}, {}
+    for name, members in oods.items():
+        error = next((m for m in members if isinstance(m, RunFailedError)), None)
+        if error is not None:
+            failed[name] = error
+        else:
+            good[name] = members
+    return failed, good
 
 
 def check_checkpoints(args: argparse.Namespace) -> None:
@@ -225,9 +327,13 @@ def check_replaceable(output: Path, args: argparse.Namespace, flag_names: Mappin
         )
 
 
-def result_path(args: argparse.Namespace) -> Path:
+def result_path(args: argparse.Namespace, ood: str | None = None) -> Path:
+    """`{output-dir}/res_{name}_{model-type}_{dataset}_{ood}.json`, the original's name, for the OoD set
+    `ood` (default: the only one of --ood_dataset); `result_label` gives its part of the name."""
+    if ood is None:
+        (ood,) = ood_names(args.ood_dataset)
     name = run_name(args.model, args.seed, args.sn, args.mod, args.coeff)
-    dataset, ood = data.canonical_name(args.dataset), data.canonical_name(args.ood_dataset)
+    dataset, ood = result_label(args.dataset), result_label(ood)
     return Path(args.output_dir) / f"res_{name}_{args.model_type}_{dataset}_{ood}.json"
 
 
@@ -324,9 +430,10 @@ class ResultFile:
 
 
 # What may differ between the command that left a side file and the one that continues from it: where the
-# files go, --overwrite, and --runs (run i's numbers do not depend on how many runs follow); load_loc and gpu
+# files go, --overwrite, --ood-groups (the printed table only), and --runs (run i's numbers do not depend on
+# how many runs follow); load_loc and gpu
 # are the original's copies of --load-path and --no-gpu, compared as those.
-RESUME_FREE = ("output_dir", "overwrite", "runs", "load_loc", "gpu")
+RESUME_FREE = ("output_dir", "overwrite", "runs", "ood_groups", "load_loc", "gpu")
 
 
 def _differing_settings(
@@ -364,48 +471,70 @@ def checkpoint_fingerprints(args: argparse.Namespace) -> dict[int, list[dict[str
     return fingerprints
 
 
-def _evaluate(args: argparse.Namespace, output: Path, flag_names: Mapping[str, str]) -> dict:
-    """Every run of `args` evaluated into `output` (its lock held by `run_evaluation`)."""
+def _evaluate(args: argparse.Namespace, outputs: Mapping[str, Path], flag_names: Mapping[str, str]):
+    """Every run of `args` evaluated into `outputs[ood]` for each OoD set (their locks held by
+    `run_evaluation`): a run's in-distribution outputs, GMM and temperatures once, each OoD set's pass
+    once."""
     device = select_device(args.no_gpu)
     args = argparse.Namespace(**vars(args))
     args.precision = resolve_precision(device, args.precision)[0]  # the info records what was used
-    check_replaceable(output, args, flag_names)
+    groups = parse_ood_groups(args.ood_groups, list(outputs))
     info = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     info.update(load_loc=info["load_path"], gpu=not args.no_gpu)  # the original's keys for the same flags
     fingerprints = checkpoint_fingerprints(args)
-    file = ResultFile(output, info)
-    file.resume(fingerprints, args.overwrite, flag_names)
+    files = {}
+    for ood, output in outputs.items():
+        check_replaceable(output, args, flag_names)
+        files[ood] = ResultFile(output, {**info, "ood_dataset": ood})
+        files[ood].resume(fingerprints, args.overwrite, flag_names)
     evaluator = Evaluator(args, device)
 
     for run in progress_bar(range(1, args.runs + 1), desc=f"evaluating {args.model_type}", unit="run"):
-        if run <= len(file.per_run):
-            continue  # evaluated by an earlier command, kept in its side file
+        if all(run <= len(file.per_run) for file in files.values()):
+            continue  # evaluated by an earlier command, kept in its side files
         try:
-            file.add(run, evaluate_run(evaluator, args, run))
+            results = evaluate_run(evaluator, args, run)
         except KeyboardInterrupt:
-            kept = (
-                "no run had finished"
-                if not file.per_run
-                else f"the finished runs are in {file.partial}"
-                if file.writable
-                else "the finished runs could not be kept (the side file was not writable)"
-            )
             raise Interrupted(
-                f"interrupted during run {run} of {args.runs}; {kept}; rerun the same command to continue"
+                f"interrupted during run {run} of {args.runs}; {_kept(files.values())}"
             ) from None
         except (metrics.GaussianFitError, RunFailedError) as err:
-            file.add(run, err)
-        if run < args.runs:
-            file.write_partial(fingerprints)
-    result = file.result()
-    atomic_write_json(output, result)
-    file.partial.unlink(missing_ok=True)
-    print(f"wrote {output}", flush=True)
-    print(format_table(table_rows([(str(output), result)])), end="", flush=True)
-    if file.failed:
-        print(
-            f"error: {len(file.failed)} of {args.runs} runs failed (see 'failed_runs' in {output})",
-            file=sys.stderr,
-        )
+            results = dict.fromkeys(files, err)
+        for ood, file in files.items():
+            if run > len(file.per_run):  # else kept from its side file
+                file.add(run, results[ood])
+                if run < args.runs:
+                    file.write_partial(fingerprints)
+    results = {}
+    for ood, file in files.items():
+        results[ood] = file.result()
+        atomic_write_json(file.path, results[ood])
+        file.partial.unlink(missing_ok=True)
+        print(f"wrote {file.path}", flush=True)
+    sources = [(str(file.path), results[ood]) for ood, file in files.items()]
+    table = format_table(table_rows(sources)) if len(files) == 1 else ood_table(sources, groups)
+    print(table, end="", flush=True)
+    failures = [
+        f"{len(file.failed)} of {args.runs} runs failed"
+        + (f" against {ood}" if len(files) > 1 else "")
+        + f" (see 'failed_runs' in {file.path})"
+        for ood, file in files.items()
+        if file.failed
+    ]
+    if failures:
+        print(f"error: {'; '.join(failures)}", file=sys.stderr)
         raise SystemExit(1)
-    return result
+    return results[next(iter(files))] if len(files) == 1 else results
+
+
+def _kept(files) -> str:
+    """What an interruption leaves: where the finished runs are, and how to go on."""
+    files = list(files)
+    if not any(file.per_run for file in files):
+        return "no run had finished; rerun the same command to start again"
+    if not all(file.writable for file in files):
+        return "the finished runs could not be kept (a side file was not writable); rerun the same command"
+    where = (
+        files[0].partial if len(files) == 1 else f"the {len(files)} .partial files beside {files[0].partial}"
+    )
+    return f"the finished runs are in {where}; rerun the same command to continue"

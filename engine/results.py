@@ -9,14 +9,14 @@ import io
 import json
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from engine.run_files import run_name
+from engine.run_paths import run_name
 from utils.errors import UserError
 
 # The keys of the original evaluate.py output, in its order.
@@ -264,6 +264,48 @@ def format_table(rows: Sequence[Row], fmt: str = "markdown") -> str:
     return "\n\n".join(blocks) + "\n"
 
 
+def ood_table(
+    results: Sequence[tuple[str, dict[str, Any]]], groups: Mapping[str, Sequence[str]] | None = None
+) -> str:
+    """One evaluation against several OoD sets as one Markdown table: a row per method and network, a column
+    per OoD set (AUROC in percent, mean ± standard error over runs; AUPRC and FPR95 are in the files), in the
+    order of `results`, and one per group of `groups` (`{group: [OoD names]}`): the mean of its sets' mean
+    AUROCs, as OpenOOD reports near- and far-OoD."""
+    rows = table_rows(results)
+    oods = list(dict.fromkeys(r["info"].get("ood_dataset") for _, r in results))
+    by_method: dict[tuple[int, str], dict[str, Row]] = {}
+    for row in rows:
+        by_method.setdefault((METHODS.index(row.method), row.network), {})[row.ood_dataset] = row
+    groups = dict(groups or {})
+    headers = ("method", "score", "network", "accuracy", "ECE", *oods, *groups, "runs")
+    cells = []
+    for key in sorted(by_method):
+        per_ood = by_method[key]
+        first = next(iter(per_ood.values()))
+        group_cells = []
+        for members in groups.values():
+            means = [per_ood[m].mean_and_error("auroc") if m in per_ood else None for m in members]
+            present = [mean for mean, _ in filter(None, means)]
+            complete = len(present) == len(means)
+            group_cells.append(f"{100 * sum(present) / len(present):.2f}" if complete else "-")
+        cells.append(
+            [
+                first.method.name,
+                first.method.score,
+                first.network,
+                _cell(first, "accuracy"),
+                _cell(first, "ece"),
+                *(_cell(per_ood[ood], "auroc") if ood in per_ood else "-" for ood in oods),
+                *group_cells,
+                _runs_cell(first),
+            ]
+        )
+    dataset = rows[0].dataset if rows else "?"
+    title = f"**{dataset}: AUROC against each OoD set** (percent, mean ± standard error over runs"
+    title += "; a group is the mean of its sets' AUROCs)" if groups else ")"
+    return f"{title}\n\n{markdown_table(headers, cells)}\n"
+
+
 def format_value(value: Any, digits: int = 4) -> str:
     """A table cell: floats to `digits` decimals, None as '-', anything else as its str."""
     if value is None:
@@ -372,7 +414,7 @@ def is_partial(source: str) -> bool:
 
 
 def _seeds(info: dict[str, Any]) -> set[int]:
-    """The seeds of the networks a result evaluated (`engine.run_files.run_seeds` over its runs)."""
+    """The seeds of the networks a result evaluated (`engine.run_paths.run_seeds` over its runs)."""
     seed, runs = info.get("seed"), info.get("runs")
     if not isinstance(seed, int) or not isinstance(runs, int):
         return set()
