@@ -125,6 +125,41 @@ def test_sighup_to_train_py_saves_the_state_and_says_so_in_one_sentence(tmp_path
     assert (save / f"lenet_1_{saved + 1}.model").is_file()
 
 
+@pytest.mark.slow
+def test_sighup_to_evaluate_py_keeps_the_finished_runs_and_the_rerun_continues(earlier_run, tmp_path):
+    """`python evaluate.py` hung up during its second run (the hang-up sent from inside that run, so the
+    moment is exact): one sentence, the first run kept in the side file, and the same command finishes."""
+    for run in (1, 2):
+        (tmp_path / f"Run{run}").mkdir()
+        shutil.copy(earlier_run / "lenet_1_1.model", tmp_path / f"Run{run}" / f"lenet_{run}_1.model")
+    argv = ["evaluate.py", "--dataset", "digits", "--ood_dataset", "digits_ood", "--load-path", str(tmp_path),
+            "--output-dir", str(tmp_path / "out"), "--no-gpu", "--epoch", "1", "--runs", "2",
+            "--model", "lenet", "--model-type", "softmax", "-b", "256"]  # fmt: skip
+    script = (
+        "import os, runpy, signal, sys\n"
+        "import engine.evaluation_run as er\n"
+        "evaluate_run = er.evaluate_run\n"
+        "def hung_up_in_run_2(evaluator, args, run):\n"
+        "    if run == 2:\n"
+        "        os.kill(os.getpid(), signal.SIGHUP)\n"
+        "    return evaluate_run(evaluator, args, run)\n"
+        "er.evaluate_run = hung_up_in_run_2\n"
+        f"sys.argv = {argv!r}\n"
+        "runpy.run_path('evaluate.py', run_name='__main__')\n"
+    )
+    result = run_until_signalled(script)
+    assert result.returncode == INTERRUPTED_EXIT_CODE and "Traceback" not in result.stderr, result.stderr
+    sentence = result.stderr.strip().splitlines()[-1]
+    assert sentence.startswith("error: interrupted during run 2 of 2") and "SIGHUP" in sentence
+    assert list((tmp_path / "out").glob("*.partial")) and not list((tmp_path / "out").glob("*.json"))
+    rerun = subprocess.run(
+        [sys.executable, *argv], cwd=REPO, capture_output=True, text=True, timeout=HANG_GUARD_S
+    )
+    assert rerun.returncode == 0, rerun.stderr
+    (final,) = (tmp_path / "out").glob("res_*.json")
+    assert len(json.loads(final.read_text())["values"]["accuracy"]) == 2
+
+
 # ----------------------------------------------------------------------------------------------------------
 # A pipe whose reader has gone
 
