@@ -40,17 +40,12 @@ from utils.errors import Interrupted, UserError, exit_on_user_error, starting_up
 
 with starting_up(__name__):  # PyTorch takes seconds and much memory to load: a failure is one sentence
     import data
-    import engine.ensemble
+    import engine.stacked_ensemble
     import engine.tensorboard
     import net
     from engine import al_run
     from engine.al_run import TRAINED_MODEL_FLAGS, pool_dataset
-    from engine.models import (
-        add_arch_flags,
-        arch_values,
-        check_network_flags,
-        model_parser,
-    )
+    from engine.network_flags import add_arch_flags, arch_values, check_network_flags, model_parser
     from utils.io import check_writable_dir, exclusive_lock, lock_path
     from utils.validation import check_count, check_file, check_number, check_seed, flag_names
 
@@ -150,7 +145,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--resume", action="store_true", help="continue an interrupted experiment")
     parser.add_argument(
         "--ensemble-mode",
-        choices=engine.ensemble.MODES,
+        choices=engine.stacked_ensemble.MODES,
         default="auto",
         help="--al-type ensemble: members stacked into one vmapped network (exact; not with -sn), one after "
         "another (sequential), or auto (default): stacked on a GPU where exact, else sequential",

@@ -41,8 +41,8 @@ with starting_up(__name__):  # torch takes seconds and much memory to load: a fa
     import torch
 
     import data
-    from engine import ensemble, tensorboard, train_run
-    from engine.models import ARCH_FLAGS, arch_values, check_network_flags, model_parser
+    from engine import stacked_ensemble, tensorboard, training_run
+    from engine.network_flags import ARCH_FLAGS, arch_values, check_network_flags, model_parser
     from engine.training import LOSSES, OPTIMIZERS
     from utils import distributed
     from utils.device import resolve_precision, select_device
@@ -113,7 +113,7 @@ def _add_ensemble_flags(g: argparse._ArgumentGroup) -> None:
     )
     g.add_argument(
         "--ensemble-mode",
-        choices=ensemble.MODES,
+        choices=stacked_ensemble.MODES,
         default="auto",
         help="stacked: all members in one vmapped network (exact; not with -sn or dropout); sequential: one "
         "after another; auto (default): stacked on a GPU where exact, else sequential",
@@ -350,17 +350,17 @@ def _train(args: argparse.Namespace, device: torch.device, dist_info: distribute
         check_writable_dir(Path(args.save_loc), "save path (--save-path)")
     if not args.deterministic and device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    rule = train_run.ResumeRule(
+    rule = training_run.ResumeRule(
         latest=DEFAULT_RESUME,
         keys=RESUME_MUST_MATCH,
         flag_names={**flag_names(get_args_parser()), "world_size": "the process count"},
     )
-    with deterministic_kernels(args.deterministic), train_run.claim_runs(args, rule, dist_info.is_main):
+    with deterministic_kernels(args.deterministic), training_run.claim_runs(args, rule, dist_info.is_main):
         if args.ensemble is None:
-            return train_run.train_run(
-                train_run.prepare_run(args, device, dist_info, rule), device, dist_info
+            return training_run.train_network(
+                training_run.setup_training_run(args, device, dist_info, rule), device, dist_info
             )
-        return train_run.train_ensemble(args, device, dist_info, rule)
+        return training_run.train_ensemble(args, device, dist_info, rule)
 
 
 def _log_run(args: argparse.Namespace, dist_info: distributed.DistInfo) -> None:

@@ -24,7 +24,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import net
 from benchmarks.throughput import training_step
-from engine.models import build_model
+from engine.networks import build_model
 from utils.io import atomic_write_json
 
 

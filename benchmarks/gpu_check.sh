@@ -56,9 +56,9 @@ timeout "$(limit 60)" $PY -m benchmarks.loader --dataset-root "$ROOT" --device c
 record "loader" "exit $?"
 
 step "deep-ensemble members stacked (vmap) vs one after another, 5 members, batch 128 each, bf16"
-timeout "$(limit 45)" $PY -m benchmarks.ensemble --model lenet --members 5 --batch-size 128 --steps 30
+timeout "$(limit 45)" $PY -m benchmarks.ensemble_modes --model lenet --members 5 --batch-size 128 --steps 30
 record "ensemble LeNet" "exit $?"
-timeout "$(limit 60)" $PY -m benchmarks.ensemble --model resnet18 --members 5 --batch-size 128 --steps 20
+timeout "$(limit 60)" $PY -m benchmarks.ensemble_modes --model resnet18 --members 5 --batch-size 128 --steps 20
 record "ensemble ResNet-18 (28x28)" "exit $?"
 
 step "summary"

@@ -28,10 +28,11 @@ if __package__ in (None, ""):  # run as a file: make the repository importable
 
 import torch
 
-import engine.active_learning as al
+import engine.acquisition as al
 import metrics
 import net
-from engine.models import add_arch_flags, build_model
+from engine.network_flags import add_arch_flags
+from engine.networks import build_model
 from engine.training import TrainSettings
 from utils.errors import exit_on_user_error
 from utils.io import atomic_write_json

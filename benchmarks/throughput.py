@@ -19,7 +19,8 @@ import torch
 import torch.nn.functional as F
 
 import net
-from engine.models import arch_kwargs, build_model
+from engine.network_flags import arch_kwargs
+from engine.networks import build_model
 from utils.device import autocast_context, select_device
 from utils.io import atomic_write_json
 

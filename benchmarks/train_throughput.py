@@ -32,7 +32,8 @@ from pathlib import Path
 import torch
 
 import data
-from engine.models import arch_kwargs, build_model, model_parser
+from engine.network_flags import arch_kwargs, model_parser
+from engine.networks import build_model
 from engine.training import TrainSettings, make_optimizer, prepare_model, train_one_epoch
 from utils.device import cpu_model, cpu_reports_native_bf16, resolve_precision, select_device
 from utils.seed import seed_everything

@@ -213,7 +213,7 @@ def read_amnist(
     def unreadable(path: Path, kind: str, detail: str) -> UserError:
         return UserError(
             f"'{path}' is not a valid Ambiguous-MNIST {kind} file ({detail}); it should hold "
-            f"{AMNIST_CONTENTS[kind]}, as `python -m data.ambiguous_mnist` writes it or the ddu_dirty_mnist "
+            f"{AMNIST_CONTENTS[kind]}, as `python -m tools.ambiguous_mnist` writes it or the ddu_dirty_mnist "
             "release provides it: regenerate or re-download it"
         )
 

@@ -202,7 +202,7 @@ def _amnist(root: Path, split: str, flag: str) -> tuple[torch.Tensor, torch.Tens
     paths = _require(
         "ambiguous_mnist",
         [(root / name,) for name in AMNIST_FILES],
-        f"generate it with 'python -m data.ambiguous_mnist --mnist-root {root} --out {root}', or put the "
+        f"generate it with 'python -m tools.ambiguous_mnist --mnist-root {root} --out {root}', or put the "
         f"released {' and '.join(AMNIST_FILES)} (from the ddu_dirty_mnist release) directly in '{root}'",
         AMNIST_URL,
         download,
@@ -217,7 +217,7 @@ def _amnist(root: Path, split: str, flag: str) -> tuple[torch.Tensor, torch.Tens
 def amnist_train_pairs(root: Path, total_pairs: int | None = None) -> int:
     """How many flattened (sample, label) pairs are training data: 60,000 for the released files (as the
     original reads them; they come without a manifest), or `train_pairs` from the `amnist_manifest.json`
-    that `data.ambiguous_mnist` writes next to a regenerated set of another size.
+    that `tools.ambiguous_mnist` writes next to a regenerated set of another size.
 
     A manifest that is there but unusable (not JSON, not an object, `train_pairs` missing or not a positive
     integer, or more than the `total_pairs` the files hold) raises `UserError`: falling back to 60,000
@@ -227,7 +227,7 @@ def amnist_train_pairs(root: Path, total_pairs: int | None = None) -> int:
     if not path.is_file():
         return AMNIST_TRAIN_PAIRS
     fix = (
-        f"regenerate the set with 'python -m data.ambiguous_mnist --mnist-root {root} --out {root} "
+        f"regenerate the set with 'python -m tools.ambiguous_mnist --mnist-root {root} --out {root} "
         "--overwrite', or delete the manifest to use the released split (the first 60,000 pairs for training)"
     )
     try:

@@ -2,7 +2,7 @@
 shared pool, validation split and class-balanced initial set, then for every run the acquisition steps
 (train on the labelled set, test, score the pool, move the top-scoring samples into the labelled set), its
 state written after every step so that `--resume` continues where it stopped. The steps' pieces (training
-the best epoch, the acquisition scores) are in `engine.active_learning`.
+the best epoch, the acquisition scores) are in `engine.acquisition`.
 """
 
 from __future__ import annotations
@@ -15,10 +15,12 @@ from pathlib import Path
 import torch
 
 import data
-from engine import active_learning as al
-from engine import ensemble, tensorboard
-from engine.models import ARCH_FLAGS, build_model, load_network
-from engine.run_files import check_resume_compatible, run_name
+from engine import acquisition as al
+from engine import stacked_ensemble, tensorboard
+from engine.checkpointing import check_resume_compatible
+from engine.network_flags import ARCH_FLAGS
+from engine.networks import build_model, load_network
+from engine.run_paths import run_name
 from engine.training import TrainSettings
 from utils.device import resolve_precision, select_device
 from utils.errors import UserError
@@ -348,7 +350,7 @@ def run_experiment(args: argparse.Namespace, flags: dict[str, str]) -> dict:
     if args.tensorboard is not None:
         tensorboard.require_tensorboard()
     if args.al_type == "ensemble" and args.ensemble_mode == "stacked":
-        obstacle = ensemble.stacking_obstacle(build_model(args, pool_dataset(args)))
+        obstacle = stacked_ensemble.stacking_obstacle(build_model(args, pool_dataset(args)))
         if obstacle is not None:
             raise UserError(
                 f"members cannot be trained stacked: {obstacle}; pass --ensemble-mode auto or sequential"

@@ -1,5 +1,5 @@
 """The training loop of DDU (Mukhoti et al. 2021) and what it needs: optimiser, schedule, device placement,
-the epoch loop and accuracy. A run's files (checkpoints, logs, resume state) live in `engine.run_files`.
+the epoch loop and accuracy. A run's files (checkpoints, logs, resume state) live in `engine.checkpointing`.
 
 The recipe is the original's: SGD (momentum, weight decay, optional Nesterov) or Adam, cross-entropy on the
 logits, `MultiStepLR` dropping the learning rate tenfold at two milestones, stepped once per epoch. What is
@@ -177,7 +177,7 @@ class EpochStats:
 
 
 def _nonfinite_message(epoch: int, step: int, value: float, precision: str | None = None) -> str:
-    # train.py adds what was kept and how to go on (`engine.run_files.RunFiles.explain_stops`).
+    # train.py adds what was kept and how to go on (`engine.run_paths.RunFiles.explain_stops`).
     causes = "the learning rate is too high for this network, bf16 overflowed, or the data is bad"
     if precision != "bf16":
         causes = "the learning rate is too high for this network, or the data is bad"
@@ -351,7 +351,7 @@ def train_epochs(
     The epoch plan of `utils.epochs.run_epochs` with one pass of `train_one_epoch` per epoch and, when a
     `valid_loader` is given, its accuracy every `validate_every` epochs and after the last one;
     `on_epoch_end(stats)` may write checkpoints or raise to stop. A stacked ensemble passes its own
-    `one_epoch(epoch)` and `validate(epoch, stats)` (`engine.ensemble.train_epochs_stacked`).
+    `one_epoch(epoch)` and `validate(epoch, stats)` (`engine.stacked_ensemble.train_epochs_stacked`).
     """
     eval_model = net.unwrap_model(model)
 

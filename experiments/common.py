@@ -25,8 +25,8 @@ from typing import Any
 import torch
 
 import train
-from engine.models import ARCH_FLAGS
-from engine.run_files import RunFiles, run_name
+from engine.network_flags import ARCH_FLAGS
+from engine.run_paths import RunFiles, run_name
 from experiments.subsets import write_subset_root
 from tools.plots import load_training_log
 from utils.device import cpu_model, cpu_reports_native_bf16, select_device
@@ -59,7 +59,7 @@ class ModelSpec:
         return flags
 
     def namespace(self, coeff: float = 3.0) -> argparse.Namespace:
-        """The network flags as the scripts parse them (`engine.models.load_network` takes them)."""
+        """The network flags as the scripts parse them (`engine.networks.load_network` takes them)."""
         sizes = {name: dict(self.arch).get(name) for name in ARCH_FLAGS}
         return argparse.Namespace(model=self.model, sn=self.sn, mod=self.mod, coeff=coeff, **sizes)
 

@@ -12,7 +12,7 @@ feature density that separates Fashion-MNIST from Dirty-MNIST.
     python -m experiments.dirty_mnist --scale smoke --dataset-root DATA   # seconds: a test of the pipeline
 
 DATA must hold MNIST and Fashion-MNIST. Ambiguous-MNIST (`amnist_samples.pt`, `amnist_labels.pt`) is
-reused when it is in DATA and generated there with `python -m data.ambiguous_mnist` (settings of the scale)
+reused when it is in DATA and generated there with `python -m tools.ambiguous_mnist` (settings of the scale)
 when it is not; the run says which. Writes `dirty_mnist_SCALE.json` and `dirty_mnist_SCALE.png` (Fig. 1)
 into --output-dir and prints the table. Rerunning continues the trainings found in --work-dir.
 
@@ -24,7 +24,6 @@ that they equal evaluate.py's numbers.
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import time
 from dataclasses import dataclass
@@ -32,11 +31,12 @@ from pathlib import Path
 
 import torch
 
-import engine.models
+import engine.networks
 from engine.evaluation import DirtyScores, dirty_aurocs, dirty_scores
 from engine.results import format_value, markdown_table
 from experiments import common
 from experiments.common import ModelSpec
+from tools import ambiguous_mnist
 from tools.plots import group_names, plot_fig1
 from utils.errors import exit_on_user_error
 
@@ -61,7 +61,7 @@ class Scale:
 
     trainings: tuple[Training, ...]
     batch_size: int
-    generate: tuple[str, ...]  # python -m data.ambiguous_mnist flags, used only when the files are missing
+    generate: tuple[str, ...]  # python -m tools.ambiguous_mnist flags, used only when the files are missing
     subset: tuple[tuple[str, tuple[int, int]], ...] = ()  # smoke: (data set, (train, test)) copies
     learning_rate: float = 0.1
     coeff: float = 3.0
@@ -158,9 +158,8 @@ def ensure_ambiguous_mnist(root: Path, flags: tuple[str, ...], device: torch.dev
         print(f"Ambiguous-MNIST: reusing the files in {root}", flush=True)
         return {"source": "reused", "root": str(root), "manifest": _manifest_summary(root)}
     print(f"Ambiguous-MNIST: not in {root}; generating it there with this scale's settings", flush=True)
-    generator = importlib.import_module("data.ambiguous_mnist")
     argv = ["--mnist-root", root, "--out", root, "--device", device.type, *flags]
-    _, seconds = common.timed(lambda: common.run_script(generator, argv))
+    _, seconds = common.timed(lambda: common.run_script(ambiguous_mnist, argv))
     return {
         "source": "generated",
         "root": str(root),
@@ -181,7 +180,7 @@ def train_network(
 
 
 def load_network(t: Training, preset: Scale, checkpoint: str | Path, device: torch.device) -> torch.nn.Module:
-    return engine.models.load_network(t.spec.namespace(preset.coeff), checkpoint, device, dataset=DATASET)
+    return engine.networks.load_network(t.spec.namespace(preset.coeff), checkpoint, device, dataset=DATASET)
 
 
 def dirty_numbers(result: DirtyScores) -> dict:

@@ -5,7 +5,7 @@ its spectral normalisation (a forward-pre-hook) stores `weight_orig`, `weight_u`
 `weight_sigma`; this project's modules use the same names, so the two load into each other. Loading is
 strict: a mismatch raises `CheckpointMismatchError`, whose `StateDictMismatch` lists the keys involved and
 the families of layers they belong to (spectral normalisation, shortcuts, input, classifier) as data; the
-command-line layer (`engine.models.load_checkpoint`) names the flags from it. The one leniency: a ResNet
+command-line layer (`engine.networks.load_checkpoint`) names the flags from it. The one leniency: a ResNet
 classifier stored as `linear.*` (pytorch-cifar's name) loads into our `fc.*` and back.
 """
 
@@ -263,7 +263,7 @@ def load_state_dict(model: nn.Module, state_dict_or_path, *, source: str | None 
     """Load a checkpoint strictly into `model` (unwrapping DDP/compile); return the model.
 
     Raises `CheckpointMismatchError` (a `UserError`) whose `mismatch` says which keys and which families
-    of layers differ; `engine.models.load_checkpoint` turns that into the flags to change.
+    of layers differ; `engine.networks.load_checkpoint` turns that into the flags to change.
     """
     if isinstance(state_dict_or_path, (str, os.PathLike)):
         source = source or str(state_dict_or_path)

@@ -1,4 +1,4 @@
-"""active_learning.py and engine/active_learning.py: acquisition on hand-built scores, the experiment end to
+"""active_learning.py and engine/acquisition.py: acquisition on hand-built scores, the experiment end to
 end for every acquisition type (with and without -ambiguous), output names and structure, resume, errors.
 
 The end-to-end runs read a tiny MNIST (300 training and 100 test images of class-dependent bar patterns,
@@ -20,11 +20,11 @@ from torch import nn
 
 import active_learning
 import data
-import engine.active_learning
+import engine.acquisition
 import metrics
 import net
 from engine import al_run, training
-from engine.active_learning import (
+from engine.acquisition import (
     ResampledLoader,
     Split,
     acquisition_scores,
@@ -96,7 +96,7 @@ def ambiguous_flags(pretrained: Path, subsample: int = 100) -> list[str]:
 
 
 def record_training(monkeypatch, interrupt_at: int | None = None) -> list[int]:
-    """Wrap `engine.active_learning.train_best_model` to record the labelled-set size of every call; with `interrupt_at`,
+    """Wrap `engine.acquisition.train_best_model` to record the labelled-set size of every call; with `interrupt_at`,
     the call with that index raises KeyboardInterrupt (as Ctrl-C would) before training."""
     sizes: list[int] = []
 
@@ -106,7 +106,7 @@ def record_training(monkeypatch, interrupt_at: int | None = None) -> list[int]:
         sizes.append(len(labelled))
         return _TRAIN_BEST_MODEL(make_model, labelled, *args, **kwargs)
 
-    monkeypatch.setattr(engine.active_learning, "train_best_model", wrapper)
+    monkeypatch.setattr(engine.acquisition, "train_best_model", wrapper)
     return sizes
 
 
@@ -607,8 +607,8 @@ def test_original_quirks_flag_reaches_training_and_the_gmm_acquisition(data_root
     float32 ranking, whose positions in the pool's unlabelled part are what the run acquires."""
     trained, acquired = [], []
     real_train, real_acquire = (
-        engine.active_learning.train_best_model,
-        engine.active_learning.original_ddu_acquisition,
+        engine.acquisition.train_best_model,
+        engine.acquisition.original_ddu_acquisition,
     )
 
     def train_spy(*args, **kwargs):
@@ -620,8 +620,8 @@ def test_original_quirks_flag_reaches_training_and_the_gmm_acquisition(data_root
         acquired.append((pool.y.clone(), positions, weights))
         return positions
 
-    monkeypatch.setattr(engine.active_learning, "train_best_model", train_spy)
-    monkeypatch.setattr(engine.active_learning, "original_ddu_acquisition", acquire_spy)
+    monkeypatch.setattr(engine.acquisition, "train_best_model", train_spy)
+    monkeypatch.setattr(engine.acquisition, "original_ddu_acquisition", acquire_spy)
     args = tiny_args(data_root, tmp_path, "--original-quirks", max_samples=30)
     active_learning.main(args)
     state = read(tmp_path / "al_state_lenet_1_gmm_mnist.json")
@@ -761,7 +761,7 @@ def test_resume_of_a_finished_run_with_a_larger_budget_is_refused(data_root, tmp
 
 
 # ----------------------------------------------------------------------------------------------------
-# Ensemble members trained together (engine.ensemble) and TensorBoard
+# Ensemble members trained together (engine.stacked_ensemble) and TensorBoard
 
 
 def test_ensemble_members_stacked_equal_members_trained_one_after_another():
@@ -784,7 +784,7 @@ def test_ensemble_members_stacked_equal_members_trained_one_after_another():
     adam_steps = 2 * 48 // 16  # epochs x batches per epoch
     seen: dict[str, list] = {"stacked": [], "sequential": []}
     members = {
-        mode: engine.active_learning.train_best_models(
+        mode: engine.acquisition.train_best_models(
             lambda: net.create_model("lenet", num_classes=10, mnist=True),
             labelled,
             validation,

@@ -17,8 +17,8 @@ from conftest import TEST_THREADS
 from PIL import Image
 
 import data
-import data.ambiguous_mnist as am
 import net
+import tools.ambiguous_mnist as am
 from metrics.uncertainty import entropy_of_probs
 from utils.errors import UserError
 

@@ -259,7 +259,7 @@ def test_missing_files_name_the_expected_path(tmp_path, name, expected):
     assert str(tmp_path / "empty" / expected) in message and "\n" not in message
     assert "DDU_NO_DOWNLOAD is set" in message
     if name == "ambiguous_mnist":
-        assert "python -m data.ambiguous_mnist" in message
+        assert "python -m tools.ambiguous_mnist" in message
 
 
 def test_missing_tiny_imagenet_and_missing_root(tmp_path):

@@ -1,5 +1,5 @@
 """Deep ensembles: train.py --ensemble (files, seeds, splits, stacked vs one after another, resume, stops),
-engine/ensemble.py (stacked members equal members trained alone), the round trip to evaluate.py and the
+engine/stacked_ensemble.py (stacked members equal members trained alone), the round trip to evaluate.py and the
 results table, and TensorBoard logs.
 
 Runs use the embedded `digits` set with tiny networks, batch 16 and 2 steps per epoch on the CPU.
@@ -21,10 +21,11 @@ import torch.nn.functional as F
 import evaluate
 import net
 import train
-from engine import ensemble, train_run
-from engine.models import build_model, model_config
+from engine import stacked_ensemble, training_run
+from engine.checkpointing import load_resume_state
+from engine.network_flags import model_config
+from engine.networks import build_model
 from engine.results import read_results, table_rows
-from engine.run_files import load_resume_state
 from engine.training import LOSSES
 from utils.seed import seed_everything
 
@@ -69,35 +70,39 @@ def one_line_error(capsys, args, code=None) -> str:
 
 
 def test_stacking_obstacles_and_mode_choice():
-    assert ensemble.stacking_obstacle(net.create_model("lenet", num_classes=10, mnist=True)) is None
+    assert stacked_ensemble.stacking_obstacle(net.create_model("lenet", num_classes=10, mnist=True)) is None
     assert (
-        ensemble.stacking_obstacle(net.create_model("resnet18", num_classes=10, base_width=2, mod=True))
+        stacked_ensemble.stacking_obstacle(
+            net.create_model("resnet18", num_classes=10, base_width=2, mod=True)
+        )
         is None
     )
-    sn = ensemble.stacking_obstacle(
+    sn = stacked_ensemble.stacking_obstacle(
         net.create_model("resnet18", num_classes=10, base_width=2, spectral_normalization=True)
     )
     assert "spectral normalisation" in sn
-    assert "dropout" in ensemble.stacking_obstacle(
+    assert "dropout" in stacked_ensemble.stacking_obstacle(
         net.create_model("wide_resnet", num_classes=10, depth=10, widen_factor=1)
     )
-    assert "compile" in ensemble.stacking_obstacle(net.create_model("lenet", num_classes=10), compile=True)
-    assert ensemble.choose_mode("auto", None, "cuda")[0] == "stacked"
-    assert ensemble.choose_mode("auto", None, "cpu")[0] == "sequential"  # measured slower on the CPU
-    assert ensemble.choose_mode("auto", sn, "cuda") == ("sequential", sn)
-    assert ensemble.choose_mode("stacked", None, "cpu")[0] == "stacked"
-    assert ensemble.choose_mode("sequential", None, "cuda")[0] == "sequential"
+    assert "compile" in stacked_ensemble.stacking_obstacle(
+        net.create_model("lenet", num_classes=10), compile=True
+    )
+    assert stacked_ensemble.choose_mode("auto", None, "cuda")[0] == "stacked"
+    assert stacked_ensemble.choose_mode("auto", None, "cpu")[0] == "sequential"  # measured slower on the CPU
+    assert stacked_ensemble.choose_mode("auto", sn, "cuda") == ("sequential", sn)
+    assert stacked_ensemble.choose_mode("stacked", None, "cpu")[0] == "stacked"
+    assert stacked_ensemble.choose_mode("sequential", None, "cuda")[0] == "sequential"
     with pytest.raises(ValueError, match="spectral"):
-        ensemble.choose_mode("stacked", sn, "cuda")
+        stacked_ensemble.choose_mode("stacked", sn, "cuda")
 
 
 def test_member_seeds_and_validation_splits_follow_the_original():
     args = argparse.Namespace(seed=6, val_seed=6, ensemble=5)
-    assert [(m.seed, m.val_seed) for m in (train_run.member_args(args, k) for k in range(5))] == [
+    assert [(m.seed, m.val_seed) for m in (training_run.member_args(args, k) for k in range(5))] == [
         (6, 6), (7, 7), (8, 8), (9, 9), (10, 10)
     ]  # fmt: skip
     args.val_seed = 100  # an explicit --val-seed shifts the same way
-    assert [train_run.member_args(args, k).val_seed for k in range(3)] == [100, 101, 102]
+    assert [training_run.member_args(args, k).val_seed for k in range(3)] == [100, 101, 102]
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -188,7 +193,7 @@ def test_stacked_training_is_as_exact_as_floating_point_allows(model):
     with torch.no_grad():
         for p in perturbed.parameters():
             p.mul_(1 + 1e-7 * torch.randn_like(p))
-    stack = ensemble.StackedEnsemble(members)
+    stack = stacked_ensemble.StackedEnsemble(members)
 
     def sgd(params):
         return torch.optim.SGD(params, lr=0.01, momentum=0.9, weight_decay=5e-4)
@@ -220,7 +225,7 @@ def test_stacked_forward_matches_each_member_and_unstacks():
     members = [
         net.create_model("resnet18", num_classes=10, base_width=2, mnist=True).eval() for _ in range(3)
     ]
-    stack = ensemble.StackedEnsemble(copy.deepcopy(members)).eval()
+    stack = stacked_ensemble.StackedEnsemble(copy.deepcopy(members)).eval()
     x = torch.randn(3, 4, 1, 28, 28)
     with torch.no_grad():
         out = stack(x)
@@ -243,9 +248,9 @@ def test_optimizer_state_round_trips_between_members_and_the_stack():
     for member, optimizer in zip(members, optimizers):
         F.cross_entropy(member(torch.randn(4, 1, 28, 28)), torch.tensor([0, 1, 2, 3])).backward()
         optimizer.step()
-    stacked = ensemble.stack_optimizer_states([o.state_dict() for o in optimizers])
+    stacked = stacked_ensemble.stack_optimizer_states([o.state_dict() for o in optimizers])
     for k, optimizer in enumerate(optimizers):
-        own, back = optimizer.state_dict(), ensemble.member_optimizer_state(stacked, k)
+        own, back = optimizer.state_dict(), stacked_ensemble.member_optimizer_state(stacked, k)
         assert back["param_groups"] == own["param_groups"]
         for index, entry in own["state"].items():
             assert entry.keys() == back["state"][index].keys()

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import net
-from engine.models import load_checkpoint
+from engine.networks import load_checkpoint
 from utils.errors import UserError
 
 PARITY_DIR = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "parity"
@@ -274,7 +274,7 @@ NO_FAMILY = dict(
 )
 def test_mismatches_are_facts_in_net_and_flags_in_the_cli(saved, loaded, family, hint):
     """`net` reports which keys and which families of layers differ, as data and without flag names;
-    `engine.models.load_checkpoint` names the flag to change."""
+    `engine.networks.load_checkpoint` names the flag to change."""
     source = small_model("resnet18", **saved)
     target = small_model("resnet18", **loaded)
     with pytest.raises(net.CheckpointMismatchError) as info:

@@ -167,7 +167,7 @@ def test_python_m_commands_of_this_project_are_collected():
         "python train.py --seed 1"
     ]
     modules = {_module_and_args(c)[0] for c in readme_commands()}
-    assert {"tools.results", "tools.plots", "data.ambiguous_mnist", "experiments.dirty_mnist"} <= modules
+    assert {"tools.results", "tools.plots", "tools.ambiguous_mnist", "experiments.dirty_mnist"} <= modules
 
 
 @pytest.mark.parametrize(

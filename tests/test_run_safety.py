@@ -23,8 +23,7 @@ from helpers import REPO, al_args, assert_kept, eval_args, fails, snapshot, trai
 import active_learning
 import evaluate
 import train
-from engine import al_run, train_run
-from engine.run_files import RunFiles
+from engine import al_run, checkpointing, training_run
 from utils.errors import Interrupted, UserError
 from utils.io import BackgroundWriter, exclusive_lock, lock_path
 
@@ -157,14 +156,14 @@ def test_interrupts_wait_for_the_write_in_progress(tmp_path):
 
 @pytest.mark.parametrize("epochs", [1, 2])
 def test_the_stop_message_names_the_epoch_the_resume_file_holds(tmp_path, monkeypatch, capsys, epochs):
-    original = RunFiles.write_epoch
+    original = checkpointing.write_epoch
 
-    def write_epoch(self, state, history, **kwargs):
+    def write_epoch(files, state, history, **kwargs):
         if state["epoch"] == epochs:  # the last epoch's write: Ctrl-C twice, and the write fails
             _interrupting_job(tmp_path / "unused", fail=True)()
-        return original(self, state, history, **kwargs)
+        return original(files, state, history, **kwargs)
 
-    monkeypatch.setattr(RunFiles, "write_epoch", write_epoch)
+    monkeypatch.setattr(checkpointing, "write_epoch", write_epoch)
     err = fails(capsys, train.main, train_args(tmp_path / "run", epochs=epochs), code=130)
     if epochs == 1:
         assert "no epoch of lenet_1 had been saved" in err and "resume.pt" not in err
@@ -179,15 +178,15 @@ def test_the_stop_message_names_the_epoch_the_resume_file_holds(tmp_path, monkey
 
 
 def test_an_interrupted_ensemble_names_its_finished_members(tmp_path, monkeypatch, capsys):
-    original, calls = train_run.prepare_run, []
+    original, calls = training_run.setup_training_run, []
 
-    def prepare_run(*args, **kwargs):
+    def setup_training_run(*args, **kwargs):
         calls.append(1)
         if len(calls) == 2:
             raise KeyboardInterrupt
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(train_run, "prepare_run", prepare_run)
+    monkeypatch.setattr(training_run, "setup_training_run", setup_training_run)
     argv = train_args(tmp_path, "--ensemble", "3", "--ensemble-mode", "sequential")
     err = fails(capsys, train.main, argv, code=130)
     assert "member 1 (lenet_1) finished" in err and "member 2 of 3 (lenet_2)" in err and "--resume" in err
@@ -365,7 +364,7 @@ def test_the_results_table_counts_each_run_once(tmp_path):
 
 
 def test_a_checkpoint_path_that_is_a_folder_is_called_a_folder(tmp_path):
-    from engine.run_files import locate_checkpoint
+    from engine.run_paths import locate_checkpoint
 
     (tmp_path / "Run1" / "lenet_1_1.model").mkdir(parents=True)
     with pytest.raises(UserError, match="is a folder") as info:
@@ -374,7 +373,7 @@ def test_a_checkpoint_path_that_is_a_folder_is_called_a_folder(tmp_path):
 
 
 def test_changed_flags_advice_names_overwrite():
-    from engine.run_files import check_resume_compatible
+    from engine.checkpointing import check_resume_compatible
 
     with pytest.raises(UserError) as info:
         check_resume_compatible({"seed": 1}, {"seed": 2}, keys=("seed",), output_flag="--output-dir")

@@ -22,7 +22,12 @@ from torch.utils.data import DataLoader, TensorDataset
 import data
 import net
 import train
-from engine.run_files import capture_rng_state, check_resume_compatible, load_resume_state, restore_rng_state
+from engine.checkpointing import (
+    capture_rng_state,
+    check_resume_compatible,
+    load_resume_state,
+    restore_rng_state,
+)
 from engine.training import (
     LOSSES,
     TrainSettings,
@@ -336,7 +341,7 @@ def test_test_only_dataset_and_foreign_architecture_flag(tmp_path, capsys):
 
 
 # ----------------------------------------------------------------------------------------------------
-# engine.training and engine.run_files as a library
+# engine.training and engine.checkpointing as a library
 
 
 def test_optimizer_and_schedule_as_the_original():

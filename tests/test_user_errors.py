@@ -521,7 +521,7 @@ GENERATOR_BAD = [
 
 @pytest.mark.parametrize("argv, expected", GENERATOR_BAD, ids=[" ".join(a) for a, _ in GENERATOR_BAD])
 def test_ambiguous_mnist_generator_flags(mnist_root, tmp_path, capsys, argv, expected):
-    import data.ambiguous_mnist as am
+    import tools.ambiguous_mnist as am
 
     (tmp_path / "amnist_manifest.json").write_text('{"earlier": true}')
     before = snapshot(tmp_path)

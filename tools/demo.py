@@ -26,7 +26,7 @@ with starting_up(__name__):  # PyTorch takes seconds and much memory to load: a 
     import evaluate
     import train
     from engine.evaluation import DIRTY_SCORE_NAMES, dirty_aurocs, dirty_scores
-    from engine.models import load_network
+    from engine.networks import load_network
     from tools.plots import plot_fig1
 
 DATASET, OOD = "digits", "digits_ood"

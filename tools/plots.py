@@ -36,13 +36,8 @@ with starting_up(__name__):  # PyTorch takes seconds and much memory to load: a 
 
     import data
     from engine.evaluation import dirty_scores
-    from engine.models import (
-        ARCH_FLAGS,
-        MODEL_FLAGS,
-        RunFailedError,
-        check_network_flags,
-        load_network,
-    )
+    from engine.network_flags import ARCH_FLAGS, MODEL_FLAGS, check_network_flags
+    from engine.networks import RunFailedError, load_network
     from engine.results import curve_standard_errors
     from utils.device import select_device
     from utils.validation import check_count, check_number
@@ -354,7 +349,7 @@ def load_model(
     **arch,
 ) -> torch.nn.Module:
     """The network of a checkpoint trained on `dataset` with these flags and size overrides (`base_width`),
-    in eval mode (`engine.models.load_network`, as the scripts load theirs)."""
+    in eval mode (`engine.networks.load_network`, as the scripts load theirs)."""
 
     unknown = sorted(set(arch) - set(ARCH_FLAGS))
     if unknown:

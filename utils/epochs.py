@@ -12,7 +12,7 @@ For each epoch from `start_epoch` to `epochs` (exclusive, counting from 0):
 5. `on_epoch_end(stats)` (checkpoints, logs; it may raise to stop).
 
 The pieces that differ are passed in by the callers: `engine.training.train_epochs` (one network),
-`engine.ensemble.train_epochs_stacked` (members stacked), `engine.active_learning` (the best epoch on
+`engine.stacked_ensemble.train_epochs_stacked` (members stacked), `engine.acquisition` (the best epoch on
 validation), and the Ambiguous-MNIST generator's classifiers and VAE. Nothing here knows about models, so
 every layer may use it.
 """

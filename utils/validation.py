@@ -3,7 +3,7 @@ naming the flag, the valid values and the value given) before any data is read o
 
 Each script has one `check_args(args)` next to its `get_args_parser()`, built from these (`check_number`,
 `check_count`, `check_seed`, `check_milestones`, `check_file`, `check_dir`) and, for the network flags,
-`engine.models.check_network_flags`.
+`engine.network_flags.check_network_flags`.
 """
 
 from __future__ import annotations

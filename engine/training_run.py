@@ -2,9 +2,10 @@
 and their files: loaders, the seeded network, optimiser and schedule, resume, the epoch loop with its
 checkpoints, logs and TensorBoard scalars.
 
-`train.py` resolves and checks the flags, then calls `prepare_run` + `train_run` (one network) or
-`train_ensemble` (`--ensemble N`: members stacked into one vmapped network where that is exact, else one
-after another; see `engine.ensemble`).
+`train.py` resolves and checks the flags, then calls `setup_training_run` + `train_network` (one network)
+or `train_ensemble` (`--ensemble N`: members stacked into one vmapped network where that is exact, else one
+after another; see `engine.stacked_ensemble`). The end of every epoch is one `EpochCheckpointer` call per
+network: its files (`engine.checkpointing`), its log line and its TensorBoard scalars.
 """
 
 from __future__ import annotations
@@ -21,16 +22,11 @@ import torch
 import torch.nn as nn
 
 import data
-from engine import ensemble, tensorboard
-from engine.models import build_model, model_config
-from engine.run_files import (
-    EpochCheckpointer,
-    RunFiles,
-    explain_ensemble_stops,
-    resume_training,
-    run_name,
-    sanitize_args,
-)
+from engine import checkpointing, stacked_ensemble, tensorboard
+from engine.checkpointing import capture_rng_state, explain_stops, resume_training, sanitize_args
+from engine.network_flags import model_config
+from engine.networks import build_model
+from engine.run_paths import RunFiles, run_name
 from engine.training import (
     EpochStats,
     TrainSettings,
@@ -41,7 +37,7 @@ from engine.training import (
 )
 from utils import distributed
 from utils.errors import Interrupted, UserError
-from utils.io import BackgroundWriter, exclusive_lock, lock_path
+from utils.io import BackgroundWriter, cpu_snapshot, exclusive_lock, lock_path
 from utils.progress import progress_enabled
 from utils.seed import seed_everything
 
@@ -124,7 +120,7 @@ def claim_runs(args: argparse.Namespace, rule: ResumeRule, is_main: bool = True)
         yield
 
 
-def prepare_run(
+def setup_training_run(
     args: argparse.Namespace, device: torch.device, dist_info: distributed.DistInfo, rule: ResumeRule
 ) -> TrainingRun:
     """Loaders, the seeded network, optimiser and schedule of the run `args` describes, resumed if asked."""
@@ -180,16 +176,64 @@ def train_settings(
     )
 
 
-def _checkpointer(run: TrainingRun, writer: BackgroundWriter, model, optimizer, scheduler, is_main: bool):
-    """The end-of-epoch writer of `run`'s files; `model` and `optimizer` may be a stacked member's views."""
-    args = run.args
-    return EpochCheckpointer(
-        run.files, writer, model, optimizer, scheduler, model_config=run.config, args=run.saved_args,
-        history=run.history, save_interval=args.save_interval, epochs=args.epoch, is_main=is_main,
-    )  # fmt: skip
+@dataclass
+class EpochCheckpointer:
+    """The end of an epoch of one network of `run` (`train_epochs`' `on_epoch_end`), written once for a
+    network trained alone and for a stacked ensemble's members: appends the epoch to the run's history,
+    writes its files (`engine.checkpointing.write_epoch`: the model file every --save-interval epochs and
+    after the last), logs its line and adds its TensorBoard scalars (`board`, None: none).
+
+    `model`, `optimizer` and `scheduler` default to the run's; a stacked member passes the views of its
+    slice (`engine.stacked_ensemble.MemberView`) and the stack's schedule. The writes run on `writer`'s
+    thread from CPU copies, overlapping the next epoch (a WRN-28-10 resume file is about 300 MB); their
+    errors surface at the next epoch's end or when the writer closes. Every rank must call it (the RNG
+    states are gathered, a collective); only the main rank writes and logs.
+    """
+
+    run: TrainingRun
+    writer: BackgroundWriter
+    board: Any = None
+    is_main: bool = True
+    model: Any = None
+    optimizer: Any = None
+    scheduler: Any = None
+
+    def __call__(self, stats: EpochStats) -> None:
+        run, args = self.run, self.run.args
+        run.history.append(stats)
+        done = stats.epoch + 1
+        rng_states = distributed.all_gather_objects(capture_rng_state())
+        if not self.is_main:
+            return
+        model = run.model if self.model is None else self.model
+        optimizer = run.optimizer if self.optimizer is None else self.optimizer
+        scheduler = run.scheduler if self.scheduler is None else self.scheduler
+        model_state = cpu_snapshot(model.state_dict())
+        state = {
+            "epoch": done,
+            "model": model_state,
+            "model_config": run.config,
+            "optimizer": cpu_snapshot(optimizer.state_dict()),
+            "scheduler": scheduler.state_dict(),
+            "grad_scaler": None,  # bf16 keeps fp32's exponent range: no loss scaling needed
+            "args": run.saved_args,
+            "rng": rng_states,
+            "history": [h.to_json() for h in run.history],
+        }
+        save_model = done % args.save_interval == 0 or done == args.epoch
+        snapshot = list(run.history)
+        self.writer.submit(
+            lambda: checkpointing.write_epoch(
+                run.files, state, snapshot, model_state=model_state if save_model else None, model_epoch=done
+            )
+        )
+        prefix = f"{run.files.name} " if args.ensemble is not None else ""
+        log.info("%s%s", prefix, stats.summary(args.epoch))
+        tensorboard.add_scalars(self.board, stats.to_json(), step=done)
+        tensorboard.add_original_train_loss(self.board, run.files.name, stats.original_loss, step=done)
 
 
-def train_run(
+def train_network(
     run: TrainingRun, device: torch.device, dist_info: distributed.DistInfo, *, until: int | None = None
 ) -> dict[str, Any]:
     """Train one network from its start epoch to -e (or to epoch `until`: a stacked resume's catch-up)."""
@@ -197,21 +241,11 @@ def train_run(
     epochs = args.epoch if until is None else until
     log_dir = run.tensorboard_dir if dist_info.is_main else None
     with (
-        run.files.explain_stops(run.history),
+        explain_stops([run.files], [run.history]),
         BackgroundWriter() as writer,
         tensorboard.epoch_writer(log_dir, purge_step=run.start_epoch + 1) as board,
     ):
-        checkpoint = _checkpointer(run, writer, run.model, run.optimizer, run.scheduler, dist_info.is_main)
-
-        def on_epoch_end(stats: EpochStats) -> None:
-            checkpoint(stats)
-            if dist_info.is_main:
-                prefix = f"{run.files.name} " if args.ensemble is not None else ""
-                log.info("%s%s", prefix, stats.summary(args.epoch))
-                tensorboard.add_scalars(board, stats.to_json(), step=stats.epoch + 1)
-                tensorboard.add_original_train_loss(
-                    board, run.files.name, stats.original_loss, step=stats.epoch + 1
-                )
+        on_epoch_end = EpochCheckpointer(run, writer, board, dist_info.is_main)
 
         train_epochs(
             prepare_model(
@@ -241,7 +275,7 @@ def _finish(run: TrainingRun, dist_info: distributed.DistInfo) -> None:
             log.info("%s: already trained for %d epochs (-e %d); nothing to do", run.files.name, args.epoch,
                      args.epoch)  # fmt: skip
             if not run.files.model(args.epoch).is_file():
-                run.files.save_model(run.model, args.epoch)
+                checkpointing.save_model(run.files, run.model, args.epoch)
         log.info("Model saved to %s", run.files.model(args.epoch))
 
 
@@ -259,12 +293,14 @@ def train_ensemble(
 ) -> dict:
     """`--ensemble N`: members stacked into one vmapped network where that is exact, else one after another.
 
-    Returns `{"members": [one `train_run` result per member], "mode": "stacked" | "sequential"}`.
+    Returns `{"members": [one `train_network` result per member], "mode": "stacked" | "sequential"}`.
     """
     probe = build_model(model_config(args))
-    obstacle = ensemble.stacking_obstacle(probe, compile=args.compile, world_size=dist_info.world_size)
+    obstacle = stacked_ensemble.stacking_obstacle(
+        probe, compile=args.compile, world_size=dist_info.world_size
+    )
     try:
-        mode, why = ensemble.choose_mode(args.ensemble_mode, obstacle, device.type)
+        mode, why = stacked_ensemble.choose_mode(args.ensemble_mode, obstacle, device.type)
     except ValueError as err:
         raise UserError(f"{err}; pass --ensemble-mode auto or sequential") from None
     if dist_info.is_main:
@@ -277,12 +313,12 @@ def train_ensemble(
         results = []
         for k in range(args.ensemble):
             try:
-                run = prepare_run(member_args(args, k), device, dist_info, rule)
-                results.append(train_run(run, device, dist_info))
+                run = setup_training_run(member_args(args, k), device, dist_info, rule)
+                results.append(train_network(run, device, dist_info))
             except (KeyboardInterrupt, Interrupted) as err:
                 raise _member_interrupted(args, results, k, err) from None
         return {"members": results, "mode": mode}
-    runs = [prepare_run(member_args(args, k), device, dist_info, rule) for k in range(args.ensemble)]
+    runs = [setup_training_run(member_args(args, k), device, dist_info, rule) for k in range(args.ensemble)]
     return {"members": _train_stacked(args, runs, device, dist_info), "mode": mode}
 
 
@@ -299,22 +335,22 @@ def _member_interrupted(
     members = "member 1" if k == 1 else f"members 1-{k}"
     done = ", ".join(result["files"].name for result in finished)
     if "--resume" not in detail:
-        message += "; rerun the same command with --resume (and without --overwrite) to continue after the finished members"
+        message += f"; {checkpointing.RERUN_WITH_RESUME} after the finished members"
     return Interrupted(f"{members} ({done}) finished and saved, but {message}")
 
 
 def _train_stacked(
     args: argparse.Namespace, runs: list[TrainingRun], device: torch.device, dist_info: distributed.DistInfo
 ) -> list[dict[str, Any]]:
-    """Train the members of `runs` together (see `engine.ensemble`); each keeps its own files and logs."""
+    """Train the members of `runs` together (see `engine.stacked_ensemble`); each keeps its own files and logs."""
     # Members resumed from different epochs (a stop between two members' end-of-epoch writes) first catch
     # up one by one: the stack needs them in step.
     done = max(run.start_epoch for run in runs)
     for run in runs:
         if run.start_epoch < done:
             log.info("%s: catching up from epoch %d to %d alone", run.files.name, run.start_epoch, done)
-            train_run(run, device, dist_info, until=done)
-    stack = ensemble.StackedEnsemble([run.model for run in runs]).to(device)
+            train_network(run, device, dist_info, until=done)
+    stack = stacked_ensemble.StackedEnsemble([run.model for run in runs]).to(device)
     optimizer = make_optimizer(
         stack.parameters(),
         args.optimiser,
@@ -325,7 +361,7 @@ def _train_stacked(
     )
     if done:
         optimizer.load_state_dict(
-            ensemble.stack_optimizer_states([run.optimizer.state_dict() for run in runs])
+            stacked_ensemble.stack_optimizer_states([run.optimizer.state_dict() for run in runs])
         )
     # The members' common schedule (their states are equal: same milestones, same epochs done).
     scheduler = make_scheduler(optimizer, (args.first_milestone, args.second_milestone))
@@ -333,38 +369,33 @@ def _train_stacked(
     names = [run.files.name for run in runs]
     with contextlib.ExitStack() as stack_of_files:
         stack_of_files.enter_context(
-            explain_ensemble_stops([run.files for run in runs], [run.history for run in runs])
+            explain_stops([run.files for run in runs], [run.history for run in runs], members=True)
         )
-        checkpoints, boards = [], []
+        checkpoints = []
         for k, run in enumerate(runs):
-            view = ensemble.MemberView(stack, optimizer, k)
+            view = stacked_ensemble.MemberView(stack, optimizer, k)
             writer = stack_of_files.enter_context(BackgroundWriter())
-            checkpoints.append(
-                _checkpointer(run, writer, view.model, view.optimizer, scheduler, dist_info.is_main)
-            )
             log_dir = run.tensorboard_dir if dist_info.is_main else None
-            boards.append(
-                stack_of_files.enter_context(tensorboard.epoch_writer(log_dir, purge_step=done + 1))
+            board = stack_of_files.enter_context(tensorboard.epoch_writer(log_dir, purge_step=done + 1))
+            checkpoints.append(
+                EpochCheckpointer(
+                    run, writer, board, dist_info.is_main, view.model, view.optimizer, scheduler
+                )
             )
 
         def on_epoch_end(stats: list[EpochStats]) -> None:
-            for checkpoint, board, name, member_stats in zip(checkpoints, boards, names, stats):
+            for checkpoint, member_stats in zip(checkpoints, stats):
                 checkpoint(member_stats)
-                log.info("%s %s", name, member_stats.summary(args.epoch))
-                tensorboard.add_scalars(board, member_stats.to_json(), step=member_stats.epoch + 1)
-                tensorboard.add_original_train_loss(
-                    board, name, member_stats.original_loss, step=member_stats.epoch + 1
-                )
 
-        ensemble.train_epochs_stacked(
+        stacked_ensemble.train_epochs_stacked(
             stack,
-            ensemble.ZippedLoader([run.train_loader for run in runs]),
+            stacked_ensemble.ZippedLoader([run.train_loader for run in runs]),
             optimizer,
             scheduler,
             train_settings(args, device, dist_info),
             epochs=args.epoch,
             start_epoch=done,
-            valid_loader=ensemble.ZippedLoader([run.valid_loader for run in runs]),
+            valid_loader=stacked_ensemble.ZippedLoader([run.valid_loader for run in runs]),
             validate_every=args.validate_every,
             member_names=[f"member {k + 1} ({name})" for k, name in enumerate(names)],
             on_epoch_end=on_epoch_end,

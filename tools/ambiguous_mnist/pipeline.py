@@ -1,5 +1,5 @@
 """The generator's command line and its pipeline: `generate` runs the stages in order, one function each
-(`python -m data.ambiguous_mnist`, see the package docstring for the commands)."""
+(`python -m tools.ambiguous_mnist`, see the package docstring for the commands)."""
 
 from __future__ import annotations
 
@@ -16,8 +16,10 @@ import torch
 import torch.nn.functional as F
 
 import net
-from data.ambiguous_mnist.candidates import draw_labels, generate_split
-from data.ambiguous_mnist.common import (
+from data.sources import amnist_train_pairs, load_split
+from tools.ambiguous_mnist.candidates import draw_labels, generate_split
+from tools.ambiguous_mnist.classifiers import Ensemble, build_ensemble
+from tools.ambiguous_mnist.common import (
     GRID_FILE,
     LABELS_FILE,
     MANIFEST_FILE,
@@ -30,16 +32,14 @@ from data.ambiguous_mnist.common import (
     SEED_SPLIT,
     SEED_VAE,
 )
-from data.ambiguous_mnist.ensemble import Ensemble, build_ensemble
-from data.ambiguous_mnist.report import (
+from tools.ambiguous_mnist.report import (
     build_manifest,
     evaluate_quality,
     label_entropy_summary,
     run_settings,
     write_files,
 )
-from data.ambiguous_mnist.vae import ConvVAE, train_vae
-from data.sources import amnist_train_pairs, load_split
+from tools.ambiguous_mnist.vae import ConvVAE, train_vae
 from utils.device import autocast_context, resolve_precision
 from utils.errors import UserError, exit_on_user_error
 from utils.io import atomic_write_json, check_writable_dir, read_json
@@ -76,7 +76,7 @@ def random_subset(
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m data.ambiguous_mnist",
+        prog="python -m tools.ambiguous_mnist",
         description="Generate Ambiguous-MNIST (this project's regeneration) from MNIST.",
         add_help=add_help,
     )

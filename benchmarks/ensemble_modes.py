@@ -1,10 +1,10 @@
-"""Deep-ensemble training: N members stacked into one vmapped network (`engine.ensemble`) against the same N
+"""Deep-ensemble training: N members stacked into one vmapped network (`engine.stacked_ensemble`) against the same N
 members trained one after another, on device-resident batches, with the training loops train.py runs.
 
 Prints the images per second of both (all members' images counted) and their ratio:
 
-    python -m benchmarks.ensemble --model lenet --members 5 --batch-size 128                   # on a GPU
-    python -m benchmarks.ensemble --model resnet18 --base-width 8 --members 5 --no-gpu --steps 5
+    python -m benchmarks.ensemble_modes --model lenet --members 5 --batch-size 128                   # on a GPU
+    python -m benchmarks.ensemble_modes --model resnet18 --base-width 8 --members 5 --no-gpu --steps 5
 
 Each member sees its own batches (random images of the data set's shape) and its own seeded weights, as in
 `train.py --ensemble N`. The two ways alternate `--repeats` times and the best of each is kept, which on a
@@ -18,8 +18,9 @@ import time
 
 import torch
 
-from engine import ensemble
-from engine.models import build_model, model_config, model_parser
+from engine import stacked_ensemble
+from engine.network_flags import model_config, model_parser
+from engine.networks import build_model
 from engine.training import TrainSettings, make_optimizer, train_one_epoch
 from utils.device import resolve_precision, select_device
 from utils.io import atomic_write_json
@@ -92,7 +93,7 @@ def main(args: argparse.Namespace) -> dict:
     precision = resolve_precision(device, args.precision)[0]
     config = model_config(args)
     shape = (1, 28, 28) if config["mnist"] else (3, 32, 32)
-    obstacle = ensemble.stacking_obstacle(build_model(config))
+    obstacle = stacked_ensemble.stacking_obstacle(build_model(config))
     if obstacle is not None:
         raise SystemExit(f"error: {args.model} with these flags cannot be stacked: {obstacle}")
     settings = TrainSettings(device=device, precision=precision, progress=False, log_interval=10**9)
@@ -102,7 +103,7 @@ def main(args: argparse.Namespace) -> dict:
 
     members = _members(config, n, device)
     optimizers = [_optimizer(m.parameters()) for m in members]
-    stack = ensemble.StackedEnsemble(_members(config, n, device)).to(device)
+    stack = stacked_ensemble.StackedEnsemble(_members(config, n, device)).to(device)
     stack_optimizer = _optimizer(stack.parameters())
 
     def sequential(batches):
@@ -110,7 +111,9 @@ def main(args: argparse.Namespace) -> dict:
             train_one_epoch(member, own, optimizer, settings)
 
     def stacked(batches):
-        ensemble.train_one_epoch_stacked(stack, ensemble.ZippedLoader(batches), stack_optimizer, settings)
+        stacked_ensemble.train_one_epoch_stacked(
+            stack, stacked_ensemble.ZippedLoader(batches), stack_optimizer, settings
+        )
 
     images = n * args.steps * args.batch_size
     best = {"stacked": 0.0, "sequential": 0.0}

@@ -32,12 +32,12 @@ Modules, in the order the pipeline runs them: `vae` (step 1), `ensemble` (step 2
 command line and `generate`, one function per stage); `common` holds the file names and seed offsets.
 
 Run:
-    python -m data.ambiguous_mnist --mnist-root DATA --out DATA                  # 6000 + 6000 samples
-    python -m data.ambiguous_mnist --mnist-root DATA --out DATA --device cuda --evaluate
-    python -m data.ambiguous_mnist --mnist-root DATA --out DATA --evaluate-only  # re-check existing files
-    python -m data.ambiguous_mnist --mnist-root DATA --out DATA --num-threads 1    # on a busy shared CPU
-    python -m data.ambiguous_mnist --mnist-root DATA --out DATA --overwrite      # replace an existing set
-    python -m data.ambiguous_mnist --mnist-root DATA --out /tmp/am --max-mnist 2000 --train 100 --test 100 \
+    python -m tools.ambiguous_mnist --mnist-root DATA --out DATA                  # 6000 + 6000 samples
+    python -m tools.ambiguous_mnist --mnist-root DATA --out DATA --device cuda --evaluate
+    python -m tools.ambiguous_mnist --mnist-root DATA --out DATA --evaluate-only  # re-check existing files
+    python -m tools.ambiguous_mnist --mnist-root DATA --out DATA --num-threads 1    # on a busy shared CPU
+    python -m tools.ambiguous_mnist --mnist-root DATA --out DATA --overwrite      # replace an existing set
+    python -m tools.ambiguous_mnist --mnist-root DATA --out /tmp/am --max-mnist 2000 --train 100 --test 100 \
         --vae-epochs 4 --vae-batch-size 32 --vae-lr 3e-3 --classifier-epochs 4 --classifier-batch-size 64 \
         --ensemble-size 3 --candidate-batch 1024                                  # small: ~15 s on one thread
 
@@ -52,16 +52,15 @@ from MNIST's features, which the density filter rightly rejects, and the run sto
 the step counts. The thresholds stay fixed: relaxing them to what weak models allow would keep that fog.
 """
 
-from data.ambiguous_mnist.candidates import _distinct_class_partner as _distinct_class_partner
-from data.ambiguous_mnist.candidates import (
+from tools.ambiguous_mnist.candidates import _distinct_class_partner as _distinct_class_partner
+from tools.ambiguous_mnist.candidates import (
     dirichlet,
     draw_labels,
     generate_split,
     make_candidates,
     select_ambiguous,
 )
-from data.ambiguous_mnist.common import GRID_FILE, LABELS_FILE, MANIFEST_FILE, NUM_CLASSES, SAMPLES_FILE
-from data.ambiguous_mnist.ensemble import (
+from tools.ambiguous_mnist.classifiers import (
     Ensemble,
     build_ensemble,
     ensemble_scores,
@@ -69,7 +68,8 @@ from data.ambiguous_mnist.ensemble import (
     predict,
     train_classifier,
 )
-from data.ambiguous_mnist.pipeline import (
+from tools.ambiguous_mnist.common import GRID_FILE, LABELS_FILE, MANIFEST_FILE, NUM_CLASSES, SAMPLES_FILE
+from tools.ambiguous_mnist.pipeline import (
     check_args,
     evaluate_existing,
     generate,
@@ -78,14 +78,14 @@ from data.ambiguous_mnist.pipeline import (
     main,
     random_subset,
 )
-from data.ambiguous_mnist.report import (
+from tools.ambiguous_mnist.report import (
     ENTROPY_BIN_EDGES,
     build_manifest,
     evaluate_quality,
     label_entropy_summary,
     render_grid,
 )
-from data.ambiguous_mnist.vae import ConvVAE, train_vae, vae_loss
+from tools.ambiguous_mnist.vae import ConvVAE, train_vae, vae_loss
 
 __all__ = [
     "ENTROPY_BIN_EDGES",

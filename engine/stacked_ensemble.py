@@ -79,7 +79,7 @@ def choose_mode(mode: str, obstacle: str | None, device_type: str) -> tuple[str,
     `auto` stacks on a GPU, where members of a small network trained one after another leave it mostly
     idle, whenever stacking is exact. On the CPU the device is busy either way and stacking measured slower
     (vmap turns each convolution into a grouped one, which the CPU kernels run less efficiently:
-    `benchmarks/ensemble.py`), so `auto` trains one member after another there. Asking for `stacked`
+    `benchmarks/ensemble_modes.py`), so `auto` trains one member after another there. Asking for `stacked`
     where it is not exact is a `ValueError` carrying the reason.
     """
     if mode not in MODES:
@@ -94,7 +94,10 @@ def choose_mode(mode: str, obstacle: str | None, device_type: str) -> tuple[str,
         return "stacked", "asked for"
     if device_type == "cuda":
         return "stacked", "exact for this network, and it keeps the GPU busy"
-    return "sequential", "on the CPU, where stacking is exact but measured slower: benchmarks/ensemble.py"
+    return (
+        "sequential",
+        "on the CPU, where stacking is exact but measured slower: benchmarks/ensemble_modes.py",
+    )
 
 
 def _key(name: str) -> str:
@@ -195,7 +198,7 @@ def member_optimizer_state(state: Mapping[str, Any], k: int) -> dict[str, Any]:
 
 class MemberView:
     """Member k of a stacked ensemble and its optimiser, seen as one network's `model` and `optimizer` by
-    code that only calls `state_dict()` (e.g. `engine.run_files.EpochCheckpointer`)."""
+    code that only calls `state_dict()` (e.g. `engine.training_run.EpochCheckpointer`)."""
 
     def __init__(self, ensemble: StackedEnsemble, optimizer: torch.optim.Optimizer, k: int) -> None:
         self.ensemble, self._optimizer, self.k = ensemble, optimizer, k

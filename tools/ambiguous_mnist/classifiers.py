@@ -16,11 +16,11 @@ import torch.nn.functional as F
 from torch import nn
 
 import net
-from data.ambiguous_mnist.common import NUM_CLASSES, fit_epochs
 from data.registry import MNIST_MEAN, MNIST_STD
 from metrics.ddu import DDUScorer
 from metrics.gmm import ClassGaussians
 from metrics.uncertainty import ensemble_mutual_information, ensemble_predictive_entropy
+from tools.ambiguous_mnist.common import NUM_CLASSES, fit_epochs
 
 
 def normalize(images: torch.Tensor) -> torch.Tensor:

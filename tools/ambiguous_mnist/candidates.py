@@ -8,8 +8,8 @@ from typing import Any
 
 import torch
 
-from data.ambiguous_mnist.ensemble import Ensemble, ensemble_scores
-from data.ambiguous_mnist.vae import ConvVAE
+from tools.ambiguous_mnist.classifiers import Ensemble, ensemble_scores
+from tools.ambiguous_mnist.vae import ConvVAE
 from utils.errors import UserError
 from utils.progress import progress_bar
 

@@ -15,7 +15,7 @@ acquisition score into the labelled set:
   so the acquired batch is a uniformly random subset of the pool, reproducible and resumable.
 
 An ensemble's members are trained together, stacked into one vmapped network, where that is exact and the
-device is a GPU (`train_best_models`, the same path as `train.py --ensemble`; see `engine.ensemble`), and one
+device is a GPU (`train_best_models`, the same path as `train.py --ensemble`; see `engine.stacked_ensemble`), and one
 after another otherwise.
 
 Everything (pool, labelled set, validation and test sets) lives on the device as normalised tensors; the
@@ -41,7 +41,7 @@ import torch
 import data
 import metrics
 from data.transforms import normalize
-from engine import ensemble, training
+from engine import stacked_ensemble, training
 from engine.features import collect_outputs
 from utils.epochs import run_epochs
 
@@ -263,7 +263,7 @@ def train_best_models(
     original_quirks: bool = False,
 ) -> list:
     """`train_best_model` for each of `seeds` (member k: seed `seeds[k]`, its own resampling of the labelled
-    set, the common validation split), stacked or one after another as `engine.ensemble.choose_mode` picks
+    set, the common validation split), stacked or one after another as `engine.stacked_ensemble.choose_mode` picks
     for `mode`; `on_epoch_end(k, stats)` sees member k's epochs. Raises `ValueError` when `mode` is
     `stacked` and the network cannot be stacked. `original_quirks`: each member is its last epoch (see
     `train_best_model`)."""
@@ -277,7 +277,9 @@ def train_best_models(
     )
     chosen = "sequential"
     if len(seeds) > 1:
-        chosen, _ = ensemble.choose_mode(mode, ensemble.stacking_obstacle(make_model()), settings.device.type)
+        chosen, _ = stacked_ensemble.choose_mode(
+            mode, stacked_ensemble.stacking_obstacle(make_model()), settings.device.type
+        )
     if chosen == "sequential":
         return [
             train_best_model(
@@ -299,22 +301,24 @@ def _train_best_models_stacked(
     make_model, labelled, validation, *, seeds, epochs, batch_size, test_batch_size, samples_per_epoch, settings,
     on_epoch_end, original_quirks,
 ) -> list:  # fmt: skip
-    """The members of `train_best_models` stacked (see `engine.ensemble`): the same seeds, initial weights,
+    """The members of `train_best_models` stacked (see `engine.stacked_ensemble`): the same seeds, initial weights,
     batches and Adam updates as one after another; each member keeps its own best epoch."""
     members = []
     for seed in seeds:
         torch.manual_seed(seed)
         members.append(make_model().to(settings.device))
-    stack = ensemble.StackedEnsemble(members).to(settings.device)
+    stack = stacked_ensemble.StackedEnsemble(members).to(settings.device)
     optimizer = training.make_optimizer(stack.parameters(), "adam", lr=1e-3, weight_decay=5e-4)
-    loader = ensemble.ZippedLoader(
+    loader = stacked_ensemble.ZippedLoader(
         [ResampledLoader(labelled, samples_per_epoch, batch_size, seed) for seed in seeds]
     )
     val_loader = _SplitLoader(validation, test_batch_size)
     best = _BestEpochs(len(seeds))
 
     def validate(epoch: int, stats: list[training.EpochStats]) -> None:
-        accuracies = ensemble.evaluate_accuracy_stacked(stack, val_loader, settings, shared_input=True)
+        accuracies = stacked_ensemble.evaluate_accuracy_stacked(
+            stack, val_loader, settings, shared_input=True
+        )
         for k, (member_stats, accuracy) in enumerate(zip(stats, accuracies)):
             member_stats.val_accuracy = accuracy
             best.offer(
@@ -329,7 +333,9 @@ def _train_best_models_stacked(
             on_epoch_end(k, member_stats)
 
     run_epochs(
-        lambda epoch: ensemble.train_one_epoch_stacked(stack, loader, optimizer, settings, epoch=epoch),
+        lambda epoch: stacked_ensemble.train_one_epoch_stacked(
+            stack, loader, optimizer, settings, epoch=epoch
+        ),
         epochs=epochs,
         loader=loader,
         validate=validate,

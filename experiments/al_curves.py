@@ -7,9 +7,9 @@ network, so only the acquisition function differs. At the `gpu` scale it first t
 acquisition) of every type, including the 5-member deep ensemble, projects the time of the paper's
 experiment (5 runs of 57 steps, 20 to 300 labels), and then sizes the curves to the time left.
 
-    python -m experiments.active_learning --scale cpu --dataset-root DATA     # about 30 min on 2 CPU cores
-    python -m experiments.active_learning --scale gpu --dataset-root DATA     # timings + a short run, H200
-    python -m experiments.active_learning --scale smoke --dataset-root DATA   # seconds: a pipeline test
+    python -m experiments.al_curves --scale cpu --dataset-root DATA     # about 30 min on 2 CPU cores
+    python -m experiments.al_curves --scale gpu --dataset-root DATA     # timings + a short run, H200
+    python -m experiments.al_curves --scale smoke --dataset-root DATA   # seconds: a pipeline test
 
 DATA must hold MNIST. Writes `active_learning_SCALE.json` and `active_learning_SCALE.png` into --output-dir
 and prints the table.
@@ -341,7 +341,9 @@ def main(args: argparse.Namespace) -> dict:
         print(record["timing_table"], flush=True)
         if preset.budget_s and earlier is not None and "curves_cut_to" in earlier and "timing" in earlier:
             record["curves_cut_to"] = earlier["curves_cut_to"]
-            max_samples = record["curves_cut_to"]["max_samples"] if record["curves_cut_to"]["steps"] >= 2 else 0
+            max_samples = (
+                record["curves_cut_to"]["max_samples"] if record["curves_cut_to"]["steps"] >= 2 else 0
+            )
         elif preset.budget_s:
             measured = [
                 record["timing"][t]["per_step_s"]
@@ -424,7 +426,7 @@ def run_curves(
     title = f"active learning on MNIST, {preset.model.label}, scale '{args.scale}'"
     draw_figure(files, preset, figure, title)
     into["table"] = table(into["results"])
-    into["figure"] = str(figure)
+    into["figure"] = paths.relative(figure)
 
 
 if __name__ == "__main__":

@@ -6,8 +6,9 @@ import pytest
 import torch
 
 import train
-from engine.models import build_model, load_checkpoint, model_config
-from engine.run_files import load_resume_state
+from engine.checkpointing import load_resume_state
+from engine.network_flags import model_config
+from engine.networks import build_model, load_checkpoint
 from utils.errors import UserError
 
 
