@@ -11,7 +11,7 @@ import json
 import pytest
 from conftest import requires_counted_torch
 
-from benchmarks import dispatch, ensemble, gmm, loader, quirk_ties, throughput, train_throughput
+from benchmarks import dispatch, ensemble_modes, gmm, loader, quirk_ties, throughput, train_throughput
 
 pytestmark = pytest.mark.slow
 
@@ -121,18 +121,18 @@ def test_dispatch_counts_the_extra_operations_of_spectral_normalisation(tmp_path
 
 def test_ensemble_benchmark_times_stacked_and_one_after_another(tmp_path):
     out = tmp_path / "ensemble.json"
-    args = ensemble.get_args_parser().parse_args(
+    args = ensemble_modes.get_args_parser().parse_args(
         f"--model lenet --members 2 --batch-size 4 --steps 1 --warmup 1 --repeats 1 --no-gpu --json {out}".split()
     )
-    result = ensemble.main(args)
+    result = ensemble_modes.main(args)
     assert json.loads(out.read_text()) == result
     assert result["stacked_images_per_s"] > 0 and result["sequential_images_per_s"] > 0
     assert result["ratio"] == pytest.approx(
         result["stacked_images_per_s"] / result["sequential_images_per_s"], rel=1e-2
     )
     with pytest.raises(SystemExit, match="cannot be stacked"):
-        ensemble.main(
-            ensemble.get_args_parser().parse_args("--model resnet18 -sn --base-width 2 --no-gpu".split())
+        ensemble_modes.main(
+            ensemble_modes.get_args_parser().parse_args("--model resnet18 -sn --base-width 2 --no-gpu".split())
         )
 
 

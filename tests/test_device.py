@@ -137,7 +137,7 @@ def test_autocast_context_is_a_no_op_for_fp32():
 
 @pytest.mark.slow
 def test_generator_runs_in_bf16_and_records_it(tmp_path, real_data_root):
-    from data import ambiguous_mnist as am
+    from tools import ambiguous_mnist as am
 
     (tmp_path / "MNIST").symlink_to(real_data_root / "MNIST", target_is_directory=True)
     argv = ["--mnist-root", str(tmp_path), "--precision", "bf16", "--device", "cpu", "--no-progress",
@@ -153,7 +153,7 @@ def test_generator_runs_in_bf16_and_records_it(tmp_path, real_data_root):
 
 
 def test_generator_precision_defaults_to_the_device_default(monkeypatch, tmp_path):
-    from data import ambiguous_mnist as am
+    from tools import ambiguous_mnist as am
 
     args = am.get_args_parser().parse_args(["--mnist-root", str(tmp_path)])
     assert args.precision is None

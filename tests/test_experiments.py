@@ -26,7 +26,7 @@ import evaluate
 import train
 from engine.evaluation import dirty_scores
 from engine.results import markdown_table
-from experiments import active_learning as al_experiment
+from experiments import al_curves as al_experiment
 from experiments import cifar10 as cifar_experiment
 from experiments import common
 from experiments import dirty_mnist as dirty_experiment

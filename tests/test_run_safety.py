@@ -247,7 +247,7 @@ def test_an_interrupted_rerun_keeps_the_finished_experiment_record(tmp_path):
 
 
 def test_inner_scripts_continue_by_default_and_start_over_with_overwrite(tmp_path):
-    from experiments import active_learning as al_experiment
+    from experiments import al_curves as al_experiment
     from experiments import common
 
     preset = al_experiment.SCALES["smoke"]
