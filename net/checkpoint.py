@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import warnings
+import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,12 +51,36 @@ def _apply_classifier_alias(state: dict[str, torch.Tensor], expected) -> dict[st
     return state
 
 
+def zip_damage(path: str | os.PathLike) -> str | None:
+    """What is damaged in the zip container `torch.save` writes: the first record whose bytes do not match
+    the CRC-32 stored with it, or a directory that cannot be read; None when all is intact (or the file is
+    no zip: a legacy checkpoint has no CRCs to check, and `torch.load` judges it).
+
+    `torch.load` does not check the CRCs, so a flipped bit in a tensor would load silently as another
+    weight. One pass over the file: 0.6-0.8 s for 148 MB (a WRN-28-10 checkpoint's size) on a busy 2-core VM.
+    """
+    if not zipfile.is_zipfile(path):
+        return None
+    try:
+        with zipfile.ZipFile(path) as archive:
+            name = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as err:
+        return f"its zip directory cannot be read ({type(err).__name__})"
+    return None if name is None else f"its record {name} does not match the CRC-32 stored with it"
+
+
 def read_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Read a state dict from `path` (a plain state dict, or a dict holding one under 'model')."""
     path = Path(path)
     if not path.is_file():
         raise UserError(
             f"checkpoint '{path}' does not exist; check --load-path / --saved-model-path and the epoch"
+        )
+    damage = zip_damage(path)
+    if damage is not None:
+        raise UserError(
+            f"checkpoint '{path}' is damaged ({damage}: bytes changed after it was written, on the disk or "
+            "in a copy), so it was not loaded; re-copy or re-train it"
         )
     try:
         with warnings.catch_warnings():  # torch warns about a pickle it does not expect, in several lines
