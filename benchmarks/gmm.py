@@ -392,7 +392,7 @@ def main(args) -> list[dict]:
                     print(json.dumps(record), flush=True)
                     records.append(record)
                 if len(saved) == 2 and not args.no_score:
-                    ours, original = (torch.load(saved[name]) for name in IMPLEMENTATIONS)
+                    ours, original = (torch.load(saved[name], weights_only=True) for name in IMPLEMENTATIONS)
                     difference = ((ours - original).abs() / original.abs().clamp_min(1e-300)).max().item()
                     comparison = {"features": dim, "classes": classes, "repeat": repeat}
                     comparison["max_relative_difference"] = difference if math.isfinite(difference) else None

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import importlib
 import pickle
 import struct
 import warnings
@@ -120,20 +121,98 @@ def _check_label_range(path: Path, what: str, labels: np.ndarray, low: int, high
         )
 
 
+def _numpy_internal(module: str, name: str):
+    """`numpy._core.{module}.{name}` (NumPy 2), or `numpy.core.{module}.{name}` on NumPy 1."""
+    for package in ("numpy._core", "numpy.core"):
+        try:
+            return getattr(importlib.import_module(f"{package}.{module}"), name)
+        except (ImportError, AttributeError):
+            continue
+    raise pickle.UnpicklingError(f"this NumPy has no {module}.{name}")
+
+
+def _latin1_encode(text: str, encoding: str = "latin1") -> bytes:
+    """`_codecs.encode` as a protocol-2 pickle of Python 3 bytes uses it, and for nothing else."""
+    if not isinstance(text, str) or encoding.replace("-", "").lower() != "latin1":
+        raise pickle.UnpicklingError("_codecs.encode is admitted only for latin-1 text")
+    return text.encode("latin1")
+
+
+# The only globals a CIFAR pickle may name, each mapped to the object it stands for. The official files
+# (written by Python 2's cPickle) reference numpy's `_reconstruct`, `ndarray` and `dtype`, to rebuild the
+# uint8 `data` array; everything else in them (dicts, lists, strings, bytes, ints) needs no global. Also
+# admitted, as copies written by Python 3 use them: NumPy 2's module names, `scalar` (a NumPy number),
+# `_frombuffer` (an array in a protocol-5 pickle) and `_codecs.encode` (bytes in a protocol-2 pickle).
+# None of these runs code: they build arrays, dtypes, numbers and bytes from the file's own data.
+_CIFAR_GLOBALS = {
+    **{
+        (f"{package}.{module}", name): (lambda module=module, name=name: _numpy_internal(module, name))
+        for package in ("numpy.core", "numpy._core")
+        for module, name in (
+            ("multiarray", "_reconstruct"),
+            ("multiarray", "scalar"),
+            ("numeric", "_frombuffer"),
+        )
+    },
+    ("numpy", "ndarray"): lambda: np.ndarray,
+    ("numpy", "dtype"): lambda: np.dtype,
+    ("_codecs", "encode"): lambda: _latin1_encode,
+}
+
+
+class ForbiddenPickleGlobal(pickle.UnpicklingError):
+    """A pickle names a global (a function or class) that the official data files never hold."""
+
+    def __init__(self, module: str, name: str) -> None:
+        super().__init__(f"{module}.{name}")
+        self.qualified_name = f"{module}.{name}"
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """Reads dicts, lists, strings, bytes, numbers and NumPy arrays; refuses every other global.
+
+    `pickle.load` calls whatever callable a file names (`os.system`, `builtins.exec`, ...), so a crafted
+    data file would run code; here a file can only name `_CIFAR_GLOBALS`. Persistent ids are refused by
+    the base class (no `persistent_load`), and extension codes go through `find_class` as well.
+    """
+
+    def find_class(self, module: str, name: str):
+        make = _CIFAR_GLOBALS.get((module, name))
+        if make is None:
+            raise ForbiddenPickleGlobal(module, name)
+        return make()
+
+
+def load_cifar_pickle(path: Path) -> object:
+    """The object in the CIFAR pickle `path`, read with `_CifarUnpickler` (strings decoded as latin-1, as
+    the Python 2 files need). A file that names anything else is refused in one sentence (`UserError`)."""
+    try:
+        with open(path, "rb") as handle:
+            return _CifarUnpickler(handle, encoding="latin1").load()
+    except ForbiddenPickleGlobal as err:
+        raise UserError(
+            f"'{path}' is not a CIFAR pickle as released: it names {err.qualified_name}, which the official "
+            "files never hold and which could run code, so it was not read; delete it and download the data "
+            "set again"
+        ) from None
+    except Exception as err:  # noqa: BLE001  (a damaged pickle raises many types)
+        raise _corrupt(path, "CIFAR pickle", f"{type(err).__name__}: {err}") from None
+
+
 def read_cifar(paths: list[Path], label_key: str, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
     """CIFAR-10/100 python pickles (`data` (N, 3072) uint8 rows in CHW order, labels under `label_key`).
 
     Returns images `(N, 3, 32, 32)` uint8 and labels `(N,)` int64 in `0..num_classes-1`, files concatenated
-    in the given order.
+    in the given order. The pickles are read with a restricted unpickler (`load_cifar_pickle`): a data file
+    never runs code.
     """
     images, labels = [], []
     for path in paths:
+        entry = load_cifar_pickle(path)
         try:
-            with open(path, "rb") as handle:
-                entry = pickle.load(handle, encoding="latin1")
             data = np.asarray(entry["data"], dtype=np.uint8)
             targets = np.asarray(entry[label_key], dtype=np.int64)
-        except (pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError) as err:
+        except (KeyError, TypeError, ValueError, IndexError) as err:
             raise _corrupt(path, "CIFAR pickle", f"{type(err).__name__}: {err}") from None
         if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or targets.ndim != 1 or len(data) != len(targets):
             raise _corrupt(path, "CIFAR pickle", f"data of shape {data.shape} for {len(targets)} labels")
@@ -258,7 +337,9 @@ def flatten_multilabel(
 def read_jpeg_folder(folder: Path, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
     """Every `*.JPEG` in `folder`, as RGB resized to `size` (H, W) with PIL's bilinear filter.
 
-    Used for Tiny-ImageNet's test images (64x64 to 32x32). Files are ordered by the number in their name
+    Used for Tiny-ImageNet's test images (64x64 to 32x32). Only Pillow's JPEG decoder is used: a file of
+    another format under a `.JPEG` name is refused (Pillow would otherwise pick any decoder it has, and its
+    EPS decoder runs Ghostscript). Files are ordered by the number in their name
     (test_0, test_1, ...). Returns images `(N, 3, H, W)` uint8 and labels `(N,)` int64, all 0.
     """
 
@@ -270,7 +351,7 @@ def read_jpeg_folder(folder: Path, size: tuple[int, int]) -> tuple[torch.Tensor,
     out = np.empty((len(paths), size[0], size[1], 3), dtype=np.uint8)
     for i, path in enumerate(paths):
         try:
-            with Image.open(path) as img:
+            with Image.open(path, formats=("JPEG",)) as img:  # no other decoder (EPS would run Ghostscript)
                 out[i] = np.asarray(img.convert("RGB").resize((size[1], size[0]), Image.Resampling.BILINEAR))
         except OSError as err:
             raise _corrupt(path, "JPEG image", str(err)) from None

@@ -115,6 +115,20 @@ def _torchvision_download(cls_name: str, root: Path, **kwargs) -> Callable[[], o
     return run
 
 
+def _archive_download(cls_name: str, root: Path) -> Callable[[], object]:
+    """Fetch and unpack the official archive that torchvision's `cls_name` downloads (md5-checked) without
+    building torchvision's data set, which would read every CIFAR batch with a plain `pickle.load`."""
+
+    def run() -> object:
+        import torchvision.datasets
+        from torchvision.datasets.utils import download_and_extract_archive
+
+        cls = getattr(torchvision.datasets, cls_name)
+        return download_and_extract_archive(cls.url, str(root), filename=cls.filename, md5=cls.tgz_md5)
+
+    return run
+
+
 _CIFAR = {
     # name: (folder, label key, files per split, torchvision class, official archive)
     "cifar10": (
@@ -141,7 +155,7 @@ def _cifar(dataset: str, root: Path, split: str, flag: str) -> tuple[torch.Tenso
         [(root / folder / name,) for name in names[split]],
         f"download {archive} and extract it into '{root}', or pass the {flag} that holds '{folder}'",
         archive,
-        _torchvision_download(cls_name, root),
+        _archive_download(cls_name, root),
     )
     formats.warn_if_modified(dataset, root, paths)
     return formats.read_cifar(paths, label_key, get_info(dataset).num_classes)
