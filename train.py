@@ -25,7 +25,8 @@ Outputs in `--save-path` (`{name}` is the original naming, e.g. `wide_resnet_sn_
 `{name}_resume.pt` (the full state `--resume` continues from).
 
 On a GPU the defaults are the fast path: the GPU-resident loader, bf16 autocast and channels_last
-(cudnn autotuning on). On the CPU: fp32 and contiguous tensors.
+(cudnn autotuning on). On the CPU: channels_last, with bf16 autocast where the CPU computes bf16 natively
+and fp32 elsewhere (`--precision fp32 --no-channels-last --loader torchvision` is the original's set-up).
 """
 
 from __future__ import annotations
@@ -207,7 +208,7 @@ def _add_speed_flags(g: argparse._ArgumentGroup) -> None:
         "--channels-last",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="NHWC memory layout (default on a GPU, and on the CPU with bf16, where convolutions are faster with it)",
+        help="NHWC memory layout (default: on; convolutions are faster with it on GPUs and CPUs, fp32 included)",
     )
     g.add_argument("--compile", action="store_true", help="torch.compile the network (minutes of warm-up)")
     g.add_argument(

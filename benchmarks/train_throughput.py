@@ -4,16 +4,22 @@ Both configurations run the real training loop (`engine.training.train_one_epoch
 real data for a fixed number of steps, after untimed warm-up steps, in one process:
 
 - project: the device-resident loader (batched crop/flip on the device) with train.py's device defaults
-  (bf16 autocast + channels_last on a GPU and on a CPU with native bf16, else fp32), optionally also with
+  (bf16 autocast on a GPU and on a CPU with native bf16, else fp32; channels_last), optionally also with
   `torch.compile`;
-- project-fp32 (where the default is bf16): the same loop at `--precision fp32`, the CPU default before
-  bf16 was;
+- project-fp32 (where the default is bf16): the same loop at `--precision fp32` (channels_last);
+- project-contiguous (on the CPU): the same loop in fp32 with contiguous tensors, the CPU default before
+  channels_last was used for fp32 too;
 - original: fp32, contiguous tensors, torchvision `DataLoader` with PIL crop/flip and 4 worker processes,
   batch 128, as the original code trains.
 
+With `--rounds R` every configuration keeps its network, optimiser and batch stream, and the timed steps
+are interleaved: R rounds of `--steps` steps per configuration, in alternating order, so that a load that
+comes and goes on a shared machine falls on all of them alike; each configuration reports the median of its
+rounds (and every round).
+
     python -m benchmarks.train_throughput --dataset-root DATA --model wide_resnet -sn -mod --compile    # GPU
-    python -m benchmarks.train_throughput --dataset-root /tmp/ddu_real_data --model resnet18 --base-width 8 \
-        --steps 10 --warmup 2 --no-gpu                                                                  # CPU
+    python -m benchmarks.train_throughput --dataset-root DATA --model resnet18 --base-width 8 \
+        --steps 10 --warmup 2 --rounds 3 --no-gpu                                                       # CPU
 
 DATA holds CIFAR-10 in its official layout (`cifar-10-batches-py/`). cudnn autotuning is on
 for both configurations, so the difference is the input pipeline and the numerics only.
@@ -58,6 +64,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--steps", type=int, default=50, help="timed steps per configuration")
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps first (autotuning, compilation)")
     parser.add_argument(
+        "--rounds", type=int, default=1, help="interleaved rounds of --steps per configuration (median kept)"
+    )
+    parser.add_argument(
         "--workers", type=int, default=ORIGINAL_WORKERS, help="workers of the original loader"
     )
     parser.add_argument(
@@ -94,32 +103,67 @@ def _forever(loader) -> Iterator:
         epoch += 1
 
 
-def measure(args: argparse.Namespace, device: torch.device, config: dict) -> dict:
-    """Images/s of `args.steps` training steps under one configuration (a fresh model each time)."""
-    train_loader, _ = data.get_train_valid_loader(
-        args.dataset,
-        args.dataset_root,
-        config["batch_size"],
-        augment=True,
-        val_seed=0,
-        device=device,
-        loader=config["loader"],
-        seed=0,
-        num_workers=config["workers"],
-    )
-    seed_everything(0)
-    model = prepare_model(
-        build_model(args), device, channels_last=config["channels_last"], compile=config["compile"]
-    )
-    optimizer = make_optimizer(model.parameters(), "sgd", lr=0.1, momentum=0.9, weight_decay=5e-4)
-    settings = TrainSettings(
-        device=device, precision=config["precision"], channels_last=config["channels_last"], progress=False
-    )
-    stream = _forever(train_loader)
-    if args.warmup:
-        train_one_epoch(model, _Steps(stream, args.warmup), optimizer, settings)
-    stats = train_one_epoch(model, _Steps(stream, args.steps), optimizer, settings)
-    return {**config, "images_per_s": stats.images_per_s, "seconds": stats.seconds, "images": stats.images}
+class _Configuration:
+    """One configuration's network, optimiser and endless batch stream, kept across the timed rounds."""
+
+    def __init__(self, args: argparse.Namespace, device: torch.device, config: dict) -> None:
+        self.config = config
+        train_loader, _ = data.get_train_valid_loader(
+            args.dataset,
+            args.dataset_root,
+            config["batch_size"],
+            augment=True,
+            val_seed=0,
+            device=device,
+            loader=config["loader"],
+            seed=0,
+            num_workers=config["workers"],
+        )
+        seed_everything(0)
+        self.model = prepare_model(
+            build_model(args), device, channels_last=config["channels_last"], compile=config["compile"]
+        )
+        self.optimizer = make_optimizer(
+            self.model.parameters(), "sgd", lr=0.1, momentum=0.9, weight_decay=5e-4
+        )
+        self.settings = TrainSettings(
+            device=device,
+            precision=config["precision"],
+            channels_last=config["channels_last"],
+            progress=False,
+        )
+        self.stream = _forever(train_loader)
+        if args.warmup:
+            train_one_epoch(self.model, _Steps(self.stream, args.warmup), self.optimizer, self.settings)
+        self.rounds: list[dict] = []
+
+    def timed(self, steps: int) -> None:
+        stats = train_one_epoch(self.model, _Steps(self.stream, steps), self.optimizer, self.settings)
+        self.rounds.append(
+            {"images_per_s": stats.images_per_s, "seconds": stats.seconds, "images": stats.images}
+        )
+
+    def result(self) -> dict:
+        rates = sorted(r["images_per_s"] for r in self.rounds)
+        middle = len(rates) // 2
+        median = rates[middle] if len(rates) % 2 else (rates[middle - 1] + rates[middle]) / 2
+        return {
+            **self.config,
+            "images_per_s": median,
+            "seconds": sum(r["seconds"] for r in self.rounds),
+            "images": sum(r["images"] for r in self.rounds),
+            "rounds": self.rounds,
+        }
+
+
+def measure(args: argparse.Namespace, device: torch.device, configs: list[dict]) -> list[dict]:
+    """Images/s of `args.steps` training steps per round under each configuration (a fresh model each),
+    `args.rounds` rounds interleaved in alternating order."""
+    runs = [_Configuration(args, device, config) for config in configs]
+    for round_index in range(args.rounds):
+        for run in runs if round_index % 2 == 0 else runs[::-1]:
+            run.timed(args.steps)
+    return [run.result() for run in runs]
 
 
 def main(args: argparse.Namespace) -> list[dict]:
@@ -139,9 +183,13 @@ def main(args: argparse.Namespace) -> list[dict]:
     configs = [project]
     if args.compile:
         configs.append({**project, "name": "project+compile", "compile": True})
-    fp32 = {**project, "name": "project-fp32", "precision": "fp32", "channels_last": device.type == "cuda"}
+    fp32_precision, fp32_layout = resolve_precision(device, "fp32")
+    fp32 = {**project, "name": "project-fp32", "precision": fp32_precision, "channels_last": fp32_layout}
     if (fp32["precision"], fp32["channels_last"]) != (precision, channels_last):
-        configs.append(fp32)  # the project's loop at --precision fp32: the CPU default before bf16
+        configs.append(fp32)  # the project's loop at --precision fp32
+    if device.type == "cpu" and (precision, channels_last) != ("fp32", False):
+        # The CPU default before channels_last was used for fp32 too.
+        configs.append({**fp32, "name": "project-contiguous", "channels_last": False})
     configs.append(
         dict(
             name="original",
@@ -162,13 +210,11 @@ def main(args: argparse.Namespace) -> list[dict]:
     arch = arch_kwargs(args)
     flags = f"{' -sn' if args.sn else ''}{' -mod' if args.mod else ''}"
     print(
-        f"{args.model}{flags} {arch or ''} on {args.dataset}, "
-        f"{hardware}, torch {torch.__version__}, {args.steps} timed steps after {args.warmup} warm-up"
+        f"{args.model}{flags} {arch or ''} on {args.dataset}, {hardware}, torch {torch.__version__}, "
+        f"{args.rounds} x {args.steps} timed steps after {args.warmup} warm-up"
     )
-    results = []
-    for config in configs:
-        result = measure(args, device, config)
-        results.append(result)
+    results = measure(args, device, configs)
+    for result in results:
         print(
             f"  {result['name']:<16} loader={result['loader']:<11} {result['precision']} "
             f"channels_last={result['channels_last']!s:<5} batch={result['batch_size']:<4} "
@@ -186,7 +232,8 @@ def main(args: argparse.Namespace) -> list[dict]:
             "torch": torch.__version__,
             "python": sys.version.split()[0],
             "load_average_1min": [load_start, os.getloadavg()[0] if load_start is not None else None],
-            "args": {k: v for k, v in vars(args).items() if k != "json"},
+            # The data folder is a machine path, not a setting: records are committed (docs/repro).
+            "args": {k: v for k, v in vars(args).items() if k not in ("json", "dataset_root")},
             "results": results,
             "ratios": ratios,
         }

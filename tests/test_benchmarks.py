@@ -78,9 +78,27 @@ def test_training_throughput_compares_the_project_with_the_original_pipeline(tmp
     )
     train_throughput.main(args)
     record = json.loads(out.read_text())
-    assert [r["name"] for r in record["results"]] == ["project", "original"]
-    assert record["results"][1]["loader"] == "torchvision" and record["results"][1]["precision"] == "fp32"
+    # A CPU without bf16 (the suite's DDU_CPU_BF16=0): fp32 + channels_last, beside fp32 contiguous.
+    configs = {r["name"]: (r["loader"], r["precision"], r["channels_last"]) for r in record["results"]}
+    assert configs == {
+        "project": ("gpu", "fp32", True),
+        "project-contiguous": ("gpu", "fp32", False),
+        "original": ("torchvision", "fp32", False),
+    }
     assert record["ratios"]["project/original"] > 0 and record["hardware"].startswith("CPU")
+    assert "dataset_root" not in record["args"]  # a machine path, and records are committed
+
+
+def test_training_throughput_interleaves_rounds_and_keeps_the_median(tmp_path):
+    out = tmp_path / "train_throughput.json"
+    args = train_throughput.get_args_parser().parse_args(
+        f"--dataset digits --model lenet --steps 1 --warmup 0 --rounds 3 --no-gpu --workers 0 --json {out}".split()
+    )
+    train_throughput.main(args)
+    for result in json.loads(out.read_text())["results"]:
+        rates = sorted(r["images_per_s"] for r in result["rounds"])
+        assert len(rates) == 3 and result["images_per_s"] == rates[1]
+        assert result["images"] == sum(r["images"] for r in result["rounds"])
 
 
 def test_training_throughput_on_a_bf16_cpu_sets_the_fp32_loop_beside_the_default(tmp_path, monkeypatch):
@@ -94,10 +112,11 @@ def test_training_throughput_on_a_bf16_cpu_sets_the_fp32_loop_beside_the_default
     configs = {r["name"]: (r["precision"], r["channels_last"]) for r in record["results"]}
     assert configs == {
         "project": ("bf16", True),
-        "project-fp32": ("fp32", False),
+        "project-fp32": ("fp32", True),
+        "project-contiguous": ("fp32", False),
         "original": ("fp32", False),
     }
-    assert set(record["ratios"]) == {"project/project-fp32", "project/original"}
+    assert set(record["ratios"]) == {"project/project-fp32", "project/project-contiguous", "project/original"}
 
 
 def test_loader_benchmark_streams_both_loaders(capsys):
