@@ -128,6 +128,11 @@ class Paths:
         the final JSON is only replaced by a run that finishes."""
         return self.json.with_name(f"{self.json.stem}.partial.json")
 
+    def relative(self, path: Path) -> str:
+        """`path` as a record holds it: relative to the output folder (the JSON's), so that a record
+        committed with its figures names no machine path."""
+        return Path(os.path.relpath(Path(path).absolute(), self.json.parent.absolute())).as_posix()
+
 
 def work_dir(args: argparse.Namespace, name: str) -> Path:
     return Path(args.work_dir or Path("runs") / "experiments" / f"{name}_{args.scale}")
@@ -315,7 +320,7 @@ def finish_record(record: dict[str, Any], paths: Paths, table: str) -> dict[str,
     """The experiment's end: the table and figure path into the record, the JSON written, the table
     printed."""
     record["table"] = table
-    record["figure"] = str(paths.figure)
+    record["figure"] = paths.relative(paths.figure)
     write_final(paths, record)
     print()
     print(table)

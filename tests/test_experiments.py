@@ -292,5 +292,25 @@ def test_active_learning_companion_network_gets_its_own_curves_and_figure(
     assert second["results"]["random"]["labels"] == [20, 25, 30]
     assert second["preset"]["model"]["model"] == "resnet18" and second["table"].startswith("| ")
     assert (tmp_path / "out" / "active_learning_smoke_resnet18.png").stat().st_size > 10_000
+    assert (record["figure"], second["figure"]) == (
+        "active_learning_smoke.png",
+        "active_learning_smoke_resnet18.png",
+    )
     saved = json.loads((tmp_path / "out" / "active_learning_smoke.json").read_text())
     assert saved["companion"]["results"]["random"]["mean"] == second["results"]["random"]["mean"]
+
+
+def test_records_name_their_figures_relative_to_the_output_folder(tmp_path, monkeypatch):
+    # A record committed with its figure (docs/repro) must not hold the folder the run happened to write to.
+    out = tmp_path / "out"
+    out.mkdir()
+    paths = common.Paths(work=tmp_path / "work", json=out / "name_cpu.json", figure=out / "name_cpu.png")
+    record = common.finish_record({"environment": {}}, paths, "| table |")
+    assert record["figure"] == "name_cpu.png"
+    assert json.loads(paths.json.read_text())["figure"] == "name_cpu.png"
+    assert paths.relative(out / "figures" / "lenet.png") == "figures/lenet.png"
+    monkeypatch.chdir(tmp_path)
+    relative = common.Paths(
+        work=Path("work"), json=Path("out/name_cpu.json"), figure=Path("out/name_cpu.png")
+    )
+    assert relative.relative(relative.figure) == "name_cpu.png"
