@@ -39,6 +39,7 @@ from engine.results import markdown_table
 from experiments import common
 from experiments.common import ModelSpec
 from utils.errors import UserError, exit_on_user_error
+from utils.io import atomic_savefig
 
 NAME = "cifar10"
 DATASET = "cifar10"
@@ -274,8 +275,7 @@ def draw_figure(results: dict, path: Path, title: str) -> None:
     ax.legend(fontsize=8)
     fig.suptitle(title)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
+    atomic_savefig(fig, path, dpi=100)  # a failed write keeps the previous figure
     plt.close(fig)
 
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 
 from utils.errors import UserError, exit_on_user_error, starting_up
@@ -40,6 +41,7 @@ with starting_up(__name__):  # PyTorch takes seconds and much memory to load: a 
     from engine.networks import RunFailedError, load_network
     from engine.results import curve_standard_errors
     from utils.device import select_device
+    from utils.io import atomic_savefig
     from utils.validation import check_count, check_number
 
 GROUP_COLOURS = {"clean": "tab:blue", "ambiguous": "tab:orange", "ood": "tab:green"}
@@ -98,21 +100,44 @@ def _density_hist(ax, values: dict[str, np.ndarray], colours: dict[str, str], xl
 
 
 def _save(fig, out: str | Path | None) -> None:
+    """Write `fig` to `out` atomically (`utils.io.atomic_savefig`): a failed write keeps the previous figure.
+
+    The messages name the file, not a flag: callers other than `main` (the demo, the experiments) have their
+    own flags, and `main` checks its --out and --fig2-out before computing anything (`check_figure_path`).
+    """
     if out is None:
         return
     out = Path(out)
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(out, dpi=110)
-    except OSError as err:
-        raise UserError(
-            f"cannot write the figure '{out}' ({err.strerror or err}); pass an --out in a writable folder"
-        ) from None
+        atomic_savefig(fig, out, dpi=110)
     except ValueError:  # matplotlib knows no such format
         raise UserError(
-            f"cannot write a figure as '{out.suffix or out.name}' ('{out}'); pass an --out ending in .png, .pdf "
+            f"cannot write a figure as '{out.suffix or out.name}' ('{out}'); name a file ending in .png, .pdf "
             "or .svg"
         ) from None
+
+
+def check_figure_path(flag: str, out: str | Path | None) -> None:
+    """Refuse, before any work, a figure file `out` (given as `flag`) of a format Matplotlib cannot write or
+    in a folder that cannot be made or written (the nearest existing folder above it is a file, say)."""
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    if out is None:
+        return
+    out = Path(out)
+    if out.suffix[1:].lower() not in FigureCanvasBase.get_supported_filetypes():
+        raise UserError(
+            f"cannot write a figure as '{out.suffix or out.name}' ('{out}'); pass a {flag} ending in .png, .pdf "
+            "or .svg"
+        )
+    existing = out.parent
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK):
+        raise UserError(
+            f"cannot write the figure '{out}' ('{existing}' is not a writable folder); pass a {flag} in a "
+            "writable folder"
+        )
 
 
 def plot_fig1(
@@ -441,7 +466,8 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def check_args(args: argparse.Namespace) -> None:
     """Every flag's value, checked before anything is read or written: a bad one ends in one sentence."""
-
+    check_figure_path("--out", args.out)
+    check_figure_path("--fig2-out", getattr(args, "fig2_out", None))
     if args.figure == "al":
         check_count(args.initial, "--initial", at_least=0)
         check_count(args.batch, "--batch")

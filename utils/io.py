@@ -102,6 +102,17 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
     _atomic_write(path, lambda handle: torch.save(obj, handle))
 
 
+def atomic_savefig(fig: Any, path: Path, **kwargs: Any) -> None:
+    """`fig.savefig(path, **kwargs)` (a Matplotlib figure) atomically: a failed write (full disk, file-size
+    limit, Ctrl-C) leaves the previous figure at `path` intact instead of a cut-off file. The format is the
+    one `path`'s suffix names; one Matplotlib cannot write raises `ValueError` before anything is written."""
+    path = Path(path)
+    fmt = path.suffix[1:].lower()
+    if fmt not in fig.canvas.get_supported_filetypes():
+        raise ValueError(f"Matplotlib cannot write the format {fmt!r}")
+    _atomic_write(path, lambda handle: fig.savefig(handle, format=fmt, **kwargs))
+
+
 def cpu_snapshot(obj: Any) -> Any:
     """A copy of `obj` (nested dicts, lists, tuples) with every tensor copied to the CPU and detached, so
     that later in-place updates of the originals (the next training step) cannot change it."""
