@@ -354,7 +354,7 @@ def check_result(source: str | Path, result: dict[str, Any]) -> None:
     # A `.partial` side file holds the runs done so far (`runs_done`) of the `info.runs` asked for.
     partial = is_partial(str(source))
     where, runs = ("runs_done", result.get("runs_done")) if partial else ("info.runs", info.get("runs"))
-    if runs is not None and not (_is_number(runs) and runs == int(runs) and runs >= 1):
+    if runs is not None and not (_is_number(runs) and float(runs).is_integer() and runs >= 1):
         raise UserError(f"'{source}': {where} is {runs!r}, not a number of runs; {fix}")
     for key, per_run in values.items():
         if not isinstance(per_run, list):

@@ -103,7 +103,9 @@ def test_lists_of_different_lengths_are_refused_without_a_run_count(tmp_path):
     assert "different lengths" in refused(path)
 
 
-@pytest.mark.parametrize("runs", ["2", 0, 1.5, True], ids=["str", "zero", "fraction", "bool"])
+@pytest.mark.parametrize(
+    "runs", ["2", 0, 1.5, True, float("inf")], ids=["str", "zero", "fraction", "bool", "infinite"]
+)
 def test_a_run_count_that_is_no_count_is_refused(tmp_path, runs):
     assert "info.runs" in refused(write_result(tmp_path / "res.json", info__runs=runs))
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -268,7 +269,7 @@ SCRIPTS = [["train.py"], ["evaluate.py"], ["active_learning.py"], ["-m", "tools.
 
 def under_ulimit(kilobytes: int, *command: str) -> subprocess.CompletedProcess:
     """`command` run by Python in a shell whose address space is limited to `kilobytes` (`ulimit -v`)."""
-    line = " ".join(["ulimit -v", str(kilobytes), "&& exec", sys.executable, *command])
+    line = f"ulimit -v {kilobytes} && exec {shlex.join([sys.executable, *command])}"
     return subprocess.run(
         ["bash", "-c", line], cwd=REPO, capture_output=True, text=True, timeout=HANG_GUARD_S
     )
