@@ -10,6 +10,10 @@ set (`--seed`), then uniformly random pool samples (nested: the 100 contain the 
 network on it exactly as one acquisition step does (Adam, 5,056 resampled samples per epoch, best
 validation epoch), fits DDU's Gaussians on the labelled features and scores the unlabelled pool both ways.
 
+The pool densities do not depend on the test set, and hardly on how long the network trained (the
+covariances are singular because each class has fewer samples than feature dimensions), so at full width
+on a CPU `--max-validation`, `--max-test` and a short `--samples-per-epoch` make a quick check of the ties.
+
 One JSON row per size: the share of pool densities that are exactly 0 in float32 and the share tied at
 the smallest value (what `topk(largest=False)` chooses among), the largest class log-density seen, the
 median log feature density, the five pool positions each ranking acquires, and the network's test accuracy.
@@ -52,6 +56,12 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--samples-per-epoch", type=int, default=5056, help="resampled epoch length")
     parser.add_argument("--max-pool", type=int, default=10000, help="cap the pool (as active_learning.py)")
     parser.add_argument("--sizes", default="20,100,300", help="labelled-set sizes, comma-separated")
+    parser.add_argument(
+        "--max-validation", type=int, default=None, help="cap the validation split (quick runs at full width)"
+    )
+    parser.add_argument(
+        "--max-test", type=int, default=None, help="cap the test set the accuracy is taken on"
+    )
     parser.add_argument("--seed", type=int, default=1, help="pool, initial set and training seed")
     parser.add_argument("--json", default=None, help="also write the rows to this file")
     return parser
@@ -62,6 +72,10 @@ def measure(args: argparse.Namespace) -> list[dict]:
     pool, validation, test = al.build_pool(
         args.dataset_root, ambiguous=False, subsample=0, seed=args.seed, device=cpu, max_pool=args.max_pool
     )
+    if args.max_validation is not None:
+        validation = validation.take(torch.arange(min(args.max_validation, len(validation))))
+    if args.max_test is not None:
+        test = test.take(torch.arange(min(args.max_test, len(test))))
     initial = al.balanced_initial_indices(pool.y, 20, NUM_CLASSES, torch.Generator().manual_seed(args.seed))
     taken = set(initial)
     order = torch.randperm(len(pool), generator=torch.Generator().manual_seed(args.seed + 100)).tolist()

@@ -163,7 +163,7 @@ def test_quirk_ties_measures_each_labelled_set_size(data_root, tmp_path, monkeyp
     out = tmp_path / "ties.json"
     args = quirk_ties.get_args_parser().parse_args(
         f"--dataset-root {data_root} --model lenet --epochs 1 --samples-per-epoch 64 --max-pool 200 "
-        f"--sizes 20,40 --json {out}".split()
+        f"--sizes 20,40 --max-validation 50 --max-test 50 --json {out}".split()
     )
     rows = quirk_ties.main(args)
     assert json.loads(out.read_text()) == rows
