@@ -25,6 +25,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 import net
 from benchmarks.throughput import training_step
 from engine.networks import build_model
+from utils.errors import exit_on_user_error
 from utils.io import atomic_write_json
 
 
@@ -78,6 +79,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 NARROW = {"wide_resnet": {"widen_factor": 2}, "resnet18": {"base_width": 4}, "resnet50": {"base_width": 4}}
 
 
+@exit_on_user_error
 def main(args: argparse.Namespace) -> list[dict]:
     torch.set_num_threads(1)
     shape = (1, 28, 28) if args.mnist else (3, 32, 32)

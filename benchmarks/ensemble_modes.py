@@ -23,6 +23,7 @@ from engine.network_flags import model_config, model_parser
 from engine.networks import build_model
 from engine.training import TrainSettings, make_optimizer, train_one_epoch
 from utils.device import resolve_precision, select_device
+from utils.errors import exit_on_user_error
 from utils.io import atomic_write_json
 
 
@@ -86,6 +87,7 @@ def _timed(run, device) -> float:
     return time.perf_counter() - start
 
 
+@exit_on_user_error
 def main(args: argparse.Namespace) -> dict:
     device = select_device(args.no_gpu)
     if device.type == "cuda":

@@ -22,6 +22,7 @@ import net
 from engine.network_flags import arch_kwargs
 from engine.networks import build_model
 from utils.device import autocast_context, select_device
+from utils.errors import exit_on_user_error
 from utils.io import atomic_write_json
 
 
@@ -93,6 +94,7 @@ def measure(model, x, y, steps, warmup, precision, device) -> float:
     return steps * x.shape[0] / (time.perf_counter() - start)
 
 
+@exit_on_user_error
 def main(args: argparse.Namespace) -> list[dict]:
     device = select_device(args.no_gpu)
     if device.type == "cuda":

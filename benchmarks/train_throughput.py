@@ -42,6 +42,7 @@ from engine.network_flags import arch_kwargs, model_parser
 from engine.networks import build_model
 from engine.training import TrainSettings, make_optimizer, prepare_model, train_one_epoch
 from utils.device import cpu_model, cpu_reports_native_bf16, resolve_precision, select_device
+from utils.errors import exit_on_user_error
 from utils.seed import seed_everything
 
 ORIGINAL_BATCH = 128
@@ -166,6 +167,7 @@ def measure(args: argparse.Namespace, device: torch.device, configs: list[dict])
     return [run.result() for run in runs]
 
 
+@exit_on_user_error
 def main(args: argparse.Namespace) -> list[dict]:
     device = select_device(args.no_gpu)
     if device.type == "cuda":
