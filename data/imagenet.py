@@ -377,7 +377,7 @@ def make_loader(
     num_workers: int = 0,
     seed: int = 0,
 ) -> ImageNetLoader:
-    """`ImageNetLoader` with the scripts' conventions: `num_workers=0` means `folders.default_workers()`."""
+    """`ImageNetLoader` with the scripts' `num_workers` (0: decode in this process)."""
     return ImageNetLoader(
         images,
         indices,
@@ -388,6 +388,52 @@ def make_loader(
         train=train,
         mean=mean,
         std=std,
-        num_workers=num_workers or None,
+        num_workers=num_workers,
         seed=seed,
     )
+
+
+# --------------------------------------------------------------------------------------------------------
+# A synthetic ImageNet-shaped folder, for tests and smoke runs
+
+SYNTHETIC_CLASSES = ("n01440764", "n01443537", "n01484850")
+_SYNTHETIC_SIZES = ((40, 30), (30, 44), (36, 36), (50, 28))
+
+
+def write_synthetic(
+    root: str | Path,
+    classes: Sequence[str] = SYNTHETIC_CLASSES,
+    train_per_class: int = 4,
+    val_per_class: int = 2,
+    ood: int = 3,
+    seed: int = 0,
+) -> Path:
+    """Write `root/imagenet/{train,val}/WNID/*.JPEG` and `root/imagenet-o/WNID/*.jpg`: smooth random colour
+    images of assorted small sizes and aspect ratios (one greyscale JPEG among the training images), the
+    layout `scan_imagenet` reads. A class is told apart by its mean colour, so a network can learn something.
+    Returns `root`."""
+    root = Path(root)
+    rng = np.random.default_rng(seed)
+
+    def save(path: Path, size: tuple[int, int], tint: np.ndarray, mode: str = "RGB") -> None:
+        width, height = size
+        coarse = rng.integers(0, 96, (height // 4 + 1, width // 4 + 1, 3)) + tint
+        img = Image.fromarray(coarse.clip(0, 255).astype(np.uint8)).resize(size, Image.Resampling.BILINEAR)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        img.convert(mode).save(path, "JPEG", quality=90)
+
+    tints = rng.integers(0, 160, (len(classes), 3))
+    for c, wnid in enumerate(classes):
+        for i in range(train_per_class):
+            mode = "L" if (c, i) == (0, 1) else "RGB"
+            path = root / IMAGENET_DIR / "train" / wnid / f"{wnid}_{i}.JPEG"
+            save(path, _SYNTHETIC_SIZES[i % len(_SYNTHETIC_SIZES)], tints[c], mode)
+        for i in range(val_per_class):
+            save(
+                root / IMAGENET_DIR / "val" / wnid / f"ILSVRC2012_val_{c:04d}{i:02d}.JPEG", (34, 40), tints[c]
+            )
+    for i in range(ood):
+        save(
+            root / IMAGENET_O_DIR / classes[i % len(classes)] / f"o_{i}.jpg", (32 + 4 * i, 30), tints[0][::-1]
+        )
+    return root

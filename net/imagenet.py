@@ -36,7 +36,8 @@ IMAGENET_IMAGE_SIZE = 224
 def _no_mnist(mnist: bool, name: str) -> None:
     if mnist:
         raise UserError(
-            f"{name} takes 3-channel ImageNet-sized images, not 1x28x28 ones; use resnet50 or vgg16 for MNIST"
+            f"{name} takes 3-channel ImageNet-sized images, not 1x28x28 or greyscale ones; use resnet50 or "
+            "vgg16 for those"
         )
 
 
@@ -102,10 +103,11 @@ class ImageNetResNet(DDUNetwork):
         coeff: float = 3.0,
         n_power_iterations: int = 1,
         mnist: bool = False,
+        in_channels: int | None = None,
         _name: str = "imagenet_resnet50",
     ):
         super().__init__()
-        _no_mnist(mnist, _name)
+        _no_mnist(mnist or in_channels not in (None, 3), _name)
         _check_image_size(image_size)
         conv = conv_factory(spectral_normalization, coeff, n_power_iterations)
         self.act = activation(mod)
@@ -165,9 +167,10 @@ class ImageNetVGG(DDUNetwork):
         coeff: float = 3.0,
         n_power_iterations: int = 1,
         mnist: bool = False,
+        in_channels: int | None = None,
     ):
         super().__init__()
-        _no_mnist(mnist, "imagenet_vgg16_bn")
+        _no_mnist(mnist or in_channels not in (None, 3), "imagenet_vgg16_bn")
         _check_image_size(image_size)
         layers: list[nn.Module] = []
         in_channels, size = 3, image_size

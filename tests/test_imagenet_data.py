@@ -1,5 +1,6 @@
 """ImageNet and ImageNet-O from folders (data/imagenet.py): layouts and their errors, the transforms, the
-per-image seeds and the GPU path's CPU-side half, on tiny ImageNet-shaped folders of JPEGs the tests write."""
+per-image seeds and the GPU path's CPU-side half, on tiny ImageNet-shaped folders of JPEGs the tests write
+(`imagenet.write_synthetic`)."""
 
 from __future__ import annotations
 
@@ -16,36 +17,18 @@ from data import imagenet
 from data.loaders import Schedule, get_test_loader, get_train_valid_loader
 from utils.errors import UserError
 
-CLASSES = ("n01440764", "n01443537", "n01484850")
+CLASSES = imagenet.SYNTHETIC_CLASSES
 
 
-def _jpeg(path: Path, width: int, height: int, seed: int, fmt: str = "JPEG", mode: str = "RGB") -> None:
-    rng = np.random.default_rng(seed)
-    pixels = rng.integers(0, 256, (height // 4 + 1, width // 4 + 1, 3), dtype=np.uint8)
-    img = Image.fromarray(pixels).resize((width, height), Image.Resampling.BILINEAR)
+def _image(path: Path, width: int, height: int, fmt: str) -> None:
+    pixels = np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8)
     path.parent.mkdir(parents=True, exist_ok=True)
-    img.convert(mode).save(path, fmt)
-
-
-def write_tiny_imagenet(root: Path, train_per_class: int = 4, val_per_class: int = 2, ood: int = 3) -> Path:
-    """`root/imagenet/{train,val}/nXXXXXXXX/*.JPEG` and `root/imagenet-o/nXXXXXXXX/*.jpg`, small images of
-    assorted sizes and aspect ratios (one greyscale)."""
-    sizes = [(40, 30), (30, 44), (36, 36), (50, 28)]
-    for c, wnid in enumerate(CLASSES):
-        for i in range(train_per_class):
-            w, h = sizes[i % len(sizes)]
-            mode = "L" if (c, i) == (0, 1) else "RGB"
-            _jpeg(root / "imagenet" / "train" / wnid / f"{wnid}_{i}.JPEG", w, h, 100 * c + i, mode=mode)
-        for i in range(val_per_class):
-            _jpeg(root / "imagenet" / "val" / wnid / f"ILSVRC2012_val_{c}{i}.JPEG", 34, 40, 1000 + 10 * c + i)
-    for i in range(ood):
-        _jpeg(root / "imagenet-o" / "n01443537" / f"o_{i}.jpg", 32 + 4 * i, 30, 5000 + i)
-    return root
+    Image.fromarray(pixels).save(path, fmt)
 
 
 @pytest.fixture
 def tiny(tmp_path):
-    root = write_tiny_imagenet(tmp_path)
+    root = imagenet.write_synthetic(tmp_path)
     data.set_folder_options(image_size=16)
     yield root
     data.set_folder_options()
@@ -181,7 +164,7 @@ def test_the_gpu_paths_cpu_half_matches_the_pillow_path(tiny):
 
 def test_a_png_named_jpeg_is_decoded_in_the_worker(tmp_path):
     path = tmp_path / "n02105855_2933.JPEG"
-    _jpeg(path, 40, 30, 1, fmt="PNG")
+    _image(path, 40, 30, "PNG")
     item = imagenet.ImageNetDecoder(16, bytes_only=True)(str(path), 5)
     assert item.shape == (3, 16, 16)
     batch = imagenet.decode_batch([item], [5], 16, torch.device("cpu"))
@@ -189,10 +172,10 @@ def test_a_png_named_jpeg_is_decoded_in_the_worker(tmp_path):
 
 
 def test_a_damaged_file_stops_the_loader_with_its_name(tiny):
-    bad = tiny / "imagenet" / "val" / CLASSES[0] / "ILSVRC2012_val_00.JPEG"
+    bad = tiny / "imagenet" / "val" / CLASSES[0] / "ILSVRC2012_val_000000.JPEG"
     bad.write_bytes(b"not a jpeg")
     loader = get_test_loader("imagenet", tiny, 4, num_workers=0)
-    with pytest.raises(UserError, match="ILSVRC2012_val_00.JPEG"):
+    with pytest.raises(UserError, match="ILSVRC2012_val_000000.JPEG"):
         list(loader)
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 
 from benchmarks import gmm
-from utils.errors import UserError
 
 
 def test_the_work_counts_give_the_issue_s_figures_at_imagenet_size():
