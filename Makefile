@@ -27,8 +27,9 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/ruff check .
 
+# A rerun reuses or continues what demo/ holds; `make demo DEMO_FLAGS=--overwrite` starts it over.
 demo: $(STAMP)
-	$(PY) -m tools.demo --out demo
+	$(PY) -m tools.demo --out demo $(DEMO_FLAGS)
 
 clean:
 	rm -rf demo .pytest_cache
