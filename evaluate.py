@@ -48,10 +48,14 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        parents=[model_parser("resnet50")],
+        parents=[model_parser("resnet50"), data.folder_parser()],
     )
     parser.add_argument("--seed", type=int, default=1, help="seed of the first run's model")
-    parser.add_argument("--dataset", default="cifar10", help="in-distribution data set")
+    parser.add_argument(
+        "--dataset",
+        default="cifar10",
+        help="in-distribution data set (or folder:PATH, with its --image-size)",
+    )
     parser.add_argument(
         "--ood_dataset",
         "--ood-dataset",
@@ -134,6 +138,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def check_args(args: argparse.Namespace) -> None:
     """Every flag's value, checked before anything is read or written: a bad one ends in one sentence."""
+    data.set_folder_options(args.image_size, args.augment, args.skip_bad_images)  # how folder:PATH is read
     check_count(args.runs, "--runs")
     check_count(args.ensemble, "--ensemble")
     seeds_used = args.runs * (args.ensemble if args.model_type == "ensemble" else 1)

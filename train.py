@@ -64,6 +64,9 @@ RESUME_MUST_MATCH = (
     "seed",
     "dataset",
     "data_aug",
+    "image_size",
+    "augment",
+    "skip_bad_images",
     "val_seed",
     "model",
     "sn",
@@ -93,7 +96,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         add_help=add_help,
-        parents=[model_parser(default_model="resnet50")],  # --model, -sn, --coeff, -mod, size overrides
+        # --model, -sn, --coeff, -mod, size overrides; --image-size, --augment, --skip-bad-images (folder:PATH)
+        parents=[model_parser(default_model="resnet50"), data.folder_parser()],
     )
     _add_run_flags(parser.add_argument_group("run (original flags)"))
     _add_speed_flags(parser.add_argument_group("speed (results do not depend on these except in rounding)"))
@@ -134,7 +138,10 @@ def _add_ensemble_flags(g: argparse._ArgumentGroup) -> None:
 def _add_run_flags(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--seed", type=int, required=True, help="seed of the weights, data order and run name")
     g.add_argument(
-        "--dataset", default="cifar10", help=f"training set; one of: {', '.join(data.list_datasets())}"
+        "--dataset",
+        default="cifar10",
+        help=f"training set; one of: {', '.join(data.list_datasets())}, or folder:PATH (PATH/train/CLASS/*, "
+        "PATH/test/CLASS/*: docs/own_data.md)",
     )
     g.add_argument(
         "--dataset-root", default="./", help="folder holding the data sets in their official layout"
@@ -259,6 +266,7 @@ def _add_robustness_flags(g: argparse._ArgumentGroup) -> None:
 
 def check_args(args: argparse.Namespace) -> None:
     """Every flag's value, checked before anything is read or written: a bad one ends in one sentence."""
+    data.set_folder_options(args.image_size, args.augment, args.skip_bad_images)  # how folder:PATH is read
     check_seed(args.seed)
     if args.val_seed is not None:
         check_seed(args.val_seed, "--val-seed")

@@ -671,6 +671,54 @@ class FolderSet:
         }
 
 
+def _classes_text(classes: Sequence[str]) -> str:
+    shown = ", ".join(classes[:4]) + (", ..." if len(classes) > 4 else "")
+    return f"{len(classes)} classes: {shown}"
+
+
+def config_differences(saved: dict[str, Any] | None, here: dict[str, Any] | None) -> list[str]:
+    """How the data a network was trained on (`saved`, the `FolderSet.config` its run recorded; None for a
+    registered set) differs from this run's (`here`), as phrases naming the flag to change. Augmentation is
+    not compared: it does not change what a trained network computes."""
+    if saved is None and here is None:
+        return []
+    if saved is None or here is None:
+        there_text = f"folder:{saved['folder']}" if saved else "a registered data set"
+        here_text = f"folder:{here['folder']}" if here else "a registered data set"
+        return [f"--dataset {there_text} there vs {here_text} here"]
+    out = []
+    if saved.get("folder") != here.get("folder"):
+        out.append(f"--dataset folder:{saved.get('folder')} there vs folder:{here.get('folder')} here")
+    if saved.get("image_size") != here.get("image_size"):
+        out.append(f"--image-size {saved.get('image_size')} there vs {here.get('image_size')} here")
+    if list(saved.get("classes") or []) != list(here.get("classes") or []):
+        there_classes, here_classes = list(saved.get("classes") or []), list(here.get("classes") or [])
+        out.append(
+            f"the class list ({_classes_text(there_classes)}) there vs ({_classes_text(here_classes)}) here"
+        )
+    if not out and saved.get("channels") != here.get("channels"):
+        out.append(f"{saved.get('channels')} image channels there vs {here.get('channels')} here")
+    if not out:
+        pairs = list(zip(saved.get("mean", []), here.get("mean", []))) + list(
+            zip(saved.get("std", []), here.get("std", []))
+        )
+        if len(pairs) != 2 * len(here.get("mean", [])) or any(abs(a - b) > 1e-9 for a, b in pairs):
+            out.append(
+                "the training images' mean and std "
+                f"({_rounded(saved)} there vs {_rounded(here)} here: the images in train/ changed since)"
+            )
+    return out
+
+
+def _rounded(config: dict[str, Any]) -> str:
+    return (
+        "mean "
+        + "/".join(f"{v:.4f}" for v in config.get("mean", []))
+        + ", std "
+        + "/".join(f"{v:.4f}" for v in config.get("std", []))
+    )
+
+
 def split_bytes(count: int, shape: tuple[int, int, int]) -> int:
     return count * shape[0] * shape[1] * shape[2]
 

@@ -112,9 +112,13 @@ def arch_kwargs(args: argparse.Namespace) -> dict[str, int]:
 def model_config(args: argparse.Namespace, dataset: str | None = None) -> dict[str, Any]:
     """Keyword arguments of `net.create_model` (with `name`) for the network flags `args` (`model`, `sn`,
     `mod`, `coeff`, size overrides) and a registered data set (default `args.dataset`), which fixes the
-    class count and the 1x28x28 variant. Resume files store it, so the network can be rebuilt from the file."""
+    class count and the 1x28x28 variant. Resume files store it, so the network can be rebuilt from the file.
+
+    For an image folder (`folder:PATH`) it also holds the input shape (`image_size`, and `in_channels` when
+    not 3) and, under "data", what the network was trained on (`data.folders.FolderSet.config`: folder,
+    image size, classes, mean/std), which `engine.networks.differing_flags` compares at evaluation."""
     info = data.get_info(dataset if dataset is not None else args.dataset)
-    return dict(
+    config = dict(
         name=args.model,
         num_classes=info.num_classes,
         spectral_normalization=bool(args.sn),
@@ -123,3 +127,8 @@ def model_config(args: argparse.Namespace, dataset: str | None = None) -> dict[s
         mnist=tuple(info.shape) == (1, 28, 28),
         **arch_kwargs(args),
     )
+    if info.folder is not None:
+        config.update(image_size=info.shape[1], data=dict(info.folder))
+        if info.shape[0] != 3:
+            config["in_channels"] = info.shape[0]
+    return config

@@ -23,6 +23,7 @@ import torch
 import torch.nn as nn
 
 import net
+from data import folders
 from engine.network_flags import ARCH_FLAGS, MODEL_FLAGS, model_config
 from engine.run_paths import RunFiles
 from utils.errors import UserError
@@ -43,6 +44,7 @@ def build_model(
     """
     config = dict(model_config(spec, dataset) if isinstance(spec, argparse.Namespace) else spec)
     name = config.pop("name")
+    config.pop("data", None)  # what an image-folder network was trained on: a record, not an argument
     try:
         return net.create_model(name, **config)
     except (TypeError, ValueError) as err:
@@ -127,7 +129,8 @@ def differing_flags(
     """The network flags whose values differ between a run's saved `model_config` and `config`, as
     '--coeff 3.0 there vs 6.0 here'. -sn and -mod count only for a model that has them, `--coeff` only when
     both use -sn, a size flag only when both give it (an absent one is the model's default, which the
-    state-dict check compares)."""
+    state-dict check compares). For image folders, the folder, image size and class list it was trained on
+    (`data.folders.config_differences`)."""
 
     def shown(value: Any) -> str:
         return ("given" if value else "not given") if isinstance(value, bool) else str(value)
@@ -145,7 +148,7 @@ def differing_flags(
         f"{flags[flag]} {shown(saved.get(key))} there vs {shown(config.get(key))} here"
         for key, flag in keys
         if saved.get(key) != config.get(key)
-    ]
+    ] + folders.config_differences(saved.get("data"), config.get("data"))
 
 
 class RunFailedError(Exception):

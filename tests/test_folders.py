@@ -5,14 +5,18 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from helpers import fails
 from PIL import Image
 
 import data
+import evaluate
+import train
 from data import folders
 from utils.errors import UserError
 
@@ -405,3 +409,107 @@ def test_ood_folder_takes_the_in_distribution_shape_and_constants(tmp_path):
     assert x.shape == (2, 3, 12, 12)
     # A training set passed as its own OoD set is its test split.
     assert data.get_test_loader(name_of(root), None, 8, like=name_of(root)).num_samples == 6
+
+
+def test_config_differences_name_the_flag():
+    here = {
+        "folder": "/a",
+        "image_size": 32,
+        "channels": 3,
+        "classes": ["x", "y"],
+        "mean": [0.5] * 3,
+        "std": [0.2] * 3,
+    }
+    assert folders.config_differences(None, None) == []
+    assert folders.config_differences(here, dict(here, augment="none")) == []
+    assert folders.config_differences(None, here) == [
+        "--dataset a registered data set there vs folder:/a here"
+    ]
+    assert folders.config_differences(dict(here, folder="/b"), here) == [
+        "--dataset folder:/b there vs folder:/a here"
+    ]
+    assert folders.config_differences(dict(here, image_size=28), here) == ["--image-size 28 there vs 32 here"]
+    (text,) = folders.config_differences(dict(here, classes=["x", "z"]), here)
+    assert text == "the class list (2 classes: x, z) there vs (2 classes: x, y) here"
+    (text,) = folders.config_differences(dict(here, mean=[0.4] * 3), here)
+    assert "mean and std" in text and "changed" in text
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The scripts on folders
+
+
+def _train(root: Path, save: Path, *extra: str) -> dict:
+    args = train.get_args_parser().parse_args(
+        ["--seed", "1", "--dataset", f"folder:{root}", "--model", "lenet", "--no-gpu", "-e", "1", "-b", "8",
+         "-tb", "64", "--save-path", str(save), *extra]
+    )  # fmt: skip
+    return train.main(args)
+
+
+def _evaluate_args(root: Path, ood: str, runs: Path, out: Path, *extra: str):
+    return evaluate.get_args_parser().parse_args(
+        ["--dataset", f"folder:{root}", "--ood_dataset", ood, "--load-path", str(runs), "--output-dir", str(out),
+         "--no-gpu", "--epoch", "1", "--runs", "1", "--model", "lenet", "--model-type", "gmm", "-b", "64", *extra]
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def folder_run(tmp_path_factory) -> tuple[Path, Path]:
+    """A LeNet trained one epoch on a 3-class RGB 16x16 folder: (the folder, the runs folder with Run1/)."""
+    base = tmp_path_factory.mktemp("folder_run")
+    folders.clear_caches()
+    data.set_folder_options()
+    root = write_folder(base / "set", classes=("a", "b", "c"), per_class=(12, 4), size=(16, 16))
+    _train(root, base / "runs" / "Run1")
+    return root, base / "runs"
+
+
+@pytest.mark.slow
+def test_train_records_the_folder_and_evaluate_scores_folder_ood_sets(folder_run, tmp_path):
+    root, runs = folder_run
+    state = torch.load(runs / "Run1" / "lenet_1_resume.pt", weights_only=True)
+    record = state["model_config"]["data"]
+    assert record["folder"] == str(root.resolve()) and record["classes"] == ["a", "b", "c"]
+    assert (record["image_size"], record["channels"], record["augment"]) == (16, 3, "crop_flip")
+    assert record["mean"] == list(data.get_info(f"folder:{root}").mean)
+    ood_a, ood_b = tmp_path / "scans", tmp_path / "more"
+    write_image(ood_a / "x.png", "L", (20, 20), seed=3)
+    write_image(ood_a / "deep" / "y.jpg", "CMYK", (30, 18), seed=4)
+    write_image(ood_b / "z.png", "P", (16, 16), seed=5)
+    out = tmp_path / "out"
+    evaluate.main(_evaluate_args(root, f"folder:{ood_a},folder:{ood_b}", runs, out))
+    results = sorted(p.name for p in out.glob("res_*.json"))
+    assert results == [
+        "res_lenet_1_gmm_folder-set_folder-more.json",
+        "res_lenet_1_gmm_folder-set_folder-scans.json",
+    ]
+    result = json.loads((out / results[1]).read_text())
+    assert 0 <= result["mean"]["m1_auroc"] <= 1 and result["info"]["runs"] == 1 and not result["failed_runs"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("change", ["image_size", "folder", "classes"])
+def test_evaluate_refuses_a_network_of_another_folder_size_or_class_list(
+    folder_run, tmp_path, capsys, change
+):
+    root, runs = folder_run
+    ood = tmp_path / "ood"
+    write_image(ood / "x.png", "RGB", (16, 16))
+    extra: list[str] = []
+    if change == "image_size":
+        extra = ["--image-size", "20"]
+    elif change == "folder":
+        root = Path(shutil.copytree(root, tmp_path / "copy"))
+    else:
+        root = Path(shutil.copytree(root, tmp_path / "renamed"))
+        for split in ("train", "test"):
+            (root / split / "c").rename(root / split / "d")
+    folders.clear_caches()
+    text = fails(capsys, evaluate.main, _evaluate_args(root, f"folder:{ood}", runs, tmp_path / "out", *extra))
+    expected = {
+        "image_size": "--image-size 16 there vs 20 here",
+        "folder": "--dataset folder:",
+        "classes": "the class list (3 classes: a, b, c) there vs (3 classes: a, b, d) here",
+    }[change]
+    assert expected in text and "lenet_1_1.model" in text
