@@ -104,7 +104,7 @@ def base_parser(name: str, description: str) -> argparse.ArgumentParser:
         "--overwrite",
         action="store_true",
         help="start the work folder over: its trainings and runs are redone and replaced (default: a rerun "
-        "continues what it finds there)",
+        "continues what it finds there, and a finished result is reported and kept as it is)",
     )
     parser.add_argument(
         "--output-dir", default="results/repro", help=f"where {name}_SCALE.json and {name}_SCALE.png go"
@@ -359,6 +359,33 @@ def earlier_record(paths: Paths, args: argparse.Namespace) -> dict[str, Any] | N
             if isinstance(record, dict) and record.get("scale") == args.scale:
                 return record
     return None
+
+
+def finished_result(args: argparse.Namespace, name: str) -> dict[str, Any] | None:
+    """The finished result of an earlier run of experiment `name` at this scale, which a rerun without
+    --overwrite reports and keeps byte for byte (how Ambiguous-MNIST was made, the original timings) instead
+    of running again; None with --overwrite, when there is none or it cannot be read as this experiment's,
+    or when a stage record beside it says that a later run (with --overwrite) was cut off and is to be
+    continued."""
+    out = Path(args.output_dir)
+    paths = Paths(work_dir(args, name), out / f"{name}_{args.scale}.json", out / f"{name}_{args.scale}.png")
+    if args.overwrite or not paths.json.is_file() or paths.partial.exists():
+        return None
+    try:
+        record = read_json(paths.json)
+    except (UserError, OSError, UnicodeDecodeError):
+        return None
+    if not isinstance(record, dict) or record.get("experiment") != name or record.get("scale") != args.scale:
+        return None
+    date = (record.get("environment") or {}).get("date_utc", "an earlier run")
+    print(
+        f"'{paths.json}' holds the finished result of {name} at scale '{args.scale}' ({date}); it is kept as it "
+        "is (pass --overwrite to run the experiment again)",
+        flush=True,
+    )
+    if isinstance(record.get("table"), str):
+        print(record["table"])
+    return record
 
 
 def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
