@@ -45,6 +45,7 @@ with starting_up(__name__):  # PyTorch takes seconds and much memory to load: a 
     import net
     from engine import al_run
     from engine.al_run import TRAINED_MODEL_FLAGS, pool_dataset
+    from engine.checkpointing import RERUN_WITH_RESUME
     from engine.network_flags import add_arch_flags, arch_values, check_network_flags, model_parser
     from utils.io import check_writable_dir, exclusive_lock, lock_path
     from utils.validation import check_count, check_file, check_number, check_seed, flag_names
@@ -231,9 +232,8 @@ def main(args: argparse.Namespace) -> dict:
         with exclusive_lock(lock_path(state), f"the experiment of '{state}'", "pass another --output-dir"):
             return al_run.run_experiment(args, flag_names(get_args_parser()))
     except KeyboardInterrupt:
-        how = "with --resume instead of --overwrite" if args.overwrite else "the same command with --resume"
         raise Interrupted(
-            f"interrupted; the finished acquisition steps are in {state}: rerun {how} to continue"
+            f"interrupted; the finished acquisition steps are in {state}: {RERUN_WITH_RESUME}"
         ) from None
 
 

@@ -43,7 +43,7 @@ import metrics
 from data.transforms import normalize
 from engine import stacked_ensemble, training
 from engine.features import collect_outputs
-from utils.epochs import run_epochs
+from engine.training import run_epochs
 
 
 @dataclass
@@ -185,6 +185,12 @@ class _SplitLoader:
         return split_batches(self.split, self.batch_size)
 
 
+def adam_optimizer(parameters) -> torch.optim.Optimizer:
+    """The original's active-learning optimiser, for one network or a stack of members: Adam, learning rate
+    1e-3, weight decay 5e-4."""
+    return training.make_optimizer(parameters, "adam", lr=1e-3, weight_decay=5e-4)
+
+
 def train_best_model(
     make_model,
     labelled: Split,
@@ -211,7 +217,7 @@ def train_best_model(
     model = make_model().to(settings.device)
     if settings.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    optimizer = training.make_optimizer(model.parameters(), "adam", lr=1e-3, weight_decay=5e-4)
+    optimizer = adam_optimizer(model.parameters())
     loader = ResampledLoader(labelled, samples_per_epoch, batch_size, seed)
     val_loader = _SplitLoader(validation, test_batch_size)
     best = _BestEpochs(1)
@@ -308,7 +314,7 @@ def _train_best_models_stacked(
         torch.manual_seed(seed)
         members.append(make_model().to(settings.device))
     stack = stacked_ensemble.StackedEnsemble(members).to(settings.device)
-    optimizer = training.make_optimizer(stack.parameters(), "adam", lr=1e-3, weight_decay=5e-4)
+    optimizer = adam_optimizer(stack.parameters())
     loader = stacked_ensemble.ZippedLoader(
         [ResampledLoader(labelled, samples_per_epoch, batch_size, seed) for seed in seeds]
     )

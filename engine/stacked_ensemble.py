@@ -4,7 +4,7 @@ stacked network, so that one step trains every member and a small network keeps 
     ensemble = StackedEnsemble(members)                 # parameters and buffers stacked to (N, ...)
     logits = ensemble(x)                                # x (N, B, C, H, W): member k sees x[k] -> (N, B, K)
     optimizer = make_optimizer(ensemble.parameters(), "sgd", lr=0.1)
-    history = train_epochs_stacked(ensemble, ZippedLoader(loaders), optimizer, scheduler, settings, epochs=10)
+    stats = train_one_epoch_stacked(ensemble, ZippedLoader(loaders), optimizer, settings)  # one per member
 
 Why this is exact. Member k's parameters and buffers are the k-th slices of tensors of shape `(N, ...)`
 (`torch.func.stack_module_state`), and `torch.func.vmap` over `functional_call` runs every member on its
@@ -35,8 +35,6 @@ goes the other way when a run resumes.
 from __future__ import annotations
 
 import copy
-import math
-import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -46,7 +44,7 @@ from torch.func import functional_call, stack_module_state, vmap
 
 import net
 from engine import training
-from engine.training import EpochStats, NonFiniteLossError, TrainSettings
+from engine.training import EpochStats, TrainSettings
 from utils.device import autocast_context
 
 MODES = ("auto", "stacked", "sequential")
@@ -149,11 +147,6 @@ class StackedEnsemble(nn.Module):
         """Member k's state dict in the member network's own key order (views of the stacked tensors)."""
         return {name: getattr(self, _key(name))[k].detach() for name in self.state_names}
 
-    def load_member_state_dict(self, k: int, state: Mapping[str, torch.Tensor]) -> None:
-        with torch.no_grad():
-            for name in self.state_names:
-                getattr(self, _key(name))[k].copy_(state[name])
-
     def unstack(self, make_model: Callable[[], nn.Module]) -> list[nn.Module]:
         """The members as ordinary networks (`make_model()` builds one; its initial weights are replaced)."""
         members = []
@@ -242,31 +235,31 @@ class ZippedLoader:
             yield torch.stack(xs), torch.stack(ys)
 
 
-def _member_losses(
-    ensemble: StackedEnsemble, x: torch.Tensor, y: torch.Tensor, settings: TrainSettings, shared_input: bool
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(per-member mean losses `(N,)`, logits `(N, B, K)`, labels `(N, B)`): each member's loss as `train_one_epoch`
-    computes it for one network (`loss_fn(logits.float(), y)`), vmapped."""
+def stacked_step(
+    ensemble: StackedEnsemble, optimizer: torch.optim.Optimizer, settings: TrainSettings
+) -> training.Step:
+    """`engine.training.network_step` for every member at once: member k's loss on its own batch `x[k]`
+    as the step computes it for one network (`loss_fn(logits.float(), y)`, vmapped), and one backward pass
+    of their sum (see the module docstring). `x (N, B, ...)`, `y (N, B)` (or `(B,)`, shared)."""
     loss_fn = training.LOSSES[settings.loss_function]
-    x = x.to(settings.device, non_blocking=True)
-    y = y.to(settings.device, non_blocking=True)
-    with autocast_context(settings.device, settings.precision):
-        logits = ensemble(x, shared_input=shared_input)
-    if y.dim() == 1:
-        y = y.expand(ensemble.num_members, -1)
-    losses = vmap(lambda z, t: loss_fn(z.float(), t))(logits, y)
-    return losses, logits, y
 
+    def step(x: torch.Tensor, y: torch.Tensor):
+        x = x.to(settings.device, non_blocking=True)
+        y = y.to(settings.device, non_blocking=True)
+        with autocast_context(settings.device, settings.precision):
+            logits = ensemble(x)
+        if y.dim() == 1:
+            y = y.expand(ensemble.num_members, -1)
+        losses = vmap(lambda z, t: loss_fn(z.float(), t))(logits, y)
+        batch = y.shape[1]
+        objectives = losses / (batch * settings.world_size) if settings.loss_mean else losses
+        optimizer.zero_grad(set_to_none=True)
+        objectives.sum().backward()
+        optimizer.step()
+        hits = (logits.detach().argmax(dim=2) == y).sum(1)
+        return objectives.detach(), losses.detach(), hits, batch
 
-def _raise_nonfinite(losses: torch.Tensor, epoch: int, step: int, names: Sequence[str]) -> None:
-    bad = [k for k, value in enumerate(losses.tolist()) if not math.isfinite(value)]
-    if bad:
-        who = ", ".join(names[k] for k in bad)
-        value = losses[bad[0]].item()
-        raise NonFiniteLossError(
-            f"the training loss of {who} became {value} at epoch {epoch + 1}, step {step}; training stopped "
-            "and the last good state was kept: lower --lr, try --precision fp32, or check the data"
-        )
+    return step
 
 
 def train_one_epoch_stacked(
@@ -279,59 +272,20 @@ def train_one_epoch_stacked(
     member_names: Sequence[str] | None = None,
     desc: str | None = None,
 ) -> list[EpochStats]:
-    """One pass of every member over its own batches (`loader` yields `x (N, B, ...)`, `y (N, B)`), with
-    `engine.training.train_one_epoch`'s recipe per member; returns one `EpochStats` per member.
-
-    The objective is the sum of the members' objectives (see the module docstring). Statistics stay on the
-    device and are read every `settings.log_interval` steps; a non-finite loss of any member raises
-    `NonFiniteLossError` naming it (`member_names`, default "member k").
-    """
+    """One pass of every member over its own batches (`loader` yields `x (N, B, ...)`, `y (N, B)`):
+    `engine.training.run_epoch` with `stacked_step`; one `EpochStats` per member. A non-finite loss of any
+    member raises `NonFiniteLossError` naming it (`member_names`, default "member k")."""
     n = ensemble.num_members
-    names = list(member_names or [f"member {k + 1}" for k in range(n)])
-    device = settings.device
     ensemble.train()
-    lr = float(optimizer.param_groups[0]["lr"])
-    running = torch.zeros(n, 2, dtype=torch.float64, device=device)  # [objective, loss * B] per member
-    correct = torch.zeros(n, dtype=torch.int64, device=device)
-    bar = training.epoch_progress(loader, settings, desc or f"epoch {epoch + 1} ({n} members)")
-    images = step = 0
-    started = time.perf_counter()
-    try:
-        for x, y in bar:
-            losses, logits, y = _member_losses(ensemble, x, y, settings, shared_input=False)
-            batch = y.shape[1]
-            objectives = losses / batch if settings.loss_mean else losses
-            optimizer.zero_grad(set_to_none=True)
-            objectives.sum().backward()
-            optimizer.step()
-            with torch.no_grad():
-                running += torch.stack([objectives.detach().double(), losses.detach().double() * batch], 1)
-                correct += (logits.detach().argmax(dim=2) == y).sum(1)
-            images += batch
-            step += 1
-            if step % settings.log_interval == 0:
-                _raise_nonfinite(running.sum(1), epoch, step, names)
-            if settings.max_steps and step >= settings.max_steps:
-                break
-    finally:
-        bar.close()
-    totals = torch.cat([running, correct.double().view(n, 1)], 1).cpu()  # synchronises for the timing
-    seconds = time.perf_counter() - started
-    _raise_nonfinite(totals[:, :2].sum(1), epoch, step, names)
-    samples = max(images, 1)
-    return [
-        EpochStats(
-            epoch=epoch,
-            loss=loss_sum / samples,
-            original_loss=objective_sum / samples,
-            accuracy=num_correct / samples,
-            lr=lr,
-            images=images,
-            seconds=seconds,
-            images_per_s=images / max(seconds, 1e-9),
-        )
-        for objective_sum, loss_sum, num_correct in totals.tolist()
-    ]
+    return training.run_epoch(
+        loader,
+        stacked_step(ensemble, optimizer, settings),
+        settings,
+        epoch=epoch,
+        lr=float(optimizer.param_groups[0]["lr"]),
+        names=list(member_names or [f"member {k + 1}" for k in range(n)]),
+        desc=desc or f"epoch {epoch + 1} ({n} members)",
+    )
 
 
 @torch.no_grad()
@@ -359,46 +313,6 @@ def evaluate_accuracy_stacked(
     return (correct / total).tolist() if total else [float("nan")] * ensemble.num_members
 
 
-def train_epochs_stacked(
-    ensemble: StackedEnsemble,
-    train_loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler | None,
-    settings: TrainSettings,
-    *,
-    epochs: int,
-    start_epoch: int = 0,
-    valid_loader: Iterable[tuple[torch.Tensor, torch.Tensor]] | None = None,
-    validate_every: int = 0,
-    member_names: Sequence[str] | None = None,
-    on_epoch_end: Callable[[list[EpochStats]], None] | None = None,
-) -> list[list[EpochStats]]:
-    """`engine.training.train_epochs` for a stacked ensemble: the same epoch plan (`utils.epochs.run_epochs`),
-    with one `EpochStats` per member at each epoch end (`on_epoch_end(stats)`). Returns the epochs'
-    statistics, `[epoch][member]`."""
-
-    def validate(epoch: int, stats: list[EpochStats]) -> None:
-        for member_stats, accuracy in zip(stats, evaluate_accuracy_stacked(ensemble, valid_loader, settings)):
-            member_stats.val_accuracy = accuracy
-
-    return training.train_epochs(
-        ensemble,
-        train_loader,
-        optimizer,
-        scheduler,
-        settings,
-        epochs=epochs,
-        start_epoch=start_epoch,
-        valid_loader=valid_loader,
-        validate_every=validate_every,
-        on_epoch_end=on_epoch_end,
-        one_epoch=lambda epoch: train_one_epoch_stacked(
-            ensemble, train_loader, optimizer, settings, epoch=epoch, member_names=member_names
-        ),
-        validate=validate,
-    )
-
-
 __all__ = [
     "MODES",
     "MemberView",
@@ -408,7 +322,7 @@ __all__ = [
     "evaluate_accuracy_stacked",
     "member_optimizer_state",
     "stack_optimizer_states",
+    "stacked_step",
     "stacking_obstacle",
-    "train_epochs_stacked",
     "train_one_epoch_stacked",
 ]

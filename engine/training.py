@@ -28,7 +28,7 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import torch.nn as nn
@@ -38,7 +38,6 @@ from tqdm import tqdm
 import net
 from utils import distributed
 from utils.device import autocast_context
-from utils.epochs import run_epochs
 from utils.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -176,47 +175,41 @@ class EpochStats:
         )
 
 
-def _nonfinite_message(epoch: int, step: int, value: float, precision: str | None = None) -> str:
-    # train.py adds what was kept and how to go on (`engine.run_paths.RunFiles.explain_stops`).
-    causes = "the learning rate is too high for this network, bf16 overflowed, or the data is bad"
-    if precision != "bf16":
-        causes = "the learning rate is too high for this network, or the data is bad"
-    return (
-        f"the training loss became {value} at epoch {epoch + 1}, step {step}, so training stopped ({causes})"
-    )
+# A step: train on one batch `(x, y)` and return, per network it trains (one, or a stacked ensemble's
+# members), the objective as backpropagated `(M,)`, the mean loss `(M,)` and the correct predictions `(M,)`,
+# all detached on the device, and the batch size.
+Step = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]]
 
 
-def _check_progress(
-    running: torch.Tensor, images: int, epoch: int, step: int, bar, started: float, settings: TrainSettings
+def _nonfinite_message(epoch: int, step: int, value: float, precision: str, who: str = "") -> str:
+    """The one sentence of a stop on a non-finite loss (`who`: " of member 2 (lenet_2)" for ensembles);
+    the caller that owns the run's files adds what was kept and how to go on
+    (`engine.checkpointing.explain_stops`)."""
+    causes = "the learning rate is too high for this network, or the data is bad"
+    if precision == "bf16":
+        causes = "the learning rate is too high for this network, bf16 overflowed, or the data is bad"
+    return f"the training loss{who} became {value} at epoch {epoch + 1}, step {step}, so training stopped ({causes})"
+
+
+def _check_finite(
+    sums: list[list[float]], epoch: int, step: int, settings: TrainSettings, names: Sequence[str] | None
 ) -> None:
-    """Synchronise once: sum `[objective, loss * n]` and the sample count over ranks, stop on a non-finite
-    loss, update the bar.
-
-    Every rank calls this at the same steps, so the all-reduce pairs up and all ranks stop together.
-    """
-    objective_sum, loss_sum, samples = distributed.all_reduce_sum(
-        torch.cat([running, running.new_tensor([images])])
-    ).tolist()
-    if not (math.isfinite(objective_sum) and math.isfinite(loss_sum)):
-        raise NonFiniteLossError(
-            _nonfinite_message(
-                epoch, step, loss_sum if not math.isfinite(loss_sum) else objective_sum, settings.precision
-            )
+    """Raise `NonFiniteLossError` when a network's summed objective or loss (`sums[m]`, summed over ranks) is
+    NaN or infinite, naming the networks (`names`, for a stacked ensemble's members)."""
+    bad = [
+        m
+        for m, (objective, loss) in enumerate(sums)
+        if not (math.isfinite(objective) and math.isfinite(loss))
+    ]
+    if not bad:
+        return
+    objective, loss = sums[bad[0]]
+    who = f" of {', '.join(names[m] for m in bad)}" if names else ""
+    raise NonFiniteLossError(
+        _nonfinite_message(
+            epoch, step, loss if not math.isfinite(loss) else objective, settings.precision, who
         )
-    if bar is not None and not bar.disable:
-        speed = samples / max(time.perf_counter() - started, 1e-9)
-        bar.set_postfix(loss=f"{loss_sum / max(samples, 1):.4f}", img_s=f"{speed:,.0f}", refresh=False)
-
-
-def _forward(model: nn.Module, x: torch.Tensor, y: torch.Tensor, settings: TrainSettings):
-    """Move a batch to the device in the settings' memory layout and run `model` under their precision."""
-    x = x.to(settings.device, non_blocking=True)
-    y = y.to(settings.device, non_blocking=True)
-    if settings.channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    with autocast_context(settings.device, settings.precision):
-        logits = model(x)
-    return x, y, logits
+    )
 
 
 def epoch_progress(loader, settings: TrainSettings, desc: str):
@@ -235,6 +228,119 @@ def epoch_progress(loader, settings: TrainSettings, desc: str):
     )
 
 
+def run_epoch(
+    loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    step: Step,
+    settings: TrainSettings,
+    *,
+    epoch: int = 0,
+    lr: float,
+    names: Sequence[str] | None = None,
+    desc: str | None = None,
+) -> list[EpochStats]:
+    """One pass of `step` over `loader`, for one network or a stacked ensemble's members alike (torchvision's
+    one `train_one_epoch` with the step passed in); one `EpochStats` per network, in `step`'s order.
+
+    Statistics stay on the device and are read every `settings.log_interval` steps and at the end: a per-step
+    `.item()` would stall the GPU. Each read sums over ranks (all ranks read at the same steps, so the
+    all-reduces pair up) and raises `NonFiniteLossError`, before the caller saves anything, when a loss
+    became NaN or infinite; with DDP all ranks raise together.
+    """
+    running = None  # (M, 2): [sum of the objectives as backpropagated, sum of the per-sample losses]
+    correct = None  # (M,)
+    bar = epoch_progress(loader, settings, desc or f"epoch {epoch + 1}")
+    images = done = 0
+    started = time.perf_counter()
+
+    def read() -> list[float]:
+        """[objective sums, loss sums, correct counts (each M), images], summed over ranks."""
+        totals = torch.cat([running[:, 0], running[:, 1], correct.double(), running.new_tensor([images])])
+        return distributed.all_reduce_sum(totals).tolist()
+
+    def sums(totals: list[float]) -> list[list[float]]:
+        return [list(pair) for pair in zip(totals[: len(running)], totals[len(running) : 2 * len(running)])]
+
+    try:
+        for x, y in bar:
+            objectives, losses, hits, batch = step(x, y)
+            if running is None:
+                running = torch.zeros(len(losses), 2, dtype=torch.float64, device=losses.device)
+                correct = torch.zeros(len(losses), dtype=torch.int64, device=losses.device)
+            with torch.no_grad():
+                running += torch.stack([objectives.double(), losses.double() * batch], 1)
+                correct += hits
+            images += batch
+            done += 1
+            if done % settings.log_interval == 0:
+                totals = read()
+                _check_finite(sums(totals), epoch, done, settings, names)
+                if not bar.disable:
+                    speed = totals[-1] / max(time.perf_counter() - started, 1e-9)
+                    mean_loss = sum(totals[len(running) : 2 * len(running)]) / len(running)
+                    bar.set_postfix(
+                        loss=f"{mean_loss / max(totals[-1], 1):.4f}", img_s=f"{speed:,.0f}", refresh=False
+                    )
+            if settings.max_steps and done >= settings.max_steps:
+                break
+    finally:
+        bar.close()
+    if running is None:  # an empty loader
+        running = torch.zeros(max(len(names or ()), 1), 2, dtype=torch.float64, device=settings.device)
+        correct = torch.zeros(len(running), dtype=torch.int64, device=settings.device)
+    totals = read()  # also synchronises the device for the timing
+    seconds = time.perf_counter() - started
+    m = len(running)
+    _check_finite(sums(totals), epoch, done, settings, names)
+    samples = max(totals[-1], 1.0)
+    return [
+        EpochStats(
+            epoch=epoch,
+            loss=totals[m + k] / samples,
+            # Per rank the objective is a mean over 1/world_size of the batch; their sum over ranks is
+            # world_size times the single-process objective.
+            original_loss=totals[k] / settings.world_size / samples,
+            accuracy=totals[2 * m + k] / samples,
+            lr=lr,
+            images=int(samples),
+            seconds=seconds,
+            images_per_s=samples / max(seconds, 1e-9),
+        )
+        for k in range(m)
+    ]
+
+
+def _forward(model: nn.Module, x: torch.Tensor, y: torch.Tensor, settings: TrainSettings):
+    """Move a batch to the device in the settings' memory layout and run `model` under their precision."""
+    x = x.to(settings.device, non_blocking=True)
+    y = y.to(settings.device, non_blocking=True)
+    if settings.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    with autocast_context(settings.device, settings.precision):
+        logits = model(x)
+    return x, y, logits
+
+
+def network_step(model: nn.Module, optimizer: torch.optim.Optimizer, settings: TrainSettings) -> Step:
+    """The original's step for one network: cross-entropy of the fp32 logits, then backward and update.
+
+    The original divides the (already mean) loss by the batch size once more under --loss-mean; with DDP by
+    the global batch, so that the gradient all-reduce (a sum over ranks) gives the single-process gradient.
+    """
+    loss_fn = LOSSES[settings.loss_function]
+
+    def step(x: torch.Tensor, y: torch.Tensor):
+        x, y, logits = _forward(model, x, y, settings)
+        loss = loss_fn(logits.float(), y)
+        objective = loss / (len(y) * settings.world_size) if settings.loss_mean else loss
+        optimizer.zero_grad(set_to_none=True)
+        objective.backward()
+        optimizer.step()
+        hits = (logits.detach().argmax(dim=1) == y).sum()
+        return objective.detach().view(1), loss.detach().view(1), hits.view(1), len(y)
+
+    return step
+
+
 def train_one_epoch(
     model: nn.Module,
     loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
@@ -244,67 +350,13 @@ def train_one_epoch(
     epoch: int = 0,
     desc: str | None = None,
 ) -> EpochStats:
-    """One pass over `loader` (batches `(x (B, C, H, W), y (B,))`), as the original's `train_single_epoch`.
-
-    Statistics stay on the device and are read every `settings.log_interval` steps and at the end: a
-    per-step `.item()` would stall the GPU. Raises `NonFiniteLossError` (before the caller saves anything)
-    when the loss becomes NaN or infinite; with DDP all ranks raise together.
-    """
-    device = settings.device
-    loss_fn = LOSSES[settings.loss_function]
+    """One pass over `loader` (batches `(x (B, C, H, W), y (B,))`), as the original's `train_single_epoch`:
+    `run_epoch` with `network_step`."""
     model.train()
     lr = float(optimizer.param_groups[0]["lr"])
-    # [sum of the training objectives as backpropagated, sum of the per-sample losses]; the sample count
-    # is known on the host, and nothing here is read back before a check point.
-    running = torch.zeros(2, dtype=torch.float64, device=device)
-    correct = torch.zeros((), dtype=torch.int64, device=device)
-    bar = epoch_progress(loader, settings, desc or f"epoch {epoch + 1}")
-    images = 0
-    step = 0
-    started = time.perf_counter()
-    try:
-        for x, y in bar:
-            x, y, logits = _forward(model, x, y, settings)
-            loss = loss_fn(logits.float(), y)
-            # The original divides the (already mean) loss by the batch size once more under --loss-mean.
-            objective = loss / (len(y) * settings.world_size) if settings.loss_mean else loss
-            optimizer.zero_grad(set_to_none=True)
-            objective.backward()
-            optimizer.step()
-            with torch.no_grad():
-                running += torch.stack([objective.detach().double(), loss.detach().double() * len(y)])
-                correct += (logits.detach().argmax(dim=1) == y).sum()
-            images += len(y)
-            step += 1
-            if step % settings.log_interval == 0:
-                _check_progress(running, images, epoch, step, bar, started, settings)
-            if settings.max_steps and step >= settings.max_steps:
-                break
-    finally:
-        bar.close()
-    totals = torch.cat([running, correct.double().view(1), running.new_tensor([images])])
-    totals = distributed.all_reduce_sum(totals).tolist()  # also synchronises the device for the timing
-    seconds = time.perf_counter() - started
-    objective_sum, loss_sum, num_correct, samples = totals
-    if not (math.isfinite(objective_sum) and math.isfinite(loss_sum)):
-        raise NonFiniteLossError(
-            _nonfinite_message(
-                epoch, step, loss_sum if not math.isfinite(loss_sum) else objective_sum, settings.precision
-            )
-        )
-    samples = max(samples, 1.0)
-    return EpochStats(
-        epoch=epoch,
-        loss=loss_sum / samples,
-        # Per rank the objective is a mean over 1/world_size of the batch; their sum over ranks is
-        # world_size times the single-process objective.
-        original_loss=objective_sum / settings.world_size / samples,
-        accuracy=num_correct / samples,
-        lr=lr,
-        images=int(samples),
-        seconds=seconds,
-        images_per_s=samples / max(seconds, 1e-9),
-    )
+    return run_epoch(
+        loader, network_step(model, optimizer, settings), settings, epoch=epoch, lr=lr, desc=desc
+    )[0]
 
 
 @torch.no_grad()
@@ -331,6 +383,58 @@ def evaluate_accuracy(
     return correct / total if total else float("nan")
 
 
+# --------------------------------------------------------------------------------------------------------
+# The epoch plan
+
+
+Stats = TypeVar("Stats")
+
+
+def run_epochs(
+    one_epoch: Callable[[int], Stats],
+    *,
+    epochs: int,
+    start_epoch: int = 0,
+    loader: Any = None,
+    scheduler: Any = None,
+    validate: Callable[[int, Stats], None] | None = None,
+    validate_every: int = 0,
+    on_epoch_end: Callable[[Stats], None] | None = None,
+    epoch_bar: Callable[[range], Iterable[int]] | None = None,
+) -> list[Stats]:
+    """The epoch plan every training loop of the project follows, written once; returns each epoch's
+    `one_epoch` result, in order. For each epoch from `start_epoch` to `epochs` (exclusive, from 0):
+
+    1. `loader.set_epoch(epoch)` when it has one, so the batch order and augmentation of an epoch depend on
+       the epoch alone (a resumed run sees the same batches as an uninterrupted one);
+    2. `stats = one_epoch(epoch)`: one pass over the data, whatever a step is (one network, a stacked
+       ensemble, a VAE's ELBO);
+    3. `scheduler.step()`, once per epoch as the original DDU code steps its `MultiStepLR`;
+    4. `validate(epoch, stats)` every `validate_every` epochs and after the last one (`validate_every=0`:
+       after the last only); it records what it measures on `stats` and may keep the best epoch's weights;
+    5. `on_epoch_end(stats)` (checkpoints, logs; it may raise to stop).
+
+    The pieces that differ are passed in: `train_epochs` (one network), `engine.training_run` (members
+    stacked), `engine.acquisition` (the best epoch on validation), the Ambiguous-MNIST generator's
+    classifiers and VAE (`tools.ambiguous_mnist`). `epoch_bar` wraps the epoch range (a progress bar).
+    """
+    history = []
+    epoch_range = range(start_epoch, epochs)
+    for epoch in epoch_bar(epoch_range) if epoch_bar is not None else epoch_range:
+        if loader is not None and hasattr(loader, "set_epoch"):
+            loader.set_epoch(epoch)
+        stats = one_epoch(epoch)
+        if scheduler is not None:
+            scheduler.step()
+        last = epoch + 1 == epochs
+        if validate is not None and (last or (validate_every > 0 and (epoch + 1) % validate_every == 0)):
+            validate(epoch, stats)
+        if on_epoch_end is not None:
+            on_epoch_end(stats)
+        history.append(stats)
+    return history
+
+
 def train_epochs(
     model: nn.Module,
     train_loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
@@ -342,29 +446,28 @@ def train_epochs(
     start_epoch: int = 0,
     valid_loader: Iterable[tuple[torch.Tensor, torch.Tensor]] | None = None,
     validate_every: int = 0,
-    on_epoch_end: Callable[[Any], None] | None = None,
-    one_epoch: Callable[[int], Any] | None = None,
-    validate: Callable[[int, Any], None] | None = None,
-) -> list:
-    """Train from `start_epoch` up to `epochs` (exclusive, counting from 0); return the epochs' statistics.
+    on_epoch_end: Callable[[EpochStats], None] | None = None,
+) -> list[EpochStats]:
+    """Train one network from `start_epoch` up to `epochs` (exclusive, counting from 0); return the epochs'
+    statistics.
 
-    The epoch plan of `utils.epochs.run_epochs` with one pass of `train_one_epoch` per epoch and, when a
+    The epoch plan (`run_epochs`) with one `train_one_epoch` per epoch and, when a
     `valid_loader` is given, its accuracy every `validate_every` epochs and after the last one;
-    `on_epoch_end(stats)` may write checkpoints or raise to stop. A stacked ensemble passes its own
-    `one_epoch(epoch)` and `validate(epoch, stats)` (`engine.stacked_ensemble.train_epochs_stacked`).
+    `on_epoch_end(stats)` may write checkpoints or raise to stop. A stacked ensemble follows the same plan
+    with `engine.stacked_ensemble.train_one_epoch_stacked` (`engine.training_run`).
     """
     eval_model = net.unwrap_model(model)
 
-    def validate_network(epoch: int, stats: EpochStats) -> None:
+    def validate(epoch: int, stats: EpochStats) -> None:
         stats.val_accuracy = evaluate_accuracy(eval_model, valid_loader, settings)
 
     return run_epochs(
-        one_epoch or (lambda epoch: train_one_epoch(model, train_loader, optimizer, settings, epoch=epoch)),
+        lambda epoch: train_one_epoch(model, train_loader, optimizer, settings, epoch=epoch),
         epochs=epochs,
         start_epoch=start_epoch,
         loader=train_loader,
         scheduler=scheduler,
-        validate=(validate or validate_network) if valid_loader is not None else None,
+        validate=validate if valid_loader is not None else None,
         validate_every=validate_every,
         on_epoch_end=on_epoch_end,
     )
@@ -375,11 +478,15 @@ __all__ = [
     "LOSSES",
     "NonFiniteLossError",
     "OPTIMIZERS",
+    "Step",
     "TrainSettings",
     "evaluate_accuracy",
     "make_optimizer",
     "make_scheduler",
+    "network_step",
     "prepare_model",
+    "run_epoch",
+    "run_epochs",
     "train_epochs",
     "train_one_epoch",
 ]

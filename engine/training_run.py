@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -33,6 +33,7 @@ from engine.training import (
     make_optimizer,
     make_scheduler,
     prepare_model,
+    run_epochs,
     train_epochs,
 )
 from utils import distributed
@@ -120,6 +121,22 @@ def claim_runs(args: argparse.Namespace, rule: ResumeRule, is_main: bool = True)
         yield
 
 
+def build_optimizer(
+    args: argparse.Namespace, parameters: Iterable[nn.Parameter]
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.MultiStepLR]:
+    """The optimiser and schedule train.py's flags describe (`--optimiser`, `--lr`, `--momentum`,
+    `--weight-decay`, `--nesterov`, the two milestones), for one network or a stack of members."""
+    optimizer = make_optimizer(
+        parameters,
+        args.optimiser,
+        lr=args.learning_rate,
+        momentum=args.momentum,
+        weight_decay=args.weight_decay,
+        nesterov=args.nesterov,
+    )
+    return optimizer, make_scheduler(optimizer, (args.first_milestone, args.second_milestone))
+
+
 def setup_training_run(
     args: argparse.Namespace, device: torch.device, dist_info: distributed.DistInfo, rule: ResumeRule
 ) -> TrainingRun:
@@ -143,15 +160,7 @@ def setup_training_run(
     seed_everything(args.seed)
     config = model_config(args)
     model = build_model(config).to(device)
-    optimizer = make_optimizer(
-        model.parameters(),
-        args.optimiser,
-        lr=args.learning_rate,
-        momentum=args.momentum,
-        weight_decay=args.weight_decay,
-        nesterov=args.nesterov,
-    )
-    scheduler = make_scheduler(optimizer, (args.first_milestone, args.second_milestone))
+    optimizer, scheduler = build_optimizer(args, model.parameters())
     saved_args = sanitize_args(args)
     history, start_epoch = _resume(args, files, model, optimizer, scheduler, saved_args, dist_info, rule)
     if args.resume == rule.latest and start_epoch:  # continued from its own resume file, which holds it
@@ -351,20 +360,12 @@ def _train_stacked(
             log.info("%s: catching up from epoch %d to %d alone", run.files.name, run.start_epoch, done)
             train_network(run, device, dist_info, until=done)
     stack = stacked_ensemble.StackedEnsemble([run.model for run in runs]).to(device)
-    optimizer = make_optimizer(
-        stack.parameters(),
-        args.optimiser,
-        lr=args.learning_rate,
-        momentum=args.momentum,
-        weight_decay=args.weight_decay,
-        nesterov=args.nesterov,
-    )
+    optimizer, scheduler = build_optimizer(args, stack.parameters())
     if done:
         optimizer.load_state_dict(
             stacked_ensemble.stack_optimizer_states([run.optimizer.state_dict() for run in runs])
         )
     # The members' common schedule (their states are equal: same milestones, same epochs done).
-    scheduler = make_scheduler(optimizer, (args.first_milestone, args.second_milestone))
     scheduler.load_state_dict(runs[0].scheduler.state_dict())
     names = [run.files.name for run in runs]
     with contextlib.ExitStack() as stack_of_files:
@@ -387,17 +388,27 @@ def _train_stacked(
             for checkpoint, member_stats in zip(checkpoints, stats):
                 checkpoint(member_stats)
 
-        stacked_ensemble.train_epochs_stacked(
-            stack,
-            stacked_ensemble.ZippedLoader([run.train_loader for run in runs]),
-            optimizer,
-            scheduler,
-            train_settings(args, device, dist_info),
+        settings = train_settings(args, device, dist_info)
+        train_loader = stacked_ensemble.ZippedLoader([run.train_loader for run in runs])
+        valid_loader = stacked_ensemble.ZippedLoader([run.valid_loader for run in runs])
+        member_names = [f"member {k + 1} ({name})" for k, name in enumerate(names)]
+
+        def validate(epoch: int, stats: list[EpochStats]) -> None:
+            accuracies = stacked_ensemble.evaluate_accuracy_stacked(stack, valid_loader, settings)
+            for member_stats, accuracy in zip(stats, accuracies):
+                member_stats.val_accuracy = accuracy
+
+        # The epoch plan `train_epochs` follows for one network, with the stacked epoch.
+        run_epochs(
+            lambda epoch: stacked_ensemble.train_one_epoch_stacked(
+                stack, train_loader, optimizer, settings, epoch=epoch, member_names=member_names
+            ),
             epochs=args.epoch,
             start_epoch=done,
-            valid_loader=stacked_ensemble.ZippedLoader([run.valid_loader for run in runs]),
+            loader=train_loader,
+            scheduler=scheduler,
+            validate=validate,
             validate_every=args.validate_every,
-            member_names=[f"member {k + 1} ({name})" for k, name in enumerate(names)],
             on_epoch_end=on_epoch_end,
         )
     results = []

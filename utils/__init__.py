@@ -4,6 +4,5 @@
   every script's `check_args`;
 * `io`: atomic writes, background writes, JSON reading, the git revision; `seed`: seeding and
   determinism; `device`: device choice and the fast path (bf16 autocast + channels_last on a GPU and on a
-  CPU with native bf16); `distributed`: DDP set-up; `progress`: progress bars; `epochs`: the epoch plan
-  every training loop follows.
+  CPU with native bf16); `distributed`: DDP set-up; `progress`: progress bars.
 """

@@ -27,7 +27,7 @@ Outputs in `--out` (what the `dirty_mnist` loader reads): `amnist_samples.pt` fl
 (seed, counts, settings, label-entropy histogram, timings) and `amnist_grid.png` (one row per majority
 class, samples ordered left to right by increasing label entropy).
 
-Modules, in the order the pipeline runs them: `vae` (step 1), `ensemble` (step 2 and the scores of step 4),
+Modules, in the order the pipeline runs them: `vae` (step 1), `classifiers` (step 2 and the scores of step 4),
 `candidates` (steps 3-5), `report` (files, manifest, grid and the independent check), `pipeline` (the
 command line and `generate`, one function per stage); `common` holds the file names and seed offsets.
 

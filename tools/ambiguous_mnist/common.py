@@ -8,7 +8,7 @@ from collections.abc import Callable
 import torch
 
 from data.sources import AMNIST_FILES, AMNIST_MANIFEST
-from utils.epochs import run_epochs
+from engine.training import run_epochs
 from utils.progress import progress_bar
 
 SAMPLES_FILE, LABELS_FILE = AMNIST_FILES  # the released set's names, which the loader reads
@@ -51,7 +51,7 @@ def fit_epochs(
     loss_name: str,
     progress: bool | None,
 ) -> list[float]:
-    """The generator's training loop on the project's epoch plan (`utils.epochs.run_epochs`): per epoch one
+    """The generator's training loop on the project's epoch plan (`engine.training.run_epochs`): per epoch one
     shuffled pass over `images` (order from a CPU generator seeded with `seed`), `batch_loss(indices)` the
     mean loss of a batch, one optimiser step per batch. Returns each epoch's mean loss per image, which the
     bar shows as `loss_name`."""
