@@ -117,11 +117,26 @@ def load_resume_state(path: Path) -> dict[str, Any]:
             f"the resume file '{path}' could not be read ({type(err).__name__}); it is corrupt or not a "
             "resume file: delete it to start afresh"
         ) from None
-    if not isinstance(state, dict) or state.get("format") != RESUME_FORMAT:
+    if isinstance(state, dict) and state.get("format") == RESUME_FORMAT:
+        return state
+    # What the file is, and what to pass instead: never advice that would throw away a finished model.
+    name = path.name[: -len(".model")].rsplit("_", 1)[0] if path.name.endswith(".model") else "{name}"
+    if isinstance(state, dict) and "format" not in state and all(torch.is_tensor(v) for v in state.values()):
         raise UserError(
-            f"'{path}' is not a resume file of this project's train.py; delete it to start afresh"
+            f"'{path}' is a model checkpoint (a network's weights only, as train.py saves every "
+            f"--save-interval epochs), not a resume file; pass the run's {name}_resume.pt to --resume, or "
+            "--resume alone to continue from --save-path"
         )
-    return state
+    found = state.get("format") if isinstance(state, dict) else None
+    if isinstance(found, int) and not isinstance(found, bool) and found > RESUME_FORMAT:
+        raise UserError(
+            f"the resume file '{path}' was written by a newer version of this code (format {found}; this "
+            f"version reads format {RESUME_FORMAT}); update the code to continue the run"
+        )
+    raise UserError(
+        f"'{path}' is not a resume file of this project's train.py; pass the run's {name}_resume.pt to "
+        "--resume, or --overwrite instead of --resume to start the run afresh"
+    )
 
 
 def check_resume_compatible(
