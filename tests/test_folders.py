@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import fails
+from helpers import fails, write_mnist
 from PIL import Image
 
 import data
@@ -409,6 +409,19 @@ def test_ood_folder_takes_the_in_distribution_shape_and_constants(tmp_path):
     assert x.shape == (2, 3, 12, 12)
     # A training set passed as its own OoD set is its test split.
     assert data.get_test_loader(name_of(root), None, 8, like=name_of(root)).num_samples == 6
+
+
+def test_registered_ood_set_takes_a_folder_set_shape_and_statistics(tmp_path):
+    """MNIST against a network trained on an RGB 16x16 folder: repeated to RGB, resized, the folder's mean/std."""
+    mnist = write_mnist(tmp_path / "raw")
+    root = write_folder(tmp_path / "set", size=(16, 16))
+    info = data.get_info(name_of(root))
+    ((x, _),) = _batches(data.get_test_loader("mnist", tmp_path / "raw", 64, like=name_of(root)))
+    assert x.shape == (25, 3, 16, 16)
+    first = Image.fromarray(mnist["test_x"][0, 0]).resize((16, 16), Image.Resampling.BILINEAR)
+    expected = torch.from_numpy(np.array(first)).float() / 255
+    for c in range(3):
+        assert torch.allclose(x[0, c], (expected - info.mean[c]) / info.std[c], atol=1e-5)
 
 
 def test_config_differences_name_the_flag():
