@@ -147,15 +147,6 @@ class StackedEnsemble(nn.Module):
         """Member k's state dict in the member network's own key order (views of the stacked tensors)."""
         return {name: getattr(self, _key(name))[k].detach() for name in self.state_names}
 
-    def unstack(self, make_model: Callable[[], nn.Module]) -> list[nn.Module]:
-        """The members as ordinary networks (`make_model()` builds one; its initial weights are replaced)."""
-        members = []
-        for k in range(self.num_members):
-            member = make_model()
-            member.load_state_dict(self.member_state_dict(k))
-            members.append(member.to(next(self.parameters()).device))
-        return members
-
 
 # --------------------------------------------------------------------------------------------------------
 # Optimiser state: one stacked optimiser <-> N members' optimisers

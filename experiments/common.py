@@ -328,11 +328,6 @@ def finish_record(record: dict[str, Any], paths: Paths, table: str) -> dict[str,
     return record
 
 
-def write_record(path: Path, record: dict[str, Any]) -> None:
-    """A record written atomically."""
-    atomic_write_json(path, record)
-
-
 def write_stage(paths: Paths, record: dict[str, Any]) -> None:
     """The record after a stage, into `paths.partial`: a cut-off run leaves what it did, and the final JSON
     of an earlier, finished run stays as it was."""
