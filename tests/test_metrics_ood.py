@@ -1,4 +1,8 @@
-"""AUROC / AUPRC / FPR95 against hand values and scikit-learn, including ties and orientation."""
+"""AUROC / AUPRC / FPR95 against hand values and scikit-learn: ties, infinite scores and orientation.
+
+The metrics are scikit-learn's on float64 scores; hand values hold to `TOLERANCE` (its average precision sums
+float64 steps, so a perfect detector's 1.0 may come out one rounding below).
+"""
 
 import numpy as np
 import pytest
@@ -7,6 +11,8 @@ from helpers import DEVICES
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
 from metrics import detection_metrics, fpr_at_95_tpr, ood_metrics
+
+TOLERANCE = 1e-12
 
 
 def _sklearn(pos, neg):
@@ -20,7 +26,9 @@ def _sklearn(pos, neg):
 def test_perfect_and_reversed_separation(device):
     high = torch.tensor([3.0, 4.0, 5.0], device=device)
     low = torch.tensor([0.0, 1.0, 2.0], device=device)
-    assert detection_metrics(high, low) == {"auroc": 1.0, "auprc": 1.0, "fpr95": 0.0}
+    assert detection_metrics(high, low) == pytest.approx(
+        {"auroc": 1.0, "auprc": 1.0, "fpr95": 0.0}, abs=TOLERANCE
+    )
     reversed_ = detection_metrics(low, high)
     assert reversed_["auroc"] == 0.0
     assert reversed_["fpr95"] == 1.0
@@ -50,9 +58,9 @@ def test_matches_sklearn_on_random_scores_with_ties(seed):
     neg = np.round(gen.normal(0.0, 1.0, size=gen.integers(5, 300)), 1)
     result = detection_metrics(torch.from_numpy(pos).float(), torch.from_numpy(neg))
     auroc, auprc, fpr95 = _sklearn(torch.from_numpy(pos).float().double().numpy(), neg)
-    assert result["auroc"] == pytest.approx(auroc, abs=1e-12)
-    assert result["auprc"] == pytest.approx(auprc, abs=1e-12)
-    assert result["fpr95"] == pytest.approx(fpr95, abs=1e-12)
+    assert result["auroc"] == pytest.approx(auroc, abs=TOLERANCE)
+    assert result["auprc"] == pytest.approx(auprc, abs=TOLERANCE)
+    assert result["fpr95"] == pytest.approx(fpr95, abs=TOLERANCE)
 
 
 def test_fpr95_hand_cases():
@@ -87,6 +95,18 @@ def test_ood_orientation_follows_ddu():
     # FPR95 uses one convention (OoD accepted at 95% in-distribution TPR), so it agrees for both.
     assert unc["fpr95"] == pytest.approx(conf["fpr95"])
     assert conf["fpr95"] == pytest.approx(_sklearn(in_conf, out_conf)[2])
+
+
+def test_infinite_scores_rank_as_their_finite_stand_ins():
+    # A float32 log-density that underflows is -inf (--original-quirks): it ranks below every finite score,
+    # ties with the other -inf, and gives the metrics of any finite scores in the same order.
+    inf = float("inf")
+    positives = torch.tensor([3.0, inf, 1.0, -inf, 2.0])
+    negatives = torch.tensor([-inf, 0.0, 1.0, -inf, 5.0, inf])
+    finite = detection_metrics(
+        torch.tensor([3.0, 100.0, 1.0, -100.0, 2.0]), torch.tensor([-100.0, 0.0, 1.0, -100.0, 5.0, 100.0])
+    )
+    assert detection_metrics(positives, negatives) == finite
 
 
 def test_input_errors():
