@@ -40,6 +40,7 @@ import torch
 
 import data
 import metrics
+from data.loaders import epoch_generator
 from data.transforms import normalize
 from engine import stacked_ensemble, training
 from engine.features import collect_outputs
@@ -136,7 +137,7 @@ class ResampledLoader:
     entries: usually 0 or 1 (so floor or ceil of `length / n`), now and then more, and exactly `length / n`
     for every sample when `n` divides `length`. The batches follow the permutation's order. When
     `length < n` the epoch is one permutation of all `n` samples (the original never drops a sample).
-    Epoch `e` draws from a generator seeded with `(seed, e)`.
+    Epoch `e` draws from `data.loaders.epoch_generator(seed, e)`, the rule every loader of the project uses.
     """
 
     def __init__(self, split: Split, length: int, batch_size: int, seed: int):
@@ -155,7 +156,7 @@ class ResampledLoader:
 
     def positions(self) -> torch.Tensor:
         """`(epoch_size,)` int64 positions into the labelled set for the current epoch, in batch order."""
-        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        generator = epoch_generator(self.seed, self.epoch)  # the loaders' per-epoch rule
         n = len(self.split)
         if self.length < n:
             return torch.randperm(n, generator=generator)

@@ -23,6 +23,7 @@ import data
 import engine.acquisition
 import metrics
 import net
+from data.loaders import epoch_generator
 from engine import al_run, training
 from engine.acquisition import (
     ResampledLoader,
@@ -349,7 +350,7 @@ def test_resampled_loader_repeats_each_sample_as_the_originals_sampler(n, length
         loader.set_epoch(epoch)
         batches = list(loader)
         drawn = torch.cat([y for _, y in batches])
-        generator = torch.Generator().manual_seed(3 * 100_003 + epoch)
+        generator = epoch_generator(3, epoch)
         assert drawn.tolist() == originals_fixed_length_positions(n, length, generator)
         assert all(torch.equal(x.flatten(), y.float()) for x, y in batches)  # images stay with their labels
         assert len(loader) == len(batches) and all(len(y) == 64 for _, y in batches[:-1])
@@ -361,7 +362,7 @@ def test_resampled_loader_repeats_each_sample_as_the_originals_sampler(n, length
     ceil = -(-length // n)
     # ceil(length / n) copies of each, less its copies among the M - length dropped permutation entries
     padded = ceil * n
-    generator = torch.Generator().manual_seed(3 * 100_003 + 1)
+    generator = epoch_generator(3, 1)
     dropped = torch.randperm(padded, generator=generator)[length:] % n
     assert counts.tolist() == (ceil - torch.bincount(dropped, minlength=n)).tolist()
     if length % n == 0:
