@@ -105,6 +105,22 @@ def warn_if_modified(dataset: str, root: Path, paths: list[Path]) -> list[Path]:
     return differing
 
 
+def warn_if_incomplete(dataset: str, folder: Path, count: int, official: int, what: str) -> bool:
+    """Warn once (per folder and process) that `folder` holds `count` of the official release's `official`
+    files: a subset on purpose, or a partly unzipped archive. Returns whether it warned."""
+    resolved = Path(folder).resolve()
+    if count == official or resolved in _CHECKED:
+        return False
+    _CHECKED.add(resolved)
+    warnings.warn(
+        f"{dataset}: '{folder}' holds {count:,} of the official release's {official:,} {what} (a subset, or a "
+        "partly unzipped archive), so results may not be comparable with published numbers",
+        ChecksumWarning,
+        stacklevel=2,
+    )
+    return True
+
+
 def _corrupt(path: Path, what: str, detail: str) -> UserError:
     return UserError(f"'{path}' is not a valid {what} ({detail}); delete it and download the data set again")
 
@@ -210,14 +226,21 @@ def read_cifar(paths: list[Path], label_key: str, num_classes: int) -> tuple[tor
     for path in paths:
         entry = load_cifar_pickle(path)
         try:
-            data = np.asarray(entry["data"], dtype=np.uint8)
-            targets = np.asarray(entry[label_key], dtype=np.int64)
+            data = np.asarray(entry["data"])
+            targets = np.asarray(entry[label_key])
         except (KeyError, TypeError, ValueError, IndexError) as err:
             raise _corrupt(path, "CIFAR pickle", f"{type(err).__name__}: {err}") from None
         if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or targets.ndim != 1 or len(data) != len(targets):
             raise _corrupt(path, "CIFAR pickle", f"data of shape {data.shape} for {len(targets)} labels")
+        # Floats (intensities in [0, 1], say) would become black images in a cast to uint8: refused.
+        if data.dtype.kind not in "ui" or (data.size and (data.min() < 0 or data.max() > 255)):
+            found = f"{data.dtype} values" + (f" in {data.min():.4g}..{data.max():.4g}" if data.size else "")
+            raise _corrupt(path, "CIFAR pickle", f"its data holds {found}, not pixel values 0..255 as uint8")
+        if targets.size and targets.dtype.kind not in "ui":
+            raise _corrupt(path, "CIFAR pickle", f"its {label_key} are {targets.dtype}, not integer classes")
+        targets = targets.astype(np.int64)
         _check_label_range(path, "CIFAR pickle", targets, 0, num_classes - 1)
-        images.append(data.reshape(-1, 3, 32, 32))
+        images.append(data.astype(np.uint8, copy=False).reshape(-1, 3, 32, 32))
         labels.append(targets)
     return torch.from_numpy(np.concatenate(images)), torch.from_numpy(np.concatenate(labels))
 
@@ -263,12 +286,20 @@ def read_idx(path: Path) -> np.ndarray:
 
 
 def read_mnist(
-    images_path: Path, labels_path: Path, num_classes: int = 10
+    images_path: Path, labels_path: Path, num_classes: int = 10, size: tuple[int, int] = (28, 28)
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """MNIST-style IDX pair. Returns images `(N, 1, 28, 28)` uint8 and labels `(N,)` int64 in 0..9."""
+    """MNIST-style IDX pair. Returns images `(N, 1, 28, 28)` uint8 and labels `(N,)` int64 in 0..9.
+
+    Images of another `size` (32x32 copies, say) are refused here, naming the file, rather than failing
+    inside the network."""
     images, labels = read_idx(images_path), read_idx(labels_path)
     if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
         raise _corrupt(images_path, "MNIST image file", f"images {images.shape} for labels {labels.shape}")
+    if images.shape[1:] != tuple(size):
+        found = "x".join(map(str, images.shape[1:]))
+        raise _corrupt(
+            images_path, "MNIST image file", f"images of {found} pixels, expected {size[0]}x{size[1]}"
+        )
     _check_label_range(labels_path, "MNIST label file", labels, 0, num_classes - 1)
     return torch.from_numpy(images[:, None].copy()), torch.from_numpy(labels.astype(np.int64))
 
@@ -309,6 +340,18 @@ def read_amnist(
     samples, labels = tensors["samples"], tensors["labels"]
     if samples.ndim != 4 or tuple(samples.shape[1:]) != (1, 28, 28) or not samples.is_floating_point():
         raise unreadable(samples_path, "samples", f"a {samples.dtype} tensor of shape {list(samples.shape)}")
+    finite = torch.isfinite(samples)
+    if not bool(finite.all()):
+        bad = (~finite).flatten(1).any(1).nonzero()
+        raise unreadable(
+            samples_path,
+            "samples",
+            f"{len(bad)} samples hold NaN or infinite values, the first {int(bad[0])}",
+        )
+    if samples.numel() and (float(samples.min()) < 0 or float(samples.max()) > 1):
+        low, high = float(samples.min()), float(samples.max())
+        hint = ", pixel values rather than intensities: divide them by 255" if high > 1.5 else ""
+        raise unreadable(samples_path, "samples", f"values in {low:g}..{high:g}, outside [0, 1]{hint}")
     if labels.ndim != 2 or labels.is_floating_point() or labels.is_complex() or len(labels) != len(samples):
         raise unreadable(
             labels_path,

@@ -31,6 +31,9 @@ AMNIST_MANIFEST = "amnist_manifest.json"
 AMNIST_FILES = ("amnist_samples.pt", "amnist_labels.pt")
 AMNIST_URL = "https://github.com/BlackHC/ddu_dirty_mnist/releases/download/data-v1.0.0/"
 
+# Tiny-ImageNet's official test split: test_0.JPEG to test_9999.JPEG.
+TINY_IMAGENET_TEST_IMAGES = 10_000
+
 # Seconds to wait for the download host's name to resolve before treating the machine as offline, and
 # the socket timeout while downloading (per operation, so a slow but live download still finishes).
 PROBE_TIMEOUT_S = 3.0
@@ -284,7 +287,9 @@ def _tiny_imagenet(root: Path, split: str, flag: str) -> tuple[torch.Tensor, tor
             f"http://cs231n.stanford.edu/tiny-imagenet-200.zip and unzip it into '{root}', or pass the "
             f"{flag} that holds 'tiny-imagenet-200'"
         )
-    return formats.read_jpeg_folder(folder, (32, 32))
+    images, labels = formats.read_jpeg_folder(folder, (32, 32))
+    formats.warn_if_incomplete("tiny_imagenet", folder, len(images), TINY_IMAGENET_TEST_IMAGES, "test images")
+    return images, labels
 
 
 # Each reader takes the root, the split and the command-line flag that names the root (for its messages).

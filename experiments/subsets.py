@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 import data
+from utils.errors import UserError
 
 _MNIST_FOLDERS = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST"}
 
@@ -62,7 +63,12 @@ def _tiny_imagenet(source: Path, dest: Path, count: int) -> None:
         name = f"test_{index}.JPEG"
         if not (images / name).is_file():
             data.load_split("tiny_imagenet", source, "test")  # the loader's one-sentence error if absent
-            raise FileNotFoundError(images / name)
+            held = len(list(images.glob("*.JPEG")))
+            raise UserError(
+                f"'{images / name}' is missing: '{images}' holds {held} of Tiny-ImageNet's 10,000 test images "
+                f"(test_0.JPEG to test_9999.JPEG), as a partly unzipped archive leaves it; unzip "
+                f"tiny-imagenet-200.zip into '{source}' again"
+            )
         shutil.copyfile(images / name, out / name)
 
 
