@@ -732,6 +732,7 @@ def clear_caches() -> None:
     """Forget the folders described and the splits decoded in this process (tests; freeing memory)."""
     _DESCRIBED.clear()
     _DECODED.clear()
+    _ANNOUNCED.clear()
 
 
 def _survey(train: ImageList, skip_bad: bool, workers: int | None) -> dict[str, Any]:
@@ -861,13 +862,24 @@ def describe(
         skip_bad_images=bool(skip_bad_images),
         in_memory=in_memory,
     )
-    _log_loader(folder, total, budget)
     _DESCRIBED[key] = folder
     return folder
 
 
-def _log_loader(folder: FolderSet, total: int, budget: int) -> None:
+_ANNOUNCED: set[tuple] = set()
+
+
+def announce(folder: FolderSet) -> None:
+    """Log, once per process, which loader serves `folder` and why (its decoded size against the budget).
+
+    Called when its loaders are built rather than when it is described: the scripts describe it while
+    checking their flags, before logging is set up."""
+    key = (folder.path, folder.image_size, folder.channels, folder.in_memory)
+    if key in _ANNOUNCED:
+        return
+    _ANNOUNCED.add(key)
     c, s = folder.channels, folder.image_size
+    total = split_bytes(len(folder.train) + len(folder.test), folder.shape)
     sizes = f"{len(folder.train):,} training and {len(folder.test):,} test images of {c}x{s}x{s}"
     if folder.in_memory:
         log.info(
@@ -877,7 +889,7 @@ def _log_loader(folder: FolderSet, total: int, budget: int) -> None:
     else:
         log.info(
             "%s: %s (%.1f MB decoded) exceed the memory budget of %.1f MB (%s): decoded from disk every epoch "
-            "by DataLoader worker processes", folder.name, sizes, total / 1e6, budget / 1e6, MEMORY_ENV,
+            "by DataLoader worker processes", folder.name, sizes, total / 1e6, memory_budget() / 1e6, MEMORY_ENV,
         )  # fmt: skip
 
 

@@ -300,10 +300,12 @@ def _read_split(name: str, root, split: str) -> tuple[torch.Tensor | folders.Fol
     if get_info(name).folder is None:
         return load_split(name, root, split)
     folder = folder_set(name)
+    folders.announce(folder)  # which of the two ways it is read, once per process
     if folder.in_memory:
         return folders.load_split(folder, split)  # decoded once per process
     dataset = folders.FolderDataset(
-        folder.train if split == "train" else folder.test, folders.ImageReader(folder.channels, folder.image_size)
+        folder.train if split == "train" else folder.test,
+        folders.ImageReader(folder.channels, folder.image_size),
     )
     return dataset, dataset.labels
 

@@ -411,6 +411,7 @@ def test_ood_folder_takes_the_in_distribution_shape_and_constants(tmp_path):
     assert data.get_test_loader(name_of(root), None, 8, like=name_of(root)).num_samples == 6
 
 
+@pytest.mark.filterwarnings("ignore:.*differ from the official release")
 def test_registered_ood_set_takes_a_folder_set_shape_and_statistics(tmp_path):
     """MNIST against a network trained on an RGB 16x16 folder: repeated to RGB, resized, the folder's mean/std."""
     mnist = write_mnist(tmp_path / "raw")
