@@ -1,6 +1,9 @@
-"""engine/models.py: the one path from flags (or a stored config) to a network and from a checkpoint into it."""
+"""engine/network_flags.py and engine/networks.py: the one path from flags (or a stored config) to a network and
+from a checkpoint into it."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 import torch
@@ -9,6 +12,7 @@ import train
 from engine.checkpointing import load_resume_state
 from engine.network_flags import model_config
 from engine.networks import build_model, load_checkpoint
+from engine.run_paths import RunFiles
 from utils.errors import UserError
 
 
@@ -67,6 +71,21 @@ def test_the_resume_file_alone_rebuilds_the_trained_network(tmp_path):
     state = load_resume_state(result["files"].resume)
     rebuilt = load_checkpoint(build_model(state["model_config"]), state["model"]).eval()
     trained = result["model"].eval()
+    assert list(rebuilt.state_dict()) == list(trained.state_dict())
+    assert all(torch.equal(rebuilt.state_dict()[k], v) for k, v in trained.state_dict().items())
+    # The same weights give the same outputs; the trained copy may be in channels_last, whose kernels add
+    # in another order, so the outputs agree to float32 rounding rather than bit for bit.
     x = torch.randn(3, 1, 28, 28)
     with torch.no_grad():
-        assert torch.equal(rebuilt(x), trained(x))
+        torch.testing.assert_close(rebuilt(x), trained(x), rtol=1e-5, atol=1e-6)
+
+
+def test_a_checkpoint_names_its_run_files():
+    """`RunFiles.of_checkpoint` inverts `checkpoint_file_name`, so the resume file beside a checkpoint (whose
+    flags `load_checkpoint` compares) is the run files' answer, not a pattern of its own."""
+    files = RunFiles.of_checkpoint(Path("runs/Run1/resnet18_sn_3.0_mod_1_350.model"))
+    assert files.name == "resnet18_sn_3.0_mod_1" and files.save_dir == Path("runs/Run1")
+    assert files.resume == Path("runs/Run1/resnet18_sn_3.0_mod_1_resume.pt")
+    assert files.model(350) == Path("runs/Run1/resnet18_sn_3.0_mod_1_350.model")
+    for other in ("lenet_1_resume.pt", "lenet_final.model", "_3.model", "lenet_1_3.pt"):
+        assert RunFiles.of_checkpoint(Path(other)) is None, other
