@@ -1,4 +1,4 @@
-"""A rerun of a finished experiments.dirty_mnist or experiments.active_learning without --overwrite reports
+"""A rerun of a finished experiments.dirty_mnist or experiments.al_curves without --overwrite reports
 the finished result and keeps it byte for byte (how Ambiguous-MNIST was made, the original timings); a cut-off
 later run (a stage record beside it) is continued, and --overwrite runs the experiment again."""
 
