@@ -68,7 +68,8 @@ def resolve_precision(
     with cuDNN, with oneDNN's bf16 kernels and, measured on CPUs without bf16, with its fp32 kernels too:
     1.2-1.4x for a training step of ResNet-18, VGG-16 and even LeNet (docs/speed.md); no measured network
     was slower. The layout changes no formula, only the order in which the convolutions sum, so fp32 results
-    agree with contiguous ones to rounding. Networks without 4-d weights (the two-moons MLP) are unaffected.
+    agree with contiguous ones to rounding; dropout (the Wide-ResNet's) draws its mask in memory order, so
+    there the same seed drops other units. Networks without 4-d weights (the two-moons MLP) are unaffected.
     """
     if precision is None:
         precision = "bf16" if fast_path(device) else "fp32"
