@@ -266,6 +266,7 @@ def evaluate_run(
             out["train"],
             weight_by_class_frequency=args.weight_by_class_frequency,
             original_quirks=args.original_quirks,
+            samples_per_class=getattr(args, "gmm_samples_per_class", None),
             **common,
         )
     return {name: failed[name] if name in failed else scored[name] for name in out["ood"]}
@@ -296,7 +297,7 @@ def check_checkpoints(args: argparse.Namespace) -> None:
 # (those that change its numbers; --ensemble only for ensembles). The file name holds the others.
 RESULT_SETTINGS = (
     "load_path", "runs", "epoch", "weight_by_class_frequency", "original_quirks", "precision", "data_aug",
-    *ARCH_FLAGS,
+    "gmm_samples_per_class", *ARCH_FLAGS,
 )  # fmt: skip
 
 
