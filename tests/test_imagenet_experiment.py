@@ -57,6 +57,29 @@ def test_the_smoke_preset_trains_and_evaluates_on_a_synthetic_folder(tmp_path):
     assert all(0 <= value <= 100 for value in record["ours"].values())
     saved = json.loads((tmp_path / "out" / "imagenet_smoke.json").read_text())
     assert saved["paper"]["ddu"] == [71.29, 0.08]
+    # One evaluation against two OoD sets: ImageNet-O and the same files as a plain folder, each its own file.
+    assert saved["ood_sets"][0] == "imagenet_o" and saved["ood_sets"][1].startswith("folder:")
+    for kind in ("softmax", "gmm"):
+        names = sorted(p.name for p in (tmp_path / "out").glob(f"res_*_{kind}_imagenet_*.json"))
+        assert len(names) == 2 and any(n.endswith("_imagenet_o.json") for n in names), names
+    assert 0 <= saved["ddu_on_the_folder_copy"] <= 100
+
+
+def test_a_torchvision_weights_file_loads_as_a_run_checkpoint(tmp_path):
+    """The post-hoc path of docs/reproduction.md: torchvision's ResNet-50 weights (a plain state dict) are what
+    evaluate.py loads as `{load-path}/Run1/imagenet_resnet50_1_{epoch}.model` for `--model imagenet_resnet50`."""
+    import torch
+    import torchvision
+
+    import net
+    from engine.networks import load_checkpoint
+
+    path = tmp_path / "Run1" / "imagenet_resnet50_1_90.model"
+    path.parent.mkdir()
+    torch.save(torchvision.models.resnet50(weights=None).state_dict(), path)
+    model = net.create_model("imagenet_resnet50", num_classes=1000)
+    load_checkpoint(model, path)
+    assert torch.equal(model.fc.weight, torch.load(path, weights_only=True)["fc.weight"])
 
 
 def test_first_per_class_keeps_the_first_samples_of_each_class_in_order():
