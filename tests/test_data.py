@@ -89,7 +89,7 @@ def test_registry_names_and_constants():
 
 def test_unknown_name_lists_valid_names():
     with pytest.raises(UserError, match="cifar10.*dirty_mnist"):
-        data.canonical_name("imagenet")
+        data.canonical_name("imagenet21k")
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -421,7 +421,7 @@ TRAIN_BAD = [
     (["--depth", "10"], "--depth does not apply to --model lenet"),
     (["--model", "resnet18", "--base-width", "0"], "--base-width must"),
     (["--dataset", "digits_ood"], "has no training split"),
-    (["--dataset", "imagenet"], "unknown data set 'imagenet'"),
+    (["--dataset", "imagenet21k"], "unknown data set 'imagenet21k'"),
     (["--resume", "nowhere/x_resume.pt"], "'nowhere/x_resume.pt' given to --resume does not exist"),
 ]
 
