@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -278,7 +278,9 @@ class ImageNetLoader:
     crop and flip are off, the random-resized crop takes their place when `train`), normalised on `device`.
 
     indices: `(M,)` positions into `dataset` this loader serves (None: all). `gpu_decode` decodes JPEGs on
-    `device` (a CUDA device); otherwise workers decode with Pillow. Same interface as the other loaders:
+    `device` (a CUDA device); otherwise workers decode with Pillow. `epoch_rng(seed, epoch)` is the
+    project's per-epoch generator (`data.loaders.epoch_generator`, passed in: that module imports this
+    one), from which a training loader draws its per-image seeds. Same interface as the other loaders:
     `len()` (batches), `num_samples`, `set_epoch(e)`.
     """
 
@@ -297,13 +299,16 @@ class ImageNetLoader:
         num_workers: int | None = None,
         gpu_decode: bool | None = None,
         seed: int = 0,
+        epoch_rng: Callable[[int, int], torch.Generator] | None = None,
     ) -> None:
         self.device = torch.device(device)
         self.gpu_decode = self.device.type == "cuda" if gpu_decode is None else bool(gpu_decode)
         self.dataset = ImageNetDataset(images, ImageNetDecoder(image_size, bytes_only=self.gpu_decode))
         self.indices = None if indices is None else np.asarray(indices, dtype=np.int64)
         self.schedule, self.batch_size, self.image_size = schedule, batch_size, image_size
-        self.train, self.seed = train, seed
+        if train and epoch_rng is None:
+            raise ValueError("a training loader needs epoch_rng (data.loaders.epoch_generator)")
+        self.train, self.seed, self.epoch_rng = train, seed, epoch_rng
         self.num_workers = folders.default_workers() if num_workers is None else num_workers
         self.mean = torch.tensor(mean, dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
@@ -328,9 +333,7 @@ class ImageNetLoader:
         """`(size,)` int64 per-image seeds of `epoch` for the whole subset (None when not training)."""
         if not self.train:
             return None
-        from data.loaders import epoch_generator  # the loaders module imports this one
-
-        gen = epoch_generator(self.seed ^ _SEED_SALT, epoch)
+        gen = self.epoch_rng(self.seed ^ _SEED_SALT, epoch)
         return torch.randint(0, 2**63 - 1, (self.schedule.size,), generator=gen)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -376,6 +379,7 @@ def make_loader(
     std: tuple[float, ...] = IMAGENET_STD,
     num_workers: int = 0,
     seed: int = 0,
+    epoch_rng: Callable[[int, int], torch.Generator] | None = None,
 ) -> ImageNetLoader:
     """`ImageNetLoader` with the scripts' `num_workers` (0: decode in this process)."""
     return ImageNetLoader(
@@ -390,6 +394,7 @@ def make_loader(
         std=std,
         num_workers=num_workers,
         seed=seed,
+        epoch_rng=epoch_rng,
     )
 
 

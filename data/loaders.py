@@ -388,6 +388,7 @@ def get_train_valid_loader(
                 train=augment and idx is train_idx,
                 num_workers=num_workers,
                 seed=seed,
+                epoch_rng=epoch_generator,
             )
             for idx, plan, size in zip(
                 (train_idx, valid_idx), plans, (batch_size, test_batch_size or batch_size)

@@ -14,7 +14,7 @@ from torchvision import transforms as T
 
 import data
 from data import imagenet
-from data.loaders import Schedule, get_test_loader, get_train_valid_loader
+from data.loaders import Schedule, epoch_generator, get_test_loader, get_train_valid_loader
 from utils.errors import UserError
 
 CLASSES = imagenet.SYNTHETIC_CLASSES
@@ -104,7 +104,16 @@ def test_training_epochs_are_reproducible_and_independent_of_workers(tiny):
     schedule = Schedule(len(files), True, False, False, seed=3)
     loaders = [
         imagenet.ImageNetLoader(
-            files, None, schedule, 5, 16, torch.device("cpu"), train=True, num_workers=n, seed=3
+            files,
+            None,
+            schedule,
+            5,
+            16,
+            torch.device("cpu"),
+            train=True,
+            num_workers=n,
+            seed=3,
+            epoch_rng=epoch_generator,
         )
         for n in (0, 1)
     ]
@@ -128,6 +137,7 @@ def test_ranks_share_out_the_single_process_epoch(tiny):
         train=True,
         num_workers=0,
         seed=1,
+        epoch_rng=epoch_generator,
     )
     ranks = [
         imagenet.ImageNetLoader(
@@ -140,6 +150,7 @@ def test_ranks_share_out_the_single_process_epoch(tiny):
             train=True,
             num_workers=0,
             seed=1,
+            epoch_rng=epoch_generator,
         )
         for r in range(2)
     ]
