@@ -31,6 +31,7 @@ import net
 from engine.networks import load_checkpoint
 from engine.run_paths import RunFiles
 from engine.training import EpochStats, NonFiniteLossError
+from net.checkpoint import zip_damage
 from utils.errors import Interrupted, UserError
 from utils.io import atomic_torch_save, atomic_write_bytes, atomic_write_json
 
@@ -110,6 +111,12 @@ def load_resume_state(path: Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"the resume file '{path}' does not exist; check --save-path and the run's flags")
+    damage = zip_damage(path)  # torch.load does not check the CRC-32s: a changed byte would load silently
+    if damage is not None:
+        raise UserError(
+            f"the resume file '{path}' is damaged ({damage}), so it was not loaded; re-copy it, or pass "
+            "--overwrite instead of --resume to start the run afresh"
+        )
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
