@@ -25,8 +25,9 @@ Outputs in `--save-path` (`{name}` is the original naming, e.g. `wide_resnet_sn_
 `{name}_resume.pt` (the full state `--resume` continues from).
 
 On a GPU the defaults are the fast path: the GPU-resident loader, bf16 autocast and channels_last
-(cudnn autotuning on). On the CPU: channels_last, with bf16 autocast where the CPU computes bf16 natively
-and fp32 elsewhere (`--precision fp32 --no-channels-last --loader torchvision` is the original's set-up).
+(cudnn autotuning on). On the CPU: bf16 autocast + channels_last where the CPU computes bf16 natively,
+fp32 and contiguous tensors elsewhere (`--channels-last` is faster there, see utils/device.py for why it is
+not the default).
 """
 
 from __future__ import annotations
@@ -215,7 +216,8 @@ def _add_speed_flags(g: argparse._ArgumentGroup) -> None:
         "--channels-last",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="NHWC memory layout (default: on; convolutions are faster with it on GPUs and CPUs, fp32 included)",
+        help="NHWC memory layout (default on a GPU and with bf16; faster for fp32 on a CPU too, but oneDNN "
+        "crashes there on strided 1x1 convolutions with under 8 input channels)",
     )
     g.add_argument("--compile", action="store_true", help="torch.compile the network (minutes of warm-up)")
     g.add_argument(

@@ -4,11 +4,11 @@ Both configurations run the real training loop (`engine.training.train_one_epoch
 real data for a fixed number of steps, after untimed warm-up steps, in one process:
 
 - project: the device-resident loader (batched crop/flip on the device) with train.py's device defaults
-  (bf16 autocast on a GPU and on a CPU with native bf16, else fp32; channels_last), optionally also with
+  (bf16 autocast + channels_last on a GPU and on a CPU with native bf16, else fp32), optionally also with
   `torch.compile`;
-- project-fp32 (where the default is bf16): the same loop at `--precision fp32` (channels_last);
-- project-contiguous (on the CPU): the same loop in fp32 with contiguous tensors, the CPU default before
-  channels_last was used for fp32 too;
+- project-fp32 (where the default is bf16): the same loop at `--precision fp32`;
+- project-fp32-channels-last (on the CPU, where the default does not already give it): the same loop in
+  fp32 with channels_last (`--channels-last`, not the CPU default for fp32, see `utils/device.py`);
 - original: fp32, contiguous tensors, torchvision `DataLoader` with PIL crop/flip and 4 worker processes,
   batch 128, as the original code trains.
 
@@ -185,13 +185,19 @@ def main(args: argparse.Namespace) -> list[dict]:
     configs = [project]
     if args.compile:
         configs.append({**project, "name": "project+compile", "compile": True})
-    fp32_precision, fp32_layout = resolve_precision(device, "fp32")
-    fp32 = {**project, "name": "project-fp32", "precision": fp32_precision, "channels_last": fp32_layout}
-    if (fp32["precision"], fp32["channels_last"]) != (precision, channels_last):
-        configs.append(fp32)  # the project's loop at --precision fp32
-    if device.type == "cpu" and (precision, channels_last) != ("fp32", False):
-        # The CPU default before channels_last was used for fp32 too.
-        configs.append({**fp32, "name": "project-contiguous", "channels_last": False})
+    # The project's loop at --precision fp32, and on a CPU fp32 in both layouts: contiguous (the default
+    # without bf16) and channels_last (faster, but only on request there; utils/device.py says why).
+    variants = [("project-fp32", resolve_precision(device, "fp32"))]
+    if device.type == "cpu":
+        variants += [
+            ("project-fp32-contiguous", ("fp32", False)),
+            ("project-fp32-channels-last", ("fp32", True)),
+        ]
+    seen = {(precision, channels_last)}
+    for name, setting in variants:
+        if setting not in seen:
+            seen.add(setting)
+            configs.append({**project, "name": name, "precision": setting[0], "channels_last": setting[1]})
     configs.append(
         dict(
             name="original",

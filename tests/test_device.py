@@ -1,6 +1,7 @@
-"""utils/device.py: the fast-path choice (bf16 autocast on a GPU and on a CPU with native bf16, channels_last
-everywhere) and both CPU paths of every script: bf16 + channels_last, which runs on any CPU (emulated where
-bf16 is not native), and fp32 + channels_last, which must agree with fp32 contiguous to rounding.
+"""utils/device.py: the fast-path choice (bf16 autocast + channels_last on a GPU and on a CPU with native
+bf16) and the CPU paths of every script: bf16 + channels_last, which runs on any CPU (emulated where bf16 is
+not native), fp32 contiguous (the default without bf16) and fp32 + channels_last on request, which must
+agree with contiguous to rounding.
 
 The suite sets `DDU_CPU_BF16=0` (tests/conftest.py) so default-flag runs are fp32 everywhere; these tests
 set it to 1 to take the path a CPU with AVX512-BF16 or AMX takes, and compare it with fp32 within bounds
@@ -46,13 +47,13 @@ def test_the_environment_variable_overrides_the_cpu_detection(monkeypatch):
 def test_defaults_follow_the_device_and_flags_win(monkeypatch):
     monkeypatch.setenv(device_mod.CPU_BF16_ENV, "1")
     assert fast_path(CPU) and resolve_precision(CPU) == ("bf16", True)
-    assert resolve_precision(CPU, "fp32") == ("fp32", True)  # --precision fp32: fp32 numerics, NHWC layout
-    assert resolve_precision(CPU, "fp32", False) == ("fp32", False)  # the original's set-up
+    assert resolve_precision(CPU, "fp32") == ("fp32", False)  # --precision fp32: the original's set-up
+    assert resolve_precision(CPU, "fp32", True) == ("fp32", True)
     assert resolve_precision(CPU, None, False) == ("bf16", False)
     monkeypatch.setenv(device_mod.CPU_BF16_ENV, "0")
-    # A CPU without bf16: fp32, and channels_last, which pays for fp32 too.
-    assert not fast_path(CPU) and resolve_precision(CPU) == ("fp32", True)
-    assert resolve_precision(CPU, None, False) == ("fp32", False)
+    # A CPU without bf16: fp32 and contiguous (oneDNN's fp32 NHWC crash, utils/device.py); NHWC on request.
+    assert not fast_path(CPU) and resolve_precision(CPU) == ("fp32", False)
+    assert resolve_precision(CPU, None, True) == ("fp32", True)
     assert resolve_precision(CPU, "bf16") == ("bf16", True)
     # CUDA: bf16 and channels_last by default, channels_last kept with fp32 (as before).
     assert resolve_precision(CUDA) == ("bf16", True) and resolve_precision(CUDA, "fp32") == ("fp32", True)
@@ -82,7 +83,7 @@ def test_train_takes_the_bf16_path_on_a_bf16_cpu_and_fp32_when_asked(tmp_path, b
     sn_buffers = [b for name, b in fast["model"].named_buffers() if name.endswith("_u")]
     assert sn_buffers and all(b.dtype == torch.float32 for b in sn_buffers)
 
-    plain = train.main(_tiny_train_args(tmp_path / "plain", "--precision", "fp32", "--no-channels-last"))
+    plain = train.main(_tiny_train_args(tmp_path / "plain", "--precision", "fp32"))
     assert _logged_precision(caplog) == "fp32"
     assert plain["model"].conv1.weight_orig.is_contiguous()
 
@@ -91,17 +92,18 @@ def _losses(result) -> list[float]:
     return [s.loss for s in result["history"]]
 
 
-def test_train_on_a_cpu_without_native_bf16_is_fp32_channels_last_and_agrees_with_contiguous(
+def test_train_on_a_cpu_without_native_bf16_is_fp32_contiguous_and_channels_last_agrees(
     tmp_path, plain_cpu, caplog
 ):
     caplog.set_level(logging.INFO)
     one_step = ("--steps-per-epoch", "1")
-    nhwc = train.main(_tiny_train_args(tmp_path / "nhwc", *one_step))
+    nchw = train.main(_tiny_train_args(tmp_path / "nchw", *one_step))
+    assert _logged_precision(caplog) == "fp32"
+    assert nchw["model"].conv1.weight_orig.is_contiguous()
+    nhwc = train.main(_tiny_train_args(tmp_path / "nhwc", *one_step, "--channels-last"))
     assert _logged_precision(caplog) == "fp32"
     weight = nhwc["model"].conv1.weight_orig
     assert weight.dtype == torch.float32 and weight.is_contiguous(memory_format=torch.channels_last)
-    nchw = train.main(_tiny_train_args(tmp_path / "nchw", *one_step, "--no-channels-last"))
-    assert nchw["model"].conv1.weight_orig.is_contiguous()
     # Only the layout differs: the same formulas summed in another order, so one step agrees to rounding
     # (over many steps at lr 0.1 such differences grow, as any two summation orders do; docs/speed.md).
     assert _losses(nhwc) == pytest.approx(_losses(nchw), rel=1e-5)

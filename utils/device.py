@@ -2,15 +2,12 @@
 
 bf16 autocast is used on a GPU and on a CPU that computes bf16 natively (AVX512-BF16 or AMX: bf16 dot
 products in hardware, so oneDNN's bf16 convolutions run about twice as fast as fp32 ones there); elsewhere
-the default is fp32, the original's numerics. channels_last (NHWC) is the default on every device and at
-either precision: it changes only the memory layout, and oneDNN's and cuDNN's convolutions run faster in
-it (on a CPU without bf16, 1.2-1.4x for fp32 training of the networks here, docs/speed.md). `--precision`
-and `--channels-last` override the choice in every script; `--precision fp32 --no-channels-last` is the
-original's set-up.
-
-The environment variable `DDU_CPU_BF16` overrides the CPU detection: `1` treats the CPU as bf16-capable,
-`0` as not, unset or `auto` asks PyTorch. The test suite sets `0`, so its default-flag runs compute the
-same on every CPU, and tests the bf16 path explicitly.
+the default is fp32, the original's numerics. channels_last (NHWC) is the default on a GPU and with bf16 on
+a CPU. For fp32 on a CPU it would pay too (1.1-1.5x for training the networks here, docs/speed.md), but it
+is not the default there: in torch 2.14 oneDNN's fp32 weight gradient of a strided 1x1 convolution in
+channels_last crashes the process (a segmentation fault or a double free, measured with 2-7 input
+channels, as in a plain ResNet below base width 8). `--channels-last` turns it on for a network without
+such layers. `--precision` and `--channels-last` override the choice in every script.
 """
 
 from __future__ import annotations
@@ -54,7 +51,7 @@ def cpu_has_native_bf16() -> bool:
 
 
 def fast_path(device: torch.device) -> bool:
-    """True where bf16 autocast is the default: CUDA, or a CPU with native bf16."""
+    """True where bf16 autocast (and with it channels_last) is the default: CUDA, or a CPU with native bf16."""
     return device.type == "cuda" or (device.type == "cpu" and cpu_has_native_bf16())
 
 
@@ -64,19 +61,18 @@ def resolve_precision(
     """The `(precision, channels_last)` a run uses: what the flags say, defaults for what they leave `None`.
 
     This is the one place that decides both. precision: 'bf16' on the fast path (`fast_path`), else 'fp32'.
-    channels_last: on by default on CUDA and on the CPU, at either precision. NHWC convolutions are faster
-    with cuDNN, with oneDNN's bf16 kernels and, measured on CPUs without bf16, with its fp32 kernels too:
-    1.2-1.4x for a training step of ResNet-18, VGG-16 and even LeNet (docs/speed.md); no measured network
-    was slower. The layout changes no formula, only the order in which the convolutions sum, so fp32 results
-    agree with contiguous ones to rounding; dropout (the Wide-ResNet's) draws its mask in memory order, so
-    there the same seed drops other units. Networks without 4-d weights (the two-moons MLP) are unaffected.
+    channels_last: on for CUDA whatever the precision (NHWC convolutions are faster there) and for bf16 on
+    a CPU (oneDNN's bf16 kernels gain from NHWC). fp32 on a CPU stays contiguous by default although NHWC
+    is faster there too, because oneDNN's fp32 NHWC weight gradient of strided 1x1 convolutions with few
+    input channels crashes (module docstring); asked for, the layout changes no formula, only the order in
+    which the convolutions sum, so its results agree with contiguous ones to rounding.
     """
     if precision is None:
         precision = "bf16" if fast_path(device) else "fp32"
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}; use 'bf16' or 'fp32'")
     if channels_last is None:
-        channels_last = device.type in ("cuda", "cpu")
+        channels_last = device.type == "cuda" or precision == "bf16"
     return precision, channels_last
 
 
