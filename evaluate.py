@@ -67,11 +67,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--ood-groups",
+        action="extend",
         nargs="+",
         default=None,
         metavar="GROUP=SET,SET",
         help="with several OoD sets: group means of the AUROC in the printed table, as OpenOOD reports them "
-        "(e.g. --ood-groups near=cifar100,tiny_imagenet far=svhn,mnist)",
+        "(e.g. --ood-groups near=cifar100,tiny_imagenet far=svhn,mnist; the flag may also be repeated)",
     )
     parser.add_argument(
         "--dataset-root", default="./", help="folder holding the data sets (default ./, as the original)"

@@ -1,7 +1,9 @@
-"""The evaluate.py command from checked flags to its result file (what `evaluate.py` runs): every run's
+"""The evaluate.py command from checked flags to its result files (what `evaluate.py` runs): every run's
 checkpoints found before the first is evaluated, the data loaders built once, each network's outputs computed
-once per data set and scored by `engine.evaluation`, the finished runs kept in a `.partial` side file while
-the command runs, and the original DDU result JSON written at the end (`engine.results.aggregate`).
+once per data set and scored by `engine.evaluation` against every OoD set of `--ood_dataset` (the
+in-distribution part once), the finished runs kept in a `.partial` side file per OoD set while the command
+runs (a rerun continues from them), and the original DDU result JSON per OoD set written at the end
+(`engine.results.aggregate`), with one printed table.
 
     run_evaluation(args, flag_names)    # args: evaluate.py's checked flags; flag_names: dest -> flag
 """

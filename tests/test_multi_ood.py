@@ -225,3 +225,16 @@ def test_ood_group_errors_are_one_sentence(runs, tmp_path, capsys):
     assert info.value.code == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "--ood-groups near holds svhn" in err
+
+
+@pytest.mark.slow
+def test_the_benchmark_runs_on_the_embedded_digits(tmp_path, capsys):
+    from benchmarks import multi_ood
+
+    out = tmp_path / "multi_ood.json"
+    args = multi_ood.get_args_parser().parse_args(["--no-gpu", "--repeats", "1", "--json", str(out)])
+    record = multi_ood.main(args)
+    assert json.loads(out.read_text()) == record
+    assert len(record["multi_wall_s"]) == len(record["three_singles_cpu_s"]) == 1
+    assert record["wall_ratio_of_medians"] > 0 and record["cpu_ratio_of_medians"] > 0
+    assert {"date_utc", "cpu", "threads", "load_1min_before_after"} <= set(record)
