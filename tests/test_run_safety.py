@@ -23,7 +23,7 @@ from helpers import REPO, al_args, assert_kept, eval_args, fails, snapshot, trai
 import active_learning
 import evaluate
 import train
-from engine import al_run, checkpointing, training_run
+from engine import al_run, checkpointing, evaluation_run, training_run
 from utils.errors import Interrupted, UserError
 from utils.io import BackgroundWriter, exclusive_lock, lock_path
 
@@ -103,7 +103,7 @@ def test_evaluate_has_one_writer_per_result_file(earlier_run, tmp_path, capsys):
     (tmp_path / "Run1").mkdir()
     (tmp_path / "Run1" / "lenet_1_1.model").write_bytes((earlier_run / "lenet_1_1.model").read_bytes())
     args = eval_args(tmp_path, tmp_path / "out")
-    with exclusive_lock(lock_path(evaluate.result_path(args)), "x", "y"):
+    with exclusive_lock(lock_path(evaluation_run.result_path(args)), "x", "y"):
         err = fails(capsys, evaluate.main, args)
     assert f"PID {os.getpid()}" in err and "--output-dir" in err
 
@@ -298,7 +298,7 @@ def test_evaluate_refuses_to_replace_a_result_of_other_settings(two_runs, tmp_pa
     assert_kept(before)
     evaluate.main(eval_args(two_runs, out))  # the same settings: replaced
     evaluate.main(eval_args(two_runs, out, "--epoch", "2", "--overwrite"))
-    assert _json(evaluate.result_path(eval_args(two_runs, out)))["info"]["epoch"] == 2
+    assert _json(evaluation_run.result_path(eval_args(two_runs, out)))["info"]["epoch"] == 2
 
 
 def test_evaluate_checks_every_run_before_the_first_evaluation(two_runs, tmp_path, capsys):
@@ -309,17 +309,17 @@ def test_evaluate_checks_every_run_before_the_first_evaluation(two_runs, tmp_pat
 
 
 def test_evaluate_goes_on_when_only_its_side_file_cannot_be_written(two_runs, tmp_path, monkeypatch, capsys):
-    real = evaluate.atomic_write_json
+    real = evaluation_run.atomic_write_json
 
     def write(path, obj, *args, **kwargs):
         if str(path).endswith(".partial"):
             raise UserError("could not write the side file")
         return real(path, obj, *args, **kwargs)
 
-    monkeypatch.setattr(evaluate, "atomic_write_json", write)
+    monkeypatch.setattr(evaluation_run, "atomic_write_json", write)
     result = evaluate.main(eval_args(two_runs, tmp_path / "out", runs=2))
     assert len(result["values"]["accuracy"]) == 2
-    assert evaluate.result_path(eval_args(two_runs, tmp_path / "out")).is_file()
+    assert evaluation_run.result_path(eval_args(two_runs, tmp_path / "out")).is_file()
 
 
 def test_a_full_disk_message_says_rerun_and_not_a_previous_version(tmp_path):
