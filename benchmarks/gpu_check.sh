@@ -74,7 +74,8 @@ if (out / "train_throughput.json").is_file():
     for r in record["results"]:
         rate = r["images_per_s"]
         print(f"{r['name']:<16} {r['precision']} {r['loader']:<11} {rate:>9,.0f} images/s = {rate * gflop / 1e3:6.1f} TFLOP/s")
-    print(f"ratio {record['ratio']:.2f}x on {record['hardware']}, torch {record['torch']}, {record['date']}")
+    ratios = ", ".join(f"{name} {value:.2f}x" for name, value in record["ratios"].items())
+    print(f"{ratios} on {record['hardware']}, torch {record['torch']}, {record['date']}")
     best = max(r["images_per_s"] for r in record["results"][:-1])
     print(f"350 epochs of 45,000 images at {best:,.0f} images/s: {350 * 45000 / best / 60:.1f} min")
 for path in sorted(out.glob("*_log.jsonl")):
