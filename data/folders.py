@@ -266,10 +266,15 @@ class BadImageError(Exception):
         self.path, self.reason = path, reason
 
 
+# The raster formats Pillow decodes in-process. Formats whose readers start another program (EPS and PS run
+# Ghostscript) are left out on purpose: opening a data set must never execute anything.
+IMAGE_FORMATS = ("PNG", "JPEG", "BMP", "GIF", "TIFF", "WEBP", "PPM", "TGA", "JPEG2000", "ICO", "PCX", "SGI")
+
+
 def _reason(err: BaseException) -> str:
     """Why Pillow could not read a file, as the end of a sentence that starts with the file's name."""
     if isinstance(err, UnidentifiedImageError):
-        return "is not an image Pillow can read"
+        return f"is not an image in a format read here ({', '.join(IMAGE_FORMATS)})"
     if isinstance(err, PermissionError):
         return "cannot be read (permission denied)"
     if isinstance(err, FileNotFoundError):
@@ -282,7 +287,7 @@ def open_image(path: str) -> Image.Image:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # decompression-bomb and palette-transparency notices
-            with Image.open(path) as img:
+            with Image.open(path, formats=IMAGE_FORMATS) as img:
                 img.load()
                 return img
     except Exception as err:  # noqa: BLE001  (truncated files raise OSError, SyntaxError, ValueError, ...)
@@ -298,7 +303,7 @@ def probe_image(path: str) -> tuple[bool, int, int] | str:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            with Image.open(path) as img:
+            with Image.open(path, formats=IMAGE_FORMATS) as img:
                 return _is_grey(img.mode), img.width, img.height
     except Exception as err:  # noqa: BLE001
         return _reason(err)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 from pathlib import Path
 
@@ -243,13 +244,32 @@ def test_non_image_file_refused_or_skipped(tmp_path, caplog):
     (root / "train" / "ant" / "notes.txt").write_text("not an image")
     _refused(
         name_of(root),
-        "'.*notes.txt' in the training split is not an image Pillow can read; .*--skip-bad-images",
+        "'.*notes.txt' in the training split is not an image in a format read here .*; .*--skip-bad-images",
     )
     data.set_folder_options(skip_bad_images=True)
     with caplog.at_level(logging.WARNING):
         folder = data.folder_set(name_of(root))
     assert len(folder.train) == 12 and not any(f.endswith("notes.txt") for f in folder.train.files)
     assert "skipped 1 file(s)" in caplog.text and "notes.txt" in caplog.text
+
+
+def test_postscript_is_never_handed_to_a_program(tmp_path, monkeypatch):
+    """Pillow's EPS reader runs Ghostscript: an EPS file in a folder is refused as not an image, and no
+    program is started (a `gs` on PATH would leave a marker if it were)."""
+    marker = tmp_path / "ran"
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    gs = bin_dir / "gs"
+    gs.write_text(f"#!/bin/sh\ntouch {marker}\nexit 1\n")
+    gs.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ.get('PATH', '')}")
+    root = write_folder(tmp_path / "set")
+    eps = "%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 16 16\nshowpage\n%%EOF\n"
+    (root / "train" / "ant" / "page.eps").write_text(eps)
+    _refused(name_of(root), "'.*page.eps' in the training split is not an image in a format read here")
+    with pytest.raises(folders.BadImageError):
+        folders.open_image(str(root / "train" / "ant" / "page.eps"))
+    assert not marker.exists()
 
 
 @pytest.mark.parametrize("ext", ["png", "jpg"])
