@@ -1,4 +1,4 @@
-"""A rerun of a finished experiments.dirty_mnist or experiments.al_curves without --overwrite reports
+"""A rerun of a finished experiments.dirty_mnist, experiments.al_curves or experiments.cifar10 without --overwrite reports
 the finished result and keeps it byte for byte (how Ambiguous-MNIST was made, the original timings); a cut-off
 later run (a stage record beside it) is continued, and --overwrite runs the experiment again."""
 
@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from helpers import one_sentence
 
-from experiments import al_curves, dirty_mnist
+from experiments import al_curves, cifar10, dirty_mnist
 
-EXPERIMENTS = [(dirty_mnist, "dirty_mnist"), (al_curves, "active_learning")]
+EXPERIMENTS = [(dirty_mnist, "dirty_mnist"), (al_curves, "active_learning"), (cifar10, "cifar10")]
 
 
 def finished(out: Path, name: str) -> Path:
