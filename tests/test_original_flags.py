@@ -15,6 +15,7 @@ import pytest
 import active_learning
 import evaluate
 import train
+from engine import evaluation_run
 from utils.errors import UserError
 
 SKIP = object()
@@ -151,7 +152,8 @@ def test_evaluate_without_load_path_ends_in_one_sentence(capsys):
 def test_the_result_info_keeps_the_original_keys(tmp_path, monkeypatch):
     # The original writes `info = vars(args)`: its keys for --load-path, --no-gpu and --data-aug are
     # load_loc, gpu and data_aug. Here they stand next to this project's names. main is stopped where it
-    # first aggregates, with the checkpoint check and the network runs replaced by empty ones.
+    # first aggregates (in engine.evaluation_run), with the checkpoint check and the network runs replaced by
+    # empty ones.
     (tmp_path / "runs").mkdir()
     args = evaluate.get_args_parser().parse_args(
         ["--load-path", str(tmp_path / "runs"), "--output-dir", str(tmp_path), "--dataset", "digits",
@@ -166,10 +168,11 @@ def test_the_result_info_keeps_the_original_keys(tmp_path, monkeypatch):
         captured.update(info)
         raise Stop
 
-    monkeypatch.setattr(evaluate, "check_checkpoints", lambda args: None)
-    monkeypatch.setattr(evaluate, "Evaluator", lambda *args, **kwargs: None)
-    monkeypatch.setattr(evaluate, "evaluate_run", lambda *args, **kwargs: {})
-    monkeypatch.setattr(evaluate, "aggregate", fake_aggregate)
+    monkeypatch.setattr(evaluation_run, "check_checkpoints", lambda args: None)
+    monkeypatch.setattr(evaluation_run, "checkpoint_fingerprints", lambda args: {})
+    monkeypatch.setattr(evaluation_run, "Evaluator", lambda *args, **kwargs: None)
+    monkeypatch.setattr(evaluation_run, "evaluate_run", lambda *args, **kwargs: {"digits_ood": {}})
+    monkeypatch.setattr(evaluation_run, "aggregate", fake_aggregate)
     with pytest.raises(Stop):
         evaluate.main(args)
     info = json.loads(json.dumps(captured))

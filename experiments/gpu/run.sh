@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Runs one reproduction experiment (cifar10, dirty_mnist or active_learning) at its `gpu` preset on a CUDA
 # machine within BUDGET_S seconds (550): lays the data archives found in $CARRY (default device_carry/, which
-# experiments/gpu/carry.sh fills) out in $DATA_ROOT, runs `python -m experiments.EXPERIMENT --scale $SCALE`
-# and leaves the experiment's JSON record, figure and log in $OUT (at most 8 small files: also the training
+# experiments/gpu/carry.sh fills) out in $DATA_ROOT, runs `python -m experiments.MODULE --scale $SCALE`
+# (MODULE is the experiment's name; al_curves for active_learning) and leaves the experiment's JSON record, figure and log in $OUT (at most 8 small files: also the training
 # logs for cifar10, the Ambiguous-MNIST manifest and sample grid for dirty_mnist). The experiment writes its
 # record after every stage, so a run cut off at the limit keeps what it finished; the log ends with the
 # table, date and hardware. benchmarks/GPU_EXPERIMENTS.md lists the runs in order and what each found.
@@ -18,12 +18,13 @@ cifar10) # Fashion-MNIST stays behind: with it the carry would be 68 MB, over th
     EXPERIMENT_FLAGS="--ood-sets tiny_imagenet,mnist ${EXPERIMENT_FLAGS:-}"
     ;;
 dirty_mnist) DATASETS=mnist,fashion_mnist ;;
-active_learning) DATASETS=mnist ;;
+active_learning) DATASETS=mnist MODULE=al_curves ;; # the module's name; its records keep the experiment's
 *)
     echo "usage: bash experiments/gpu/run.sh cifar10|dirty_mnist|active_learning" >&2
     exit 2
     ;;
 esac
+MODULE=${MODULE:-$EXPERIMENT}
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-gpu_out}
 SCALE=${SCALE:-gpu}
@@ -46,9 +47,9 @@ $PY "$CARRY/prepare.py" "$DATA_ROOT" --only "$DATASETS" >/dev/null || {
 
 limit=$((BUDGET_S - SECONDS - 10)) # 10 s for copying the files back into $OUT
 ((limit < 30)) && limit=30
-echo "== (${SECONDS}s) python -m experiments.$EXPERIMENT --scale $SCALE, at most ${limit}s"
+echo "== (${SECONDS}s) python -m experiments.$MODULE --scale $SCALE, at most ${limit}s"
 # shellcheck disable=SC2086  # EXPERIMENT_FLAGS is a list of flags
-timeout "$limit" $PY -m "experiments.$EXPERIMENT" --scale "$SCALE" --dataset-root "$DATA_ROOT" \
+timeout "$limit" $PY -m "experiments.$MODULE" --scale "$SCALE" --dataset-root "$DATA_ROOT" \
     --work-dir "$WORK/${EXPERIMENT}_$SCALE" --output-dir "$OUT" ${EXPERIMENT_FLAGS:-} 2>&1 |
     tr '\r' '\n' | grep -v "it/s\]$\|s/it\]$"
 status=${PIPESTATUS[0]}
