@@ -14,7 +14,7 @@ losses, so the gradient of member k's slice is the gradient of member k's loss a
 weight decay, Nesterov) and Adam are elementwise, so one optimiser over the stacked tensors updates each
 slice exactly as N optimisers would update N networks. The numbers agree with members trained alone up to
 the order of floating-point sums: vmap runs N convolutions as one grouped convolution and N linear layers
-as one batched matrix product, whose kernels may add in another order (`tests/test_ensemble.py` bounds
+as one batched matrix product, whose kernels may add in another order (`tests/engine/test_ensemble.py` bounds
 the difference).
 
 Where it pays: on a GPU, which N small networks trained one after another leave mostly idle (`choose_mode`

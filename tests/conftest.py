@@ -60,7 +60,7 @@ requires_counted_torch = pytest.mark.skipif(
     reason=f"operation counts were checked on torch {', '.join(COUNTED_TORCH_RELEASES)}, not {torch.__version__}",
 )
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
+SHARED = helpers.SHARED
 
 
 def pytest_report_header(config) -> str:

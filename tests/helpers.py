@@ -23,6 +23,8 @@ import evaluate
 import train
 
 REPO = Path(__file__).resolve().parents[1]
+FIXTURES = REPO / "tests" / "fixtures"
+SHARED = REPO.parent / "shared"  # ../shared beside the checkout, as CI has it
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import REPO
 
 from data.imagenet import write_synthetic
 
-REPO = Path(__file__).resolve().parents[1]
 NAME = "imagenet_resnet50_sn_3.0_mod_1"
 
 

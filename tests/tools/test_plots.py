@@ -12,13 +12,12 @@ from pathlib import Path
 import matplotlib.image
 import numpy as np
 import pytest
+from helpers import REPO
 
 import data
 from engine.evaluation import dirty_scores
 from tools import plots
 from utils.errors import UserError
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def assert_png(path: Path) -> None:

@@ -13,8 +13,8 @@ import ast
 from pathlib import Path
 
 import pytest
+from helpers import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 LAYERS = {
     "utils": 0,
     "metrics": 1,

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import REPO
 
 import evaluate
 import net
@@ -373,7 +374,7 @@ def test_round_trip_train_evaluate_table(tmp_path, capsys):
     assert rows[1].values["auroc"] == result["values"]["m1_auroc"]
 
 
-USAGE = Path(__file__).resolve().parents[1] / "docs" / "usage.md"
+USAGE = REPO / "docs" / "usage.md"
 
 
 @pytest.mark.slow

@@ -18,6 +18,7 @@ from typing import NamedTuple
 
 import pytest
 import torch
+from helpers import FIXTURES
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 import data
@@ -548,9 +549,7 @@ def test_original_quirks_reach_the_gmm_run_and_its_jitter_search(evaluated, layo
     assert all(math.isfinite(value) for value in paper["values"]["m2_auroc"])
 
 
-ORIGINAL_EVALUATE_FIXTURE = (
-    Path(__file__).resolve().parent / "fixtures" / "gmm" / "original_evaluate_lenet_mnist.json"
-)
+ORIGINAL_EVALUATE_FIXTURE = FIXTURES / "gmm" / "original_evaluate_lenet_mnist.json"
 
 
 def _original_evaluate_fixture() -> tuple[dict, dict[str, Outputs]]:

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import AMBIGUOUS_SAMPLES, TEST_IMAGES, TRAIN_IMAGES
+from helpers import AMBIGUOUS_SAMPLES, FIXTURES, TEST_IMAGES, TRAIN_IMAGES
 from torch import nn
 
 import active_learning
@@ -409,9 +409,7 @@ def test_original_quirks_fit_the_acquisition_gaussians_with_the_original_jitter(
     # The original's active learning fits its Gaussians with the same gmm_fit as its evaluation: on the
     # dead-ReLU features its gmm_fit picked 1e-45 (float32: 1.4e-45; tests/fixtures/gmm), the project's
     # search a far larger jitter.
-    fixture = json.loads(
-        (Path(__file__).parent / "fixtures" / "gmm" / "original_jitter_dead_relu.json").read_text()
-    )
+    fixture = json.loads((FIXTURES / "gmm" / "original_jitter_dead_relu.json").read_text())
     features, labels = torch.tensor(fixture["features"]), torch.tensor(fixture["labels"])
     n = len(labels)
     model = TableModel(torch.cat([features, features[:20] + 1.0]), num_classes=10)

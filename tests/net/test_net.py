@@ -10,12 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import FIXTURES, SHARED
 
 import net
 from engine.networks import load_checkpoint
 from utils.errors import UserError
 
-PARITY_DIR = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "parity"
+PARITY_DIR = SHARED / "fixtures" / "parity"
 
 # Reduced sizes keep the suite fast; the architecture code paths are the same as at full size. A model
 # registered later without an entry here is tested at its full size.
@@ -135,7 +136,7 @@ def test_sn_layers_cover_all_convolutions_but_not_the_classifier():
 # Parity fixtures: this repository's own (tests/fixtures/parity, written from the original code by
 # tests/fixtures/make_parity_fixtures.py) and, where present, the shared ones beside the repository. Each
 # folder brings the fill_rule.py its fixtures were made with.
-REPO_PARITY_DIR = Path(__file__).resolve().parent / "fixtures" / "parity"
+REPO_PARITY_DIR = FIXTURES / "parity"
 PARITY_FIXTURES = [
     pytest.param(
         path, id=f"{folder_name}-{path.stem}", marks=[pytest.mark.slow] if "vgg16" in path.stem else []

@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import SHARED
+from helpers import REPO
 
 import data
 import evaluate
@@ -34,7 +35,6 @@ from experiments.subsets import write_subset_root
 
 pytestmark = pytest.mark.filterwarnings("ignore::data.formats.ChecksumWarning")
 
-REPO = Path(__file__).resolve().parents[1]
 EXPERIMENTS = {"dirty_mnist": dirty_experiment, "cifar10": cifar_experiment, "active_learning": al_experiment}
 
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import io
 import json
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 from conftest import requires_counted_torch
+from helpers import FIXTURES
 
 import net
 from net.spectral_norm import SpectralNormConv2d, SpectralNormLinear
@@ -271,7 +271,7 @@ def test_a_training_step_dispatches_few_extra_operations(kernel_size):
     assert normalised - plain <= 24, normalised - plain
 
 
-ORIGINAL_START = Path(__file__).resolve().parent / "fixtures" / "sn" / "original_start_vectors.json"
+ORIGINAL_START = FIXTURES / "sn" / "original_start_vectors.json"
 
 
 def _close(ours, expected):

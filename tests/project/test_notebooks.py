@@ -16,8 +16,9 @@ from pathlib import Path
 
 import nbformat
 import pytest
+from helpers import REPO
 
-NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
+NOTEBOOKS = REPO / "notebooks"
 NAMES = ("fig_1_plot", "al_plot", "two_moons")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -3,12 +3,11 @@ including the singular cases that need a jitter."""
 
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from helpers import DEVICES
+from helpers import DEVICES, FIXTURES
 from scipy.special import logsumexp, softmax
 from scipy.stats import entropy, multivariate_normal
 
@@ -361,7 +360,7 @@ def test_finiteness_check_tells_overflowing_sums_from_non_finite_features():
     assert not _all_finite(opposite) and _all_finite(torch.zeros(2, 2))
 
 
-ORIGINAL_FIXTURE = Path(__file__).resolve().parent / "fixtures" / "gmm" / "original_jitter_dead_relu.json"
+ORIGINAL_FIXTURE = FIXTURES / "gmm" / "original_jitter_dead_relu.json"
 
 
 def _float32(value):

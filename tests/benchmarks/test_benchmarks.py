@@ -155,7 +155,9 @@ def test_ensemble_benchmark_times_stacked_and_one_after_another(tmp_path):
     )
     with pytest.raises(SystemExit, match="cannot be stacked"):
         ensemble_modes.main(
-            ensemble_modes.get_args_parser().parse_args("--model resnet18 -sn --base-width 2 --no-gpu".split())
+            ensemble_modes.get_args_parser().parse_args(
+                "--model resnet18 -sn --base-width 2 --no-gpu".split()
+            )
         )
 
 
