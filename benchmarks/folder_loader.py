@@ -60,7 +60,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     train.add_argument("--dataset", default="cifar10", help="the built-in set the folder was written from")
     train.add_argument("--dataset-root", default="data", help="folder holding --dataset")
     train.add_argument("--model", default="resnet18", help="network")
-    train.add_argument("--base-width", type=int, default=8, help="ResNet width (8: 1/8 of the paper's; 0: none)")
+    train.add_argument(
+        "--base-width", type=int, default=8, help="ResNet width (8: 1/8 of the paper's; 0: none)"
+    )
     train.add_argument("--batch-size", type=int, default=128, help="training batch")
     train.add_argument("--steps", type=int, default=20, help="timed steps per measurement")
     train.add_argument("--warmup", type=int, default=3, help="untimed steps before each measurement")
