@@ -50,7 +50,7 @@ if __package__ in (None, ""):  # run as a file: make the repository importable
 
 import torch
 
-from engine.results import markdown_table
+from engine.result_tables import markdown_table
 from metrics.gmm import class_log_densities, fit_class_gaussians
 from utils.errors import UserError, exit_on_user_error
 from utils.io import atomic_write_json

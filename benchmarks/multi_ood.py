@@ -34,7 +34,7 @@ import torch
 
 import evaluate
 import train
-from engine.results import markdown_table
+from engine.result_tables import markdown_table
 from utils.device import cpu_model
 from utils.errors import exit_on_user_error
 from utils.io import atomic_write_json

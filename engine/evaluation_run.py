@@ -3,7 +3,7 @@ checkpoints found before the first is evaluated, the data loaders built once, ea
 once per data set and scored by `engine.evaluation` against every OoD set of `--ood_dataset` (the
 in-distribution part once), the finished runs kept in a `.partial` side file per OoD set while the command
 runs (a rerun continues from them), and the original DDU result JSON per OoD set written at the end
-(`engine.results.aggregate`), with one printed table.
+(`engine.result_tables.aggregate`), with one printed table.
 
     run_evaluation(args, flag_names)    # args: evaluate.py's checked flags; flag_names: dest -> flag
 """
@@ -34,7 +34,7 @@ from engine.evaluation import (
 from engine.features import Outputs, collect_outputs
 from engine.network_flags import ARCH_FLAGS
 from engine.networks import RunFailedError, load_network
-from engine.results import aggregate, format_table, ood_table, table_rows
+from engine.result_tables import aggregate, format_table, ood_table, table_rows
 from engine.run_paths import locate_checkpoint, run_name, run_seeds
 from utils.device import resolve_precision, select_device
 from utils.errors import Interrupted, UserError

@@ -133,7 +133,7 @@ def model_config(args: argparse.Namespace, dataset: str | None = None) -> dict[s
             config["in_channels"] = info.shape[0]
     elif args.model in net.list_models() and net.model_options(args.model).stem == "imagenet":
         if (
-            info.shape[1] != net.imagenet.IMAGENET_IMAGE_SIZE
+            info.shape[1] != net.imagenet_nets.IMAGENET_IMAGE_SIZE
         ):  # --image-size: SN's power iteration needs the side
             config["image_size"] = info.shape[1]
     return config

@@ -29,7 +29,7 @@ import numpy as np
 
 import active_learning
 from engine import al_run
-from engine.results import curve_standard_errors, markdown_table
+from engine.result_tables import curve_standard_errors, markdown_table
 from experiments import common
 from experiments.common import ModelSpec
 from tools import plots

@@ -35,7 +35,7 @@ import numpy as np
 
 import data
 import evaluate
-from engine.results import markdown_table
+from engine.result_tables import markdown_table
 from experiments import common
 from experiments.common import ModelSpec
 from utils.errors import UserError, exit_on_user_error

@@ -33,7 +33,7 @@ import torch
 
 import engine.networks
 from engine.evaluation import DirtyScores, dirty_aurocs, dirty_scores
-from engine.results import format_value, markdown_table
+from engine.result_tables import format_value, markdown_table
 from experiments import common
 from experiments.common import ModelSpec
 from tools import ambiguous_mnist

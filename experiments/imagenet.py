@@ -39,7 +39,7 @@ from pathlib import Path
 import evaluate
 import train
 from data import imagenet
-from engine.results import markdown_table
+from engine.result_tables import markdown_table
 from experiments import common
 from utils.errors import UserError, exit_on_user_error
 from utils.io import atomic_write_json

@@ -8,7 +8,7 @@ from typing import Callable
 
 import torch.nn as nn
 
-from net.imagenet import imagenet_resnet50, imagenet_vgg16_bn, imagenet_wide_resnet50_2
+from net.imagenet_nets import imagenet_resnet50, imagenet_vgg16_bn, imagenet_wide_resnet50_2
 from net.layers import DDUNetwork
 from net.lenet import LeNet
 from net.resnet import resnet18, resnet50
@@ -52,7 +52,7 @@ class ModelOptions:
     says whether a larger value makes the layers wider (False for VGG's divisor). `sn_and_mod` is False for
     a model that ignores `spectral_normalization`, `mod` and `coeff` (LeNet, as in the original). `stem` is
     "cifar" for the networks of 32x32 and 28x28 inputs and "imagenet" for torchvision's layouts
-    (`net.imagenet`), which take the side of their square input as `image_size`. The flag checks and the
+    (`net.imagenet_nets`), which take the side of their square input as `image_size`. The flag checks and the
     hint for a checkpoint of another width read this.
     """
 

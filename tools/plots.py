@@ -39,7 +39,7 @@ with starting_up(__name__):  # PyTorch takes seconds and much memory to load: a 
     from engine.evaluation import dirty_scores
     from engine.network_flags import ARCH_FLAGS, MODEL_FLAGS, check_network_flags
     from engine.networks import RunFailedError, load_network
-    from engine.results import curve_standard_errors
+    from engine.result_tables import curve_standard_errors
     from utils.device import select_device
     from utils.io import atomic_savefig
     from utils.validation import check_count, check_number

@@ -12,7 +12,7 @@ from pathlib import Path
 from utils.errors import UserError, exit_on_user_error, starting_up
 
 with starting_up(__name__):  # PyTorch takes seconds and much memory to load: a failure is one sentence
-    from engine.results import FORMATS, format_table, read_results, table_rows
+    from engine.result_tables import FORMATS, format_table, read_results, table_rows
     from utils.io import atomic_write_bytes
 
 

@@ -26,7 +26,7 @@ from engine import stacked_ensemble, training_run
 from engine.checkpointing import load_resume_state
 from engine.network_flags import model_config
 from engine.networks import build_model
-from engine.results import read_results, table_rows
+from engine.result_tables import read_results, table_rows
 from engine.training import LOSSES
 from utils.seed import seed_everything
 

@@ -29,7 +29,7 @@ import train
 from engine import evaluation_run
 from engine.evaluation import calibration_block, ensemble_run, gmm_run, softmax_run
 from engine.features import Outputs, collect_outputs
-from engine.results import standard_error
+from engine.result_tables import standard_error
 from engine.run_paths import locate_checkpoint, run_seeds
 from utils.errors import UserError
 

@@ -1,4 +1,4 @@
-"""engine/results.py reading result files that were edited by hand: every value the table reads is checked
+"""engine/result_tables.py reading result files that were edited by hand: every value the table reads is checked
 (a list per metric, one number per run, fractions within [0, 1], as many runs as the file records), and a
 file that breaks a rule is one sentence naming the file and the key, never a traceback or a wrong table."""
 
@@ -11,7 +11,7 @@ import pytest
 from helpers import eval_args, fails
 
 import evaluate
-from engine.results import format_table, read_results, table_rows
+from engine.result_tables import format_table, read_results, table_rows
 from tools import results as results_tool
 from utils.errors import UserError
 

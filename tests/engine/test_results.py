@@ -1,4 +1,4 @@
-"""engine/results.py: the original DDU result JSON (`mean`, `std` as standard error, `values`) over runs."""
+"""engine/result_tables.py: the original DDU result JSON (`mean`, `std` as standard error, `values`) over runs."""
 
 from __future__ import annotations
 
@@ -9,7 +9,14 @@ import warnings
 import pytest
 import torch
 
-from engine.results import ORIGINAL_KEYS, aggregate, format_table, read_results, standard_error, table_rows
+from engine.result_tables import (
+    ORIGINAL_KEYS,
+    aggregate,
+    format_table,
+    read_results,
+    standard_error,
+    table_rows,
+)
 
 
 def original_stderr(values: list[float]) -> float:
@@ -104,7 +111,7 @@ def test_aggregate_with_every_run_failed():
 
 
 # ----------------------------------------------------------------------------------------------------
-# The paper's table from result files (python -m engine.results table)
+# The paper's table from result files (python -m engine.result_tables table)
 
 
 def result_file(folder, name, model_type, runs: list[dict | None], **info) -> str:

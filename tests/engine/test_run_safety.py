@@ -342,7 +342,7 @@ def _result(path: Path, seed: int = 1, accuracy: float = 0.9) -> Path:
 
 
 def test_the_results_table_counts_each_run_once(tmp_path):
-    from engine.results import format_table, read_results, table_rows
+    from engine.result_tables import format_table, read_results, table_rows
 
     a = _result(tmp_path / "a.json")
     copy = tmp_path / "copy.json"

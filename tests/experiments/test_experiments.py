@@ -26,7 +26,7 @@ import data
 import evaluate
 import train
 from engine.evaluation import dirty_scores
-from engine.results import markdown_table
+from engine.result_tables import markdown_table
 from experiments import al_curves as al_experiment
 from experiments import cifar10 as cifar_experiment
 from experiments import common

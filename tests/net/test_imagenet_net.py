@@ -1,4 +1,4 @@
-"""The ImageNet networks (net/imagenet.py): shapes, features, gradients, torchvision's state-dict layouts."""
+"""The ImageNet networks (net/imagenet_nets.py): shapes, features, gradients, torchvision's state-dict layouts."""
 
 from __future__ import annotations
 

@@ -27,7 +27,7 @@ SMALL = {
     "vgg16": dict(width_divisor=16),
     "lenet": dict(),
 }
-# The networks of 32x32 and 28x28 inputs; the ImageNet ones (net/imagenet.py) are tested in test_imagenet_net.py.
+# The networks of 32x32 and 28x28 inputs; the ImageNet ones (net/imagenet_nets.py) are tested in test_imagenet_net.py.
 CIFAR_MODELS = [name for name in net.list_models() if net.model_options(name).stem == "cifar"]
 
 

@@ -29,7 +29,7 @@ class, samples ordered left to right by increasing label entropy).
 
 Modules, in the order the pipeline runs them: `vae` (step 1), `classifiers` (step 2 and the scores of step 4),
 `candidates` (steps 3-5), `report` (files, manifest, grid and the independent check), `pipeline` (the
-command line and `generate`, one function per stage); `common` holds the file names and seed offsets.
+command line and `generate`, one function per stage); `shared` holds the file names and seed offsets.
 
 Run:
     python -m tools.ambiguous_mnist --mnist-root DATA --out DATA                  # 6000 + 6000 samples
@@ -68,7 +68,6 @@ from tools.ambiguous_mnist.classifiers import (
     predict,
     train_classifier,
 )
-from tools.ambiguous_mnist.common import GRID_FILE, LABELS_FILE, MANIFEST_FILE, NUM_CLASSES, SAMPLES_FILE
 from tools.ambiguous_mnist.pipeline import (
     check_args,
     evaluate_existing,
@@ -85,6 +84,7 @@ from tools.ambiguous_mnist.report import (
     label_entropy_summary,
     render_grid,
 )
+from tools.ambiguous_mnist.shared import GRID_FILE, LABELS_FILE, MANIFEST_FILE, NUM_CLASSES, SAMPLES_FILE
 from tools.ambiguous_mnist.vae import ConvVAE, train_vae, vae_loss
 
 __all__ = [

@@ -20,7 +20,7 @@ from data.registry import MNIST_MEAN, MNIST_STD
 from metrics.ddu import DDUScorer
 from metrics.gmm import ClassGaussians
 from metrics.uncertainty import ensemble_mutual_information, ensemble_predictive_entropy
-from tools.ambiguous_mnist.common import NUM_CLASSES, fit_epochs
+from tools.ambiguous_mnist.shared import NUM_CLASSES, fit_epochs
 
 
 def normalize(images: torch.Tensor) -> torch.Tensor:

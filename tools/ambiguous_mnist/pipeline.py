@@ -19,7 +19,14 @@ import net
 from data.sources import amnist_train_pairs, load_split
 from tools.ambiguous_mnist.candidates import draw_labels, generate_split
 from tools.ambiguous_mnist.classifiers import Ensemble, build_ensemble
-from tools.ambiguous_mnist.common import (
+from tools.ambiguous_mnist.report import (
+    build_manifest,
+    evaluate_quality,
+    label_entropy_summary,
+    run_settings,
+    write_files,
+)
+from tools.ambiguous_mnist.shared import (
     GRID_FILE,
     LABELS_FILE,
     MANIFEST_FILE,
@@ -31,13 +38,6 @@ from tools.ambiguous_mnist.common import (
     SEED_LABELS,
     SEED_SPLIT,
     SEED_VAE,
-)
-from tools.ambiguous_mnist.report import (
-    build_manifest,
-    evaluate_quality,
-    label_entropy_summary,
-    run_settings,
-    write_files,
 )
 from tools.ambiguous_mnist.vae import ConvVAE, train_vae
 from utils.device import autocast_context, resolve_precision

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from metrics.ood import detection_metrics
 from metrics.uncertainty import entropy_of_probs, softmax_entropy
 from tools.ambiguous_mnist.classifiers import predict, train_classifier
-from tools.ambiguous_mnist.common import GRID_FILE, LABELS_FILE, NUM_CLASSES, SAMPLES_FILE
+from tools.ambiguous_mnist.shared import GRID_FILE, LABELS_FILE, NUM_CLASSES, SAMPLES_FILE
 from utils.io import atomic_torch_save, atomic_write_bytes
 
 # Histogram edges (nats) for the manifest; the last edge is just above log(10), the maximum for 10 classes.

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tools.ambiguous_mnist.common import fit_epochs
+from tools.ambiguous_mnist.shared import fit_epochs
 
 
 class ConvVAE(nn.Module):
