@@ -323,9 +323,6 @@ def get_args_parser() -> argparse.ArgumentParser:
 @exit_on_user_error
 @common.one_writer(NAME)
 def main(args: argparse.Namespace) -> dict:
-    finished = common.finished_result(args, NAME)
-    if finished is not None:
-        return finished
     started = time.perf_counter()
     preset = SCALES[args.scale]
     record, paths, device, root = common.start_record(args, NAME, preset, PAPER, differences(preset))

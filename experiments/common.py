@@ -140,7 +140,9 @@ def work_dir(args: argparse.Namespace, name: str) -> Path:
 
 def one_writer(name: str) -> Callable:
     """Decorator of an experiment's `main(args)`: one process at a time in its work folder (a lock file
-    there, see `utils.io.exclusive_lock`), and Ctrl-C ends in one sentence saying how to continue."""
+    there, see `utils.io.exclusive_lock`), a finished result reported and kept instead of run again unless
+    --overwrite (`finished_result`, read under the lock), and Ctrl-C ends in one sentence saying how to
+    continue."""
 
     def decorate(main: Callable) -> Callable:
         @functools.wraps(main)
@@ -150,7 +152,8 @@ def one_writer(name: str) -> Callable:
                 with exclusive_lock(
                     work / ".experiment.lock", f"the work folder '{work}'", "pass another --work-dir"
                 ):
-                    return main(args)
+                    finished = finished_result(args, name)
+                    return main(args) if finished is None else finished
             except KeyboardInterrupt:
                 raise Interrupted(f"interrupted; {_how_to_continue(args, work)}") from None
 
