@@ -366,38 +366,6 @@ class ImageNetLoader:
             yield normalize(x, self.mean, self.std), y.to(self.device, non_blocking=cuda)
 
 
-def make_loader(
-    images: folders.ImageList,
-    indices: np.ndarray | None,
-    schedule,
-    batch_size: int,
-    image_size: int,
-    device: torch.device,
-    *,
-    train: bool,
-    mean: tuple[float, ...] = IMAGENET_MEAN,
-    std: tuple[float, ...] = IMAGENET_STD,
-    num_workers: int = 0,
-    seed: int = 0,
-    epoch_rng: Callable[[int, int], torch.Generator] | None = None,
-) -> ImageNetLoader:
-    """`ImageNetLoader` with the scripts' `num_workers` (0: decode in this process)."""
-    return ImageNetLoader(
-        images,
-        indices,
-        schedule,
-        batch_size,
-        image_size,
-        device,
-        train=train,
-        mean=mean,
-        std=std,
-        num_workers=num_workers,
-        seed=seed,
-        epoch_rng=epoch_rng,
-    )
-
-
 # --------------------------------------------------------------------------------------------------------
 # A synthetic ImageNet-shaped folder, for tests and smoke runs
 

@@ -378,7 +378,7 @@ def get_train_valid_loader(
             Schedule(len(valid_idx), False, False, False, seed),
         )
         return tuple(
-            imagenet.make_loader(
+            imagenet.ImageNetLoader(
                 files,
                 idx,
                 plan,
@@ -439,7 +439,7 @@ def get_test_loader(
             else imagenet.scan_imagenet_o(root)
         )
         plan = Schedule(len(files), False, False, False)
-        return imagenet.make_loader(
+        return imagenet.ImageNetLoader(
             files,
             None,
             plan,
